@@ -1,0 +1,3 @@
+"""laion_spark: LAION-style image-text datasets on Spark + Delta Lake."""
+
+__version__ = "0.1.0"

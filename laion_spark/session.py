@@ -1,0 +1,88 @@
+"""One place for Spark settings: the active session on a cluster, or a local one with Delta.
+
+On Databricks/EMR (or under spark-submit) a session already exists or the master comes
+from spark-submit; we reuse it. Locally we build one with the Delta extensions and the
+Delta jars that scripts/setup.sh cached (offline afterwards).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from laion_spark.config import Config
+
+DELTA_VERSION = "4.4.0"
+DELTA_PACKAGE = f"io.delta:delta-spark_4.2_2.13:{DELTA_VERSION}"
+
+# Defaults that keep local mode quick and predictable; conf/*.yaml `spark.conf` wins.
+_LOCAL_DEFAULTS = {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.databricks.delta.schema.autoMerge.enabled": "true",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
+    "spark.driver.memory": "4g",
+    "spark.python.worker.reuse": "true",
+    "spark.executorEnv.PYTHONHASHSEED": "0",
+}
+_DELTA_SQL = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def delta_jars(jars_dir: str) -> list[str]:
+    d = os.path.expanduser(jars_dir)
+    jars = sorted(glob.glob(os.path.join(d, f"delta-*-{DELTA_VERSION}.jar")))
+    return jars if len(jars) >= 2 else []
+
+
+def spark_settings(cfg: Config, local: bool = True) -> dict[str, str]:
+    """Spark settings for a session we build (local defaults only when `local`)."""
+    s = cfg.spark
+    out = dict(_LOCAL_DEFAULTS) if local else {}
+    if s.delta_from == "cluster":
+        out.update({k: str(v) for k, v in s.conf.items()})
+        return out
+    out.update(_DELTA_SQL)
+    if s.delta_from == "jars":
+        jars = delta_jars(s.jars_dir)
+        if jars:
+            out["spark.jars"] = ",".join(jars)
+        else:
+            print(
+                f"[laion_spark] Delta jars not found in {s.jars_dir}; resolving {DELTA_PACKAGE} "
+                "with Ivy (run scripts/setup.sh to cache them for offline use)",
+                file=sys.stderr,
+            )
+            out["spark.jars.packages"] = DELTA_PACKAGE
+    elif s.delta_from == "packages":
+        out["spark.jars.packages"] = DELTA_PACKAGE
+    out.update({k: str(v) for k, v in s.conf.items()})
+    # executors must run the same interpreter as the driver (the project's venv)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    return out
+
+
+def get_spark(cfg: Config) -> SparkSession:
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    builder = SparkSession.builder.appName(cfg.spark.app_name)
+    local = bool(cfg.spark.master) and cfg.spark.master.startswith("local")
+    if cfg.spark.master:
+        # None: spark-submit or the platform (Databricks, EMR) supplies the master
+        builder = builder.master(cfg.spark.master)
+    for k, v in spark_settings(cfg, local=local).items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
