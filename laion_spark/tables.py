@@ -45,6 +45,8 @@ SPECS: dict[str, TableSpec] = {
                 ("license", _S), ("source_file", _S), ("source_offset", _L), ("crawl_id", _S),
                 ("original_id", _S), ("original_width", _I), ("original_height", _I),
                 ("extracted_at", _TS),
+                # wat | warc | laion | datacomp; other columns of imported metadata as strings
+                ("source_format", _S), ("original_meta", T.MapType(_S, _S)),
             ),
             "image-text pairs from WAT/WARC or imported LAION/DataComp metadata",
         ),
@@ -55,6 +57,8 @@ SPECS: dict[str, TableSpec] = {
                 ("source_file", _S), ("records", _L), ("pages", _L), ("pairs", _L),
                 ("bad_records", _L), ("rejected", T.MapType(_S, _L)), ("errors", T.MapType(_S, _L)),
                 ("seconds", _D), ("finished_at", _TS),
+                # ok | partial (some bad records) | failed (file unreadable); first error text
+                ("status", _S), ("error_message", _S), ("crawl_id", _S),
             ),
             "per input file: records read, pairs emitted, rejections and errors by reason",
         ),
@@ -65,7 +69,8 @@ SPECS: dict[str, TableSpec] = {
                 ("sample_id", _S), ("url", _S), ("status", _S), ("error_message", _S),
                 ("http_status", _I), ("image", _B), ("width", _I), ("height", _I),
                 ("original_width", _I), ("original_height", _I), ("sha256", _S), ("format", _S),
-                ("num_bytes", _L), ("fetch_seconds", _D), ("downloaded_at", _TS),
+                ("original_format", _S), ("num_bytes", _L), ("fetch_seconds", _D),
+                ("downloaded_at", _TS),
             ),
             "one row per candidate: status, error message, resized encoded image bytes",
         ),
@@ -102,8 +107,10 @@ SPECS: dict[str, TableSpec] = {
                 ("index_name", _S), ("shard", _S), ("kind", _S), ("path", _S), ("factory", _S),
                 ("model_id", _S), ("count", _L), ("dim", _I), ("recall_at_10", _D),
                 ("build_seconds", _D), ("size_bytes", _L), ("created_at", _TS),
+                ("metric", _S), ("run_id", _S), ("params", _S),
             ),
-            "faiss shards and merged indexes: files, factory, counts, measured recall",
+            "faiss shards and merged indexes: files, factory, counts, measured recall "
+            "(kind: trained | shard | merged; params: JSON search params such as nprobe)",
         ),
         TableSpec(
             "index_ids",

@@ -1,0 +1,358 @@
+"""HTTP(S) fetch of one image URL, bounded in time and bytes, safe by default.
+
+Built on http.client directly (not urllib/requests) because it lets us (1) connect to the
+address the SSRF guard checked rather than resolving the name again, (2) keep one
+keep-alive connection per host per thread (no TCP handshake per image), and (3) stop
+reading the moment a body passes `max_bytes`. Redirects are followed by hand so every hop
+gets the SSRF check and the redirect cap.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import socket
+import ssl
+import threading
+import time
+import urllib.robotparser
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+from laion_spark.download.settings import DownloadConfig
+from laion_spark.download.ssrf import check_host, parse_networks
+
+REDIRECT_CODES = {301, 302, 303, 307, 308}
+RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+_CHUNK = 64 * 1024
+
+
+def user_agent(token: str) -> str:
+    """img2dataset's convention: a browser-compatible prefix, then OUR token and a URL.
+
+    Never another crawler's token (no Googlebot/bingbot), so sites can opt us out by name.
+    """
+    return f"Mozilla/5.0 (compatible; {token}; +https://github.com/laion_spark)"
+
+
+def is_opted_out(header_values: list[str], token: str, directives: list[str]) -> bool:
+    """X-Robots-Tag says no: `noai`, or `<our token>: noai` (img2dataset's rule).
+
+    A directive addressed to another agent (`googlebot: noindex`) does not apply to us.
+    """
+    wanted = {d.lower() for d in directives}
+    tok = token.lower()
+    for value in header_values:
+        parts = value.split(":", 1)
+        agent = parts[0].strip().lower() if len(parts) == 2 else None
+        found = {d.strip().lower() for d in parts[-1].split(",")}
+        if agent in (None, tok, "*") and found & wanted:
+            return True
+    return False
+
+
+@dataclass
+class FetchResult:
+    status: str  # success or a failure status (see docs/download.md)
+    body: bytes | None = None
+    http_status: int | None = None
+    error: str | None = None
+    content_type: str | None = None
+    final_url: str | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+
+
+class _Fail(Exception):
+    """A terminal or retryable failure inside one attempt."""
+
+    def __init__(self, status: str, error: str, http_status: int | None = None, retry_after: float | None = None, retryable: bool = False):
+        super().__init__(error)
+        self.status, self.error, self.http_status = status, error, http_status
+        self.retry_after, self.retryable = retry_after, retryable
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """HTTPS to an already-checked IP, with SNI and certificate check for the host name."""
+
+    def __init__(self, ip: str, port: int, server_name: str, connect_timeout: float, read_timeout: float, context: ssl.SSLContext):
+        super().__init__(ip, port, timeout=connect_timeout, context=context)
+        self._server_name, self._read_timeout, self._ctx = server_name, read_timeout, context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.settimeout(self._read_timeout)
+        self.sock = self._ctx.wrap_socket(sock, server_hostname=self._server_name)
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    def __init__(self, ip: str, port: int, connect_timeout: float, read_timeout: float):
+        super().__init__(ip, port, timeout=connect_timeout)
+        self._read_timeout = read_timeout
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self._read_timeout)  # type: ignore[union-attr]
+
+
+@dataclass
+class _HostState:
+    slots: threading.BoundedSemaphore
+    robots: urllib.robotparser.RobotFileParser | None = None
+    robots_loaded: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Fetcher:
+    """Fetches URLs; one instance per Spark task, shared by its threads (thread-safe)."""
+
+    def __init__(self, cfg: DownloadConfig):
+        self.cfg = cfg
+        self.ua = user_agent(cfg.user_agent_token)
+        self.allow = parse_networks(cfg.allow_networks)
+        self._hosts: dict[str, _HostState] = {}
+        self._hosts_lock = threading.Lock()
+        self._local = threading.local()
+        self._ssl = ssl.create_default_context()
+        self._reject_ct = [c.lower() for c in cfg.reject_content_types]
+
+    # ---- connections (one keep-alive connection per (scheme, ip, port) per thread) ----
+    def _conns(self) -> dict:
+        d = getattr(self._local, "conns", None)
+        if d is None:
+            d = self._local.conns = {}
+        return d
+
+    def _connection(self, scheme: str, host: str, ip: str, port: int) -> http.client.HTTPConnection:
+        key = (scheme, host, ip, port)
+        conns = self._conns()
+        conn = conns.get(key)
+        if conn is None:
+            if scheme == "https":
+                conn = _PinnedHTTPS(ip, port, host, self.cfg.connect_timeout_s, self.cfg.read_timeout_s, self._ssl)
+            else:
+                conn = _PinnedHTTP(ip, port, self.cfg.connect_timeout_s, self.cfg.read_timeout_s)
+            conns[key] = conn
+        return conn
+
+    def _drop(self, scheme: str, host: str, ip: str, port: int) -> None:
+        conn = self._conns().pop((scheme, host, ip, port), None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self._conns().values():
+            conn.close()
+        self._conns().clear()
+
+    def _host(self, host: str) -> _HostState:
+        with self._hosts_lock:
+            st = self._hosts.get(host)
+            if st is None:
+                st = self._hosts[host] = _HostState(threading.BoundedSemaphore(self.cfg.per_host_concurrency))
+            return st
+
+    # ---- one request ----
+    def _request(self, url: str, deadline: float, max_bytes: int, check_opt_out: bool) -> tuple[int, dict, list[str], bytes | None, str | None]:
+        """GET url once: (http status, headers lower-cased, X-Robots-Tag values, body, location).
+
+        `check_opt_out` (image requests, not robots.txt): apply X-Robots-Tag and the
+        Content-Type refusal. Raises _Fail for everything that is not a usable response.
+        """
+        parts = urlsplit(url)
+        scheme = (parts.scheme or "").lower()
+        if scheme not in ("http", "https"):
+            raise _Fail("failed_to_download", f"unsupported URL scheme {scheme!r}")
+        host = parts.hostname
+        if not host:
+            raise _Fail("failed_to_download", "URL has no host")
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError as e:
+            raise _Fail("failed_to_download", f"bad port: {e}") from None
+        try:
+            ips, refused = check_host(host, port, self.allow)
+        except (OSError, UnicodeError) as e:
+            raise _Fail("failed_to_download", f"DNS: {e}", retryable=isinstance(e, socket.timeout)) from None
+        if refused and self.cfg.ssrf_guard:
+            raise _Fail("blocked_address", f"{host}: {refused}")
+        ip = ips[0]
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        default_port = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
+        host_header = (f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}")
+        if time.monotonic() >= deadline:
+            raise _Fail("timeout", "deadline passed before connecting")
+        conn = self._connection(scheme, host, ip, port)
+        reused = conn.sock is not None
+        try:
+            try:
+                self._send(conn, path, host_header)
+                resp = conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # the server closed an idle keep-alive connection: reconnect once
+                self._drop(scheme, host, ip, port)
+                conn = self._connection(scheme, host, ip, port)
+                self._send(conn, path, host_header)
+                resp = conn.getresponse()
+            headers = {k.lower(): v for k, v in resp.getheaders()}
+            robots = resp.headers.get_all("X-Robots-Tag") or []
+            code = resp.status
+            location = headers.get("location")
+            if check_opt_out and robots and is_opted_out(robots, self.cfg.user_agent_token, self.cfg.opt_out_tags):
+                self._drop(scheme, host, ip, port)
+                raise _Fail("opted_out", f"X-Robots-Tag: {'; '.join(robots)}", http_status=code)
+            if code != 200:
+                # small error/redirect bodies are drained so the connection can be reused
+                body = self._read_body(resp, deadline, 64 * 1024, headers, drain=True)
+                if body is None:
+                    self._drop(scheme, host, ip, port)
+                return code, headers, robots, None, location
+            ctype = headers.get("content-type", "").lower()
+            if check_opt_out and any(ctype.startswith(c) for c in self._reject_ct):
+                self._drop(scheme, host, ip, port)
+                raise _Fail("wrong_content_type", f"Content-Type {ctype!r} is not an image", http_status=code)
+            body = self._read_body(resp, deadline, max_bytes, headers, drain=False)
+            if resp.will_close:
+                self._drop(scheme, host, ip, port)
+            return code, headers, robots, body, location
+        except _Fail:
+            self._drop(scheme, host, ip, port)
+            raise
+        except (socket.timeout, TimeoutError) as e:
+            self._drop(scheme, host, ip, port)
+            raise _Fail("timeout", f"socket timeout: {e or 'no data'}", retryable=True) from None
+        except (OSError, http.client.HTTPException, ssl.SSLError) as e:
+            self._drop(scheme, host, ip, port)
+            raise _Fail("failed_to_download", f"{type(e).__name__}: {e}", retryable=True) from None
+
+    def _send(self, conn: http.client.HTTPConnection, path: str, host_header: str) -> None:
+        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host_header)
+        conn.putheader("User-Agent", self.ua)
+        conn.putheader("Accept", "image/webp,image/png,image/jpeg,image/*;q=0.8")
+        conn.endheaders()
+
+    def _read_body(self, resp: http.client.HTTPResponse, deadline: float, max_bytes: int, headers: dict, drain: bool) -> bytes | None:
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            if drain:
+                return None
+            raise _Fail("too_large", f"Content-Length {length} > max_bytes {max_bytes}", http_status=resp.status)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise _Fail("timeout", f"total deadline {self.cfg.timeout_s}s passed while reading the body (read {total} bytes)", http_status=resp.status)
+            if resp.length is not None and resp.length <= 0:
+                break
+            chunk = resp.read1(_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                if drain:
+                    return None
+                raise _Fail("too_large", f"body passed max_bytes {max_bytes} (stopped reading)", http_status=resp.status)
+            chunks.append(chunk)
+        # marks the response finished so the keep-alive connection can send the next request
+        resp.close()
+        return b"".join(chunks)
+
+    # ---- robots.txt (optional, cached per host) ----
+    def _robots_allows(self, url: str, deadline: float) -> bool:
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}".lower()
+        st = self._host(key)
+        with st.lock:
+            if not st.robots_loaded:
+                st.robots_loaded = True
+                rp = urllib.robotparser.RobotFileParser()
+                try:
+                    code, _, _, body, _ = self._request(key + "/robots.txt", deadline, 512 * 1024, check_opt_out=False)
+                except _Fail:
+                    code, body = 0, None
+                if code == 200 and body is not None:
+                    rp.parse(body.decode("utf-8", "replace").splitlines())
+                    st.robots = rp
+                elif code in (401, 403):
+                    rp.disallow_all = True
+                    st.robots = rp
+                # 404 / errors: no robots.txt, everything allowed (the usual crawler rule)
+        return st.robots is None or st.robots.can_fetch(self.cfg.user_agent_token, url)
+
+    # ---- the public call ----
+    def fetch(self, url: str) -> FetchResult:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        deadline = t0 + cfg.timeout_s
+        attempts = 0
+        last: _Fail | None = None
+        while True:
+            attempts += 1
+            try:
+                res = self._fetch_once(url, deadline)
+                res.attempts, res.seconds = attempts, time.monotonic() - t0
+                return res
+            except _Fail as f:
+                last = f
+            if not last.retryable or attempts > cfg.retries:
+                break
+            wait = cfg.backoff_s * (2 ** (attempts - 1))
+            if last.retry_after is not None:
+                if last.retry_after > cfg.max_retry_after_s:
+                    last.error += f" (Retry-After {last.retry_after:.0f}s > max_retry_after_s)"
+                    break
+                wait = max(wait, last.retry_after)
+            if time.monotonic() + wait >= deadline:
+                break
+            time.sleep(wait)
+        return FetchResult(last.status, None, last.http_status, last.error, attempts=attempts, seconds=time.monotonic() - t0)
+
+    def _fetch_once(self, url: str, deadline: float) -> FetchResult:
+        cfg = self.cfg
+        seen = {url}
+        current = url
+        for _hop in range(cfg.max_redirects + 1):
+            if cfg.respect_robots_txt and not self._robots_allows(current, deadline):
+                raise _Fail("opted_out", "robots.txt disallows this URL for our user agent")
+            host = (urlsplit(current).hostname or "").lower()
+            st = self._host(host)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not st.slots.acquire(timeout=remaining):
+                raise _Fail("timeout", "deadline passed waiting for a per-host slot")
+            try:
+                code, headers, _, body, location = self._request(current, deadline, cfg.max_bytes, check_opt_out=True)
+            finally:
+                st.slots.release()
+            if code in REDIRECT_CODES and location:
+                nxt = urljoin(current, location.strip())
+                if nxt in seen:
+                    raise _Fail("too_many_redirects", f"redirect loop back to {nxt}", http_status=code)
+                seen.add(nxt)
+                current = nxt
+                continue
+            if code == 200 and body is not None:
+                return FetchResult("success", body, code, None, headers.get("content-type"), current)
+            retryable = code in RETRYABLE_HTTP
+            ra = _retry_after(headers.get("retry-after")) if code in (429, 503) else None
+            raise _Fail("http_error", f"HTTP {code}", http_status=code, retry_after=ra, retryable=retryable)
+        raise _Fail("too_many_redirects", f"more than max_redirects={cfg.max_redirects} redirects")

@@ -1,0 +1,253 @@
+"""Validate, decode, resize and encode one image like img2dataset, with bounds first.
+
+Order of work for untrusted bytes: sniff the format and read the header with Pillow (no
+pixel decode) -> refuse formats we do not keep and pixel counts over `max_pixels`
+(decompression bombs never reach the decoder) -> decode with OpenCV -> normalise (16-bit
+to 8-bit, gray to BGR, alpha composited on white, EXIF orientation) -> resize (INTER_AREA
+to shrink, LANCZOS4 to grow; img2dataset's geometry for every mode) -> encode.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from laion_spark.download.settings import DownloadConfig
+
+cv2.setNumThreads(1)  # many fetch threads already run in parallel; no nested thread pools
+
+# Pillow reports camera JPEGs with a multi-picture index as MPO: the first frame is a JPEG
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+_ENCODE_EXT = {"jpg": ".jpg", "png": ".png", "webp": ".webp"}
+_SNIFF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+@dataclass
+class ResizeResult:
+    status: str  # success | failed_to_decode | unsupported_format | too_large | too_small | failed_to_resize
+    image: bytes | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    source_format: str | None = None
+    format: str | None = None
+    error: str | None = None
+
+
+def encode_params(cfg: DownloadConfig) -> list[int]:
+    if cfg.encode_format == "jpg":
+        return [int(cv2.IMWRITE_JPEG_QUALITY), cfg.encode_quality]
+    if cfg.encode_format == "png":
+        return [int(cv2.IMWRITE_PNG_COMPRESSION), cfg.encode_quality]
+    return [int(cv2.IMWRITE_WEBP_QUALITY), cfg.encode_quality]
+
+
+def _header(data: bytes) -> tuple[str, int, int, str, int]:
+    """(format, width, height, mode, EXIF orientation) without decoding pixels."""
+    with warnings.catch_warnings():
+        # Pillow warns (or raises) on huge sizes itself; we apply our own max_pixels instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = _FORMAT_ALIASES.get(im.format or "", im.format or "unknown")
+            orientation = 1
+            if fmt in ("JPEG", "WEBP", "PNG"):
+                try:
+                    orientation = int(im.getexif().get(0x0112, 1) or 1)
+                except Exception:  # broken EXIF is not a broken image
+                    orientation = 1
+            return fmt, im.width, im.height, im.mode, orientation
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """A JPEG whose last scan is followed by an end-of-image marker (not truncated).
+
+    libjpeg decodes a truncated JPEG into a half-grey picture without an error; img2dataset
+    stores those as successes. We look for EOI after the last start-of-scan instead.
+    """
+    sos = data.rfind(b"\xff\xda")
+    return sos >= 0 and data.find(b"\xff\xd9", sos) >= 0
+
+
+def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    # EXIF orientation 2..8 -> the transform that shows the picture upright
+    if orientation == 2:
+        return cv2.flip(img, 1)
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(img, 0)
+    if orientation == 5:
+        return cv2.flip(cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE), 1)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE), 1)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
+
+
+def _decode(data: bytes, fmt: str, mode: str, w: int, h: int, cfg: DownloadConfig) -> tuple[np.ndarray, bool]:
+    """BGR uint8 image and whether it differs from the source bytes' pixels (alpha, depth)."""
+    buf = np.frombuffer(data, np.uint8)
+    changed = False
+    if fmt == "JPEG":
+        flag = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+        if cfg.fast_jpeg_decode and cfg.resize_mode != "no" and mode != "CMYK":
+            # the largest DCT reduction that keeps the decoded image >= what the resize needs
+            need = _needed_side(w, h, cfg)
+            for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
+                if need is not None and _side_for_mode(w // factor, h // factor, cfg) >= need:
+                    flag = reduced | cv2.IMREAD_IGNORE_ORIENTATION
+                    changed = True
+                    break
+        if mode == "CMYK":
+            # Adobe CMYK JPEGs: Pillow's converter handles the inverted-ink convention
+            with Image.open(io.BytesIO(data)) as im:
+                img = cv2.cvtColor(np.asarray(im.convert("RGB")), cv2.COLOR_RGB2BGR)
+            return img, True
+        img = cv2.imdecode(buf, flag)
+    else:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"OpenCV could not decode the {fmt} data")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+        changed = True
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        changed = True
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        # alpha matting on a white background (img2dataset's formula)
+        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+        img = np.rint(img[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
+        changed = True
+    elif img.shape[2] == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return img, changed
+
+
+def _side_for_mode(w: int, h: int, cfg: DownloadConfig) -> int:
+    """The side the resize mode compares with image_size."""
+    if cfg.resize_mode in ("keep_ratio", "center_crop"):
+        return min(w, h)
+    return max(w, h)
+
+
+def _needed_side(w: int, h: int, cfg: DownloadConfig) -> int | None:
+    """Smallest decoded side that still lets the resize only shrink (None: no reduction)."""
+    side = _side_for_mode(w, h, cfg)
+    if side <= cfg.image_size:
+        return None
+    return cfg.image_size
+
+
+def _smallest_max_size(img: np.ndarray, size: int, interp: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    scale = size / min(w, h)
+    nw, nh = (size, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), size)
+    return img if (nw, nh) == (w, h) else cv2.resize(img, (nw, nh), interpolation=interp)
+
+
+def _longest_max_size(img: np.ndarray, size: int, interp: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    scale = size / max(w, h)
+    nw, nh = (size, max(1, round(h * scale))) if w >= h else (max(1, round(w * scale)), size)
+    return img if (nw, nh) == (w, h) else cv2.resize(img, (nw, nh), interpolation=interp)
+
+
+def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return img[top : top + size, left : left + size]
+
+
+def _pad(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    top, left = (size - h) // 2, (size - w) // 2
+    return cv2.copyMakeBorder(img, top, size - h - top, left, size - w - left, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+
+
+def resize_image(img: np.ndarray, cfg: DownloadConfig, orig_w: int, orig_h: int) -> tuple[np.ndarray, bool]:
+    """img2dataset's geometry for each mode; (image, resized?). Down/up is judged on the
+    ORIGINAL size so a fast reduced JPEG decode never changes which branch is taken."""
+    size, mode = cfg.image_size, cfg.resize_mode
+    if mode == "no":
+        return img, False
+    if mode in ("keep_ratio", "center_crop"):
+        downscale = min(orig_w, orig_h) > size
+    else:
+        downscale = max(orig_w, orig_h) > size
+    if cfg.resize_only_if_bigger and not downscale:
+        return img, False
+    h, w = img.shape[:2]
+    cur_down = (min(w, h) if mode in ("keep_ratio", "center_crop") else max(w, h)) > size
+    interp = cv2.INTER_AREA if cur_down else cv2.INTER_LANCZOS4
+    if mode == "keep_ratio":
+        img = _smallest_max_size(img, size, interp)
+    elif mode == "keep_ratio_largest":
+        img = _longest_max_size(img, size, interp)
+    elif mode == "center_crop":
+        img = _center_crop(_smallest_max_size(img, size, interp), size)
+    elif mode == "border":
+        img = _pad(_longest_max_size(img, size, interp), size)
+    return img, True
+
+
+def process_image(data: bytes, cfg: DownloadConfig) -> ResizeResult:
+    """Bytes from the web -> a ResizeResult with the encoded image or a failure status."""
+    try:
+        fmt, w, h, mode, orientation = _header(data)
+    except Image.DecompressionBombError as e:
+        # Pillow's own guard (> 2x its limit) fired while reading the header: same verdict
+        return ResizeResult("too_large", error=f"{e} (not decoded)"[:500])
+    except Exception as e:
+        return ResizeResult("failed_to_decode", error=f"not a readable image: {type(e).__name__}: {e}"[:500])
+    res = ResizeResult("failed_to_decode", original_width=w, original_height=h, source_format=fmt)
+    if orientation in (5, 6, 7, 8):
+        res.original_width, res.original_height = h, w
+    allowed = {f.upper() for f in cfg.allowed_formats}
+    if fmt not in allowed:
+        res.status, res.error = "unsupported_format", f"format {fmt} is not one of {sorted(allowed)}"
+        return res
+    if w * h > cfg.max_pixels:
+        res.status, res.error = "too_large", f"{w}x{h} = {w * h} pixels > max_pixels {cfg.max_pixels} (not decoded)"
+        return res
+    if min(w, h) < cfg.min_image_size:
+        res.status, res.error = "too_small", f"{w}x{h}: smaller side < min_image_size {cfg.min_image_size}"
+        return res
+    if fmt == "JPEG" and not _jpeg_complete(data):
+        res.error = "truncated JPEG (no end-of-image marker after the last scan)"
+        return res
+    try:
+        img, changed = _decode(data, fmt, mode, w, h, cfg)
+        if orientation != 1:
+            img = _apply_orientation(img, orientation)
+            changed = True
+    except Exception as e:
+        res.error = f"{type(e).__name__}: {e}"[:500]
+        return res
+    try:
+        img, resized = resize_image(img, cfg, res.original_width or w, res.original_height or h)
+        same_format = _SNIFF_FORMAT.get(fmt) == cfg.encode_format
+        if cfg.skip_reencode and same_format and not (resized or changed):
+            out = data
+        else:
+            ok, enc = cv2.imencode(_ENCODE_EXT[cfg.encode_format], img, encode_params(cfg))
+            if not ok:
+                raise ValueError(f"OpenCV could not encode {cfg.encode_format}")
+            out = enc.tobytes()
+    except Exception as e:
+        res.status, res.error = "failed_to_resize", f"{type(e).__name__}: {e}"[:500]
+        return res
+    res.status, res.image, res.format = "success", out, cfg.encode_format
+    res.height, res.width = int(img.shape[0]), int(img.shape[1])
+    return res

@@ -1,0 +1,92 @@
+"""Download stage: `candidates` -> `images`, one row per sample with a status.
+
+    from laion_spark.download.stage import run
+    result = run(spark, cfg, tables)                     # new candidates only
+    result = run(spark, cfg, tables, retry_failed=True)  # + retryable failures again
+
+Work is cut into commits of `download.rows_per_commit` samples; each commit is one
+mapInArrow pass (threads inside every task) and one MERGE into `images`. A crash loses at
+most the chunk in flight, and the next run picks up exactly the samples with no row yet.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from laion_spark.config import Config
+from laion_spark.download.worker import OUTPUT_SCHEMA, RETRYABLE_STATUSES, download_partition
+from laion_spark.stage import StageResult
+from laion_spark.tables import Tables
+from laion_spark.takedowns import exclude_taken_down, taken_down_hashes
+
+_SPARK_SCHEMA = (
+    "sample_id string, url string, status string, error_message string, http_status int, "
+    "image binary, width int, height int, original_width int, original_height int, "
+    "sha256 string, format string, original_format string, num_bytes bigint, fetch_seconds double"
+)
+assert [f.split()[0] for f in _SPARK_SCHEMA.split(", ")] == OUTPUT_SCHEMA.names
+
+
+def todo(tables: Tables, retry_failed: bool = False) -> DataFrame:
+    """(sample_id, url) of candidates to download now: never tried, or (retry_failed)
+    tried with a retryable failure; taken-down URLs/domains/samples excluded."""
+    cands = tables.read("candidates").select("sample_id", "url").dropDuplicates(["sample_id"])
+    pending = tables.pending(cands, "images")
+    if retry_failed and tables.exists("images"):
+        failed = tables.read("images").where(F.col("status").isin(*RETRYABLE_STATUSES)).select("sample_id")
+        pending = pending.unionByName(cands.join(failed, "sample_id", "left_semi"))
+    return exclude_taken_down(tables, pending)
+
+
+def _download(df: DataFrame, cfg: Config, sha: frozenset[str], md5: frozenset[str], partitions: int) -> DataFrame:
+    dc = cfg.download
+
+    def fn(batches):
+        yield from download_partition(batches, dc, sha, md5)
+
+    return df.repartition(partitions).mapInArrow(fn, _SPARK_SCHEMA).withColumn("downloaded_at", F.current_timestamp())
+
+
+def run(spark, cfg: Config, tables: Tables, retry_failed: bool = False, limit: int | None = None) -> StageResult:
+    """Download pending candidates into `images`. `limit` caps samples this run (demos)."""
+    t0 = time.time()
+    dc = cfg.download
+    retry_failed = retry_failed or dc.retry_failed
+    sha, md5 = taken_down_hashes(tables)
+    sha_f, md5_f = frozenset(sha), frozenset(md5)
+    partitions = dc.partitions or max(1, 2 * spark.sparkContext.defaultParallelism)
+    by_status: dict[str, int] = {}
+    rows_in = rows_out = commits = 0
+    retried: set[str] = set()
+    while limit is None or rows_in < limit:
+        want = dc.rows_per_commit if limit is None else min(dc.rows_per_commit, limit - rows_in)
+        chunk = todo(tables, retry_failed)
+        if retried:
+            # a retried sample that failed again must not be picked up again in this run
+            chunk = chunk.where(~F.col("sample_id").isin(*retried)) if len(retried) < 10_000 else chunk
+        chunk = chunk.limit(want).localCheckpoint(eager=True)
+        n = chunk.count()
+        if n == 0:
+            break
+        # materialise once: MERGE may scan its source twice, and a second scan would re-fetch
+        out = _download(chunk, cfg, sha_f, md5_f, min(partitions, n)).localCheckpoint(eager=True)
+        tables.upsert(out, "images")
+        counts = out.groupBy("status").count().collect()
+        for r in counts:
+            by_status[r["status"]] = by_status.get(r["status"], 0) + int(r["count"])
+        if retry_failed:
+            retried.update(r["sample_id"] for r in chunk.select("sample_id").collect())
+            if len(retried) >= 10_000:
+                retry_failed = False  # big retry sets: one pass over the failures is enough
+        rows_in += n
+        rows_out += sum(int(r["count"]) for r in counts)
+        commits += 1
+        if n < want:
+            break
+    return StageResult(
+        "download", rows_in=rows_in, rows_out=rows_out, by_status=by_status,
+        seconds=time.time() - t0, notes={"commits": commits, "partitions": partitions},
+    )
