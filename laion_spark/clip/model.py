@@ -1,0 +1,289 @@
+"""Load a CLIP model in ONE way, whatever the weights are: hub tag, local file/dir, tiny-clip.
+
+    clip = load_clip(cfg.clip)                 # tiny-clip (trained once, cached) by default
+    img = clip.encode_images([jpeg_bytes, ...])  # (n, dim) float32, L2-normalised
+    txt = clip.encode_text(["a red circle"])     # (n, dim) float32, L2-normalised
+
+`model_id` = "<architecture>@<12 hex of sha256 over the weights>": two processes loading the
+same weights (driver, every Spark worker) get the same id, and different weights never share
+one, so the embeddings table can hold several models side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from laion_spark.clip.settings import ClipConfig
+from laion_spark.settings import ConfigError
+
+# LAION-5B defaults (ViT-B/32 en, multilingual CLIP for the rest); tiny-clip overrides them
+LAION_THRESHOLDS = {"en": 0.28, "multi": 0.26}
+_CKPT_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "checkpoint.pt",
+    "model.pt",
+)
+
+
+class ImageDecodeError(ValueError):
+    """An image's bytes could not be decoded (or are too large) for CLIP."""
+
+
+@dataclass
+class LoadedClip:
+    model: Any  # open_clip CLIP module, eval mode, on `device`
+    preprocess: Any  # PIL.Image -> CHW float tensor (open_clip's eval transform)
+    tokenizer: Any  # list[str] -> LongTensor of token ids
+    device: str
+    dim: int
+    model_id: str
+    precision: str = "fp32"
+    # default CLIP-filter thresholds per language group ("en", "multi") for this model
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(LAION_THRESHOLDS))
+    max_image_pixels: int = 64_000_000
+
+    # --- images ---------------------------------------------------------------------------
+    def decode(self, data: bytes) -> Any:
+        """JPEG/PNG/... bytes -> preprocessed CHW tensor; ImageDecodeError when unusable."""
+        from PIL import Image
+
+        if not data:
+            raise ImageDecodeError("empty image bytes")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > self.max_image_pixels:
+                    raise ImageDecodeError(f"image too large: {w}x{h} pixels")
+                im.draft("RGB", (w, h))  # no-op for most; keeps JPEG decode cheap
+                rgb = im.convert("RGB")
+        except ImageDecodeError:
+            raise
+        except Exception as e:  # PIL raises many types for corrupt data
+            raise ImageDecodeError(f"cannot decode image: {type(e).__name__}: {e}") from None
+        return self.preprocess(rgb)
+
+    def encode_image_tensor(self, batch: Any) -> np.ndarray:
+        """Preprocessed (n, 3, H, W) tensor -> (n, dim) float32 L2-normalised embeddings."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            x = batch.to(self.device, non_blocking=True)
+            feats = self.model.encode_image(x)
+        return _normalise(feats)
+
+    def encode_images(self, images: list[bytes]) -> np.ndarray:
+        """Encoded image bytes -> (n, dim) float32 L2-normalised; raises on an undecodable one."""
+        import torch
+
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode_image_tensor(torch.stack([self.decode(b) for b in images]))
+
+    # --- text -----------------------------------------------------------------------------
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Captions -> (n, dim) float32 L2-normalised (None/empty captions encode as "")."""
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        tokens = self.tokenizer([t or "" for t in texts])
+        with torch.inference_mode(), self._autocast():
+            feats = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+        return _normalise(feats)
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.device.startswith("cuda") and self.precision in ("fp16", "bf16"):
+            dt = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            return torch.autocast("cuda", dtype=dt)
+        return contextlib.nullcontext()
+
+
+def _normalise(feats: Any) -> np.ndarray:
+
+    f = feats.float()
+    f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return f.cpu().numpy().astype(np.float32, copy=False)
+
+
+# --- device ---------------------------------------------------------------------------------
+def resolve_device(wanted: str | None) -> str:
+    """auto -> the GPU Spark assigned this task (TaskContext resources), any GPU, or cpu."""
+    import torch
+
+    wanted = wanted or "auto"
+    if wanted != "auto":
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            return "cpu"  # config asked for a GPU the executor does not have: fall back
+        return wanted
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        from pyspark import TaskContext
+
+        tc = TaskContext.get()
+        if tc is not None:
+            gpus = tc.resources().get("gpu")
+            if gpus is not None and gpus.addresses:
+                return f"cuda:{int(gpus.addresses[0])}"
+    except Exception:
+        pass
+    return "cuda"
+
+
+def _resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if not device.startswith("cuda") and precision != "fp32":
+        return "fp32"  # half precision matmuls on CPU are slow; keep fp32 there
+    return precision
+
+
+# --- weights --------------------------------------------------------------------------------
+def is_local_weights(pretrained: str | None) -> bool:
+    if not pretrained:
+        return False
+    p = pretrained.removeprefix("file://")
+    return (
+        os.path.sep in p or p.endswith((".pt", ".bin", ".pth", ".safetensors")) or Path(p).exists()
+    )
+
+
+def checkpoint_file(path: str) -> str:
+    """A checkpoint file, or the checkpoint inside a directory (open_clip / HF layouts)."""
+    p = Path(path.removeprefix("file://")).expanduser()
+    if p.is_file():
+        return str(p)
+    if p.is_dir():
+        for name in _CKPT_NAMES:
+            if (p / name).is_file():
+                return str(p / name)
+        found = sorted(
+            x for ext in ("*.safetensors", "*.pt", "*.bin", "*.pth") for x in p.glob(ext)
+        )
+        if len(found) == 1:
+            return str(found[0])
+        raise ConfigError(
+            f"clip.pretrained: directory {p} has {len(found)} checkpoint files; name one"
+        )
+    raise ConfigError(f"clip.pretrained: checkpoint {p} does not exist")
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 over parameter names, shapes and bytes: same weights -> same digest anywhere."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _read_meta(ckpt: str) -> dict[str, Any]:
+    """Sidecar `<checkpoint>.json` (tiny-clip writes thresholds there); {} when absent."""
+    meta = Path(ckpt + ".json")
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text())
+        except ValueError:
+            return {}
+    return {}
+
+
+_CACHE: dict[tuple, LoadedClip] = {}
+_LOCK = threading.Lock()
+
+
+def load_clip(clip_cfg: ClipConfig, device: str | None = None) -> LoadedClip:
+    """Load (once per process) the model `clip_cfg` names, on `device` (default clip_cfg.device).
+
+    - model="tiny-clip", pretrained=None: the project's model (trained once, cached on disk);
+    - pretrained=<local file or dir>: torch.load(weights_only=True) through open_clip;
+    - pretrained=<hub tag>: open_clip's pretrained registry (hub cache; needs network once).
+    """
+    import open_clip
+    import torch
+
+    from laion_spark.clip import tiny
+
+    dev = resolve_device(device or clip_cfg.device)
+    prec = _resolve_precision(clip_cfg.precision, dev)
+    pretrained = clip_cfg.pretrained
+    if clip_cfg.model == tiny.TINY_NAME:
+        tiny.register()
+        if not pretrained:
+            pretrained = tiny.ensure_tiny_clip()
+    elif not pretrained:
+        raise ConfigError(
+            f"clip.pretrained: model {clip_cfg.model!r} needs a hub tag or a local checkpoint path"
+        )
+    key = (clip_cfg.model, pretrained, dev, prec, clip_cfg.max_image_pixels)
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        meta: dict[str, Any] = {}
+        if is_local_weights(pretrained):
+            ckpt = checkpoint_file(pretrained)
+            meta = _read_meta(ckpt)
+            model = open_clip.create_model(clip_cfg.model, pretrained=None, device="cpu")
+            # open_clip's loader: torch.load(weights_only=True) or safetensors, strips
+            # "module." prefixes, resizes position embeddings; the same path as hub weights
+            open_clip.load_checkpoint(model, ckpt, weights_only=True)
+        else:
+            model = open_clip.create_model(
+                clip_cfg.model, pretrained=pretrained, device="cpu", require_pretrained=True
+            )
+        model.eval()
+        digest = weights_digest(model)
+        model = model.to(dev)
+        preprocess = open_clip.image_transform(
+            model.visual.image_size,
+            is_train=False,
+            mean=getattr(model.visual, "image_mean", None),
+            std=getattr(model.visual, "image_std", None),
+        )
+        tokenizer = open_clip.get_tokenizer(clip_cfg.model)
+        with torch.inference_mode():
+            dim = int(model.encode_text(tokenizer(["x"]).to(dev)).shape[-1])
+        thresholds = dict(LAION_THRESHOLDS)
+        thresholds.update({k: float(v) for k, v in (meta.get("thresholds") or {}).items()})
+        loaded = LoadedClip(
+            model=model,
+            preprocess=preprocess,
+            tokenizer=tokenizer,
+            device=dev,
+            dim=dim,
+            model_id=f"{clip_cfg.model}@{digest}",
+            precision=prec,
+            thresholds=thresholds,
+            max_image_pixels=clip_cfg.max_image_pixels,
+        )
+        _CACHE[key] = loaded
+        return loaded
+
+
+def filter_thresholds(clip_cfg: ClipConfig, loaded: LoadedClip) -> dict[str, float]:
+    """Effective CLIP-filter thresholds: config values where set, else the model's defaults."""
+    return {
+        "en": clip_cfg.threshold_en
+        if clip_cfg.threshold_en is not None
+        else loaded.thresholds["en"],
+        "multi": clip_cfg.threshold_multi
+        if clip_cfg.threshold_multi is not None
+        else loaded.thresholds["multi"],
+    }
