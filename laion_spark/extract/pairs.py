@@ -1,0 +1,108 @@
+"""From a parsed page (WAT or HTML, same shape) to image-text pairs, LAION rules applied.
+
+Both parsers produce a `Page`; `page_pairs` is the one place the rules run, which is why
+the WAT path and the WARC path give the same pairs for the same page.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from laion_spark.extract import captions, language, urls
+from laion_spark.ids import sample_id
+
+TOO_MANY_IMAGES = "too_many_images"
+DUPLICATE_IN_PAGE = "duplicate_in_page"
+
+
+@dataclass
+class Page:
+    url: str
+    # (src, alt) as found: src raw (maybe relative), alt None when the attribute is absent
+    images: list[tuple[str | None, str | None]] = field(default_factory=list)
+    base_href: str | None = None
+    license: str | None = None
+
+
+@dataclass
+class Rules:
+    """The extract settings a worker needs, in a fast form (built once per task)."""
+
+    min_caption_chars: int = 5
+    max_caption_chars: int = 2000
+    fix_text: bool = True
+    max_url_chars: int = 2048
+    drop_extensions: frozenset[str] = frozenset({"svg", "gif"})
+    use_srcset: bool = False
+    language_id: bool = True
+    min_language_score: float = 0.25
+    english_codes: frozenset[str] = frozenset({"en"})
+    max_images_per_page: int = 2000
+    max_page_bytes: int = 5_000_000
+    max_wat_record_bytes: int = 5_000_000
+
+    @classmethod
+    def from_options(cls, opts: dict | None) -> Rules:
+        opts = dict(opts or {})
+        kw = {k: v for k, v in opts.items() if k in cls.__dataclass_fields__}
+        for k in ("drop_extensions", "english_codes"):
+            if k in kw:
+                kw[k] = frozenset(str(x).lower().lstrip(".") for x in kw[k])
+        return cls(**kw)
+
+
+@dataclass
+class Pair:
+    sample_id: str
+    url: str
+    text: str
+    page_url: str
+    language: str | None
+    language_score: float
+    language_group: str
+    license: str | None
+    crawl_id: str | None = None  # set by the reader (config, file path or warcinfo)
+
+
+def judge_image(
+    src: str | None, alt: str | None, base: str, rules: Rules
+) -> tuple[str | None, str | None, str | None]:
+    """(absolute URL, clean caption, None) for a kept image, or (None, None, reason)."""
+    # caption first: it is the cheaper test and rejects most images (no/short alt)
+    text, why = captions.clean_caption(
+        alt, rules.min_caption_chars, rules.max_caption_chars, rules.fix_text
+    )
+    if why:
+        return None, None, why
+    url, why = urls.resolve_image_url(src, base, rules.max_url_chars, rules.drop_extensions)
+    if why:
+        return None, None, why
+    return url, text, None
+
+
+def page_pairs(page: Page, rules: Rules, rejected: Counter) -> Iterator[Pair]:
+    """Pairs of one page; every dropped image adds 1 to `rejected[reason]`."""
+    base = urls.resolve_base(page.url, page.base_href)
+    seen: set[str] = set()
+    images = page.images
+    if len(images) > rules.max_images_per_page:
+        rejected[TOO_MANY_IMAGES] += len(images) - rules.max_images_per_page
+        images = images[: rules.max_images_per_page]
+    for src, alt in images:
+        url, text, why = judge_image(src, alt, base, rules)
+        if why:
+            rejected[why] += 1
+            continue
+        sid = sample_id(url, text)
+        if sid in seen:
+            rejected[DUPLICATE_IN_PAGE] += 1
+            continue
+        seen.add(sid)
+        if rules.language_id:
+            code, score = language.detect(text)
+        else:
+            code, score = None, 0.0
+        group = language.language_group(code, score, rules.min_language_score, rules.english_codes)
+        yield Pair(sid, url, text, page.url, code, score, group, page.license)

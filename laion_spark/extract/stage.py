@@ -1,0 +1,216 @@
+"""Extract stage: WAT/WARC files -> `candidates` (+ per-file `extract_stats`).
+
+One Spark task per input file streams it with fastwarc (bounded memory), applies the
+LAION rules (laion_spark.extract.pairs) and yields pairs plus one stats row. Files that
+already have a non-failed `extract_stats` row are skipped (incremental); candidates are
+MERGEd on sample_id (idempotent: a re-run inserts nothing new).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from laion_spark.config import Config
+from laion_spark.extract.inputs import expand_inputs
+from laion_spark.stage import StageResult
+from laion_spark.tables import Tables
+from laion_spark.takedowns import exclude_taken_down
+
+_S, _L, _F, _D = T.StringType(), T.LongType(), T.FloatType(), T.DoubleType()
+# what one task emits: pair rows (kind="pair") and one stats row per file (kind="stats")
+ROW_SCHEMA = T.StructType(
+    [
+        T.StructField(n, t, True)
+        for n, t in [
+            ("kind", _S),
+            ("sample_id", _S),
+            ("url", _S),
+            ("text", _S),
+            ("page_url", _S),
+            ("language", _S),
+            ("language_score", _F),
+            ("language_group", _S),
+            ("license", _S),
+            ("source_file", _S),
+            ("source_offset", _L),
+            ("crawl_id", _S),
+            ("source_format", _S),
+            ("records", _L),
+            ("pages", _L),
+            ("pairs", _L),
+            ("bad_records", _L),
+            ("rejected", T.MapType(_S, _L)),
+            ("errors", T.MapType(_S, _L)),
+            ("seconds", _D),
+            ("status", _S),
+            ("error_message", _S),
+        ]
+    ]
+)
+PAIR_COLS = [
+    "sample_id",
+    "url",
+    "text",
+    "page_url",
+    "language",
+    "language_score",
+    "language_group",
+    "license",
+    "source_file",
+    "source_offset",
+    "crawl_id",
+    "source_format",
+]
+STATS_COLS = [
+    "source_file",
+    "records",
+    "pages",
+    "pairs",
+    "bad_records",
+    "rejected",
+    "errors",
+    "seconds",
+    "status",
+    "error_message",
+    "crawl_id",
+]
+_N_PAIR_PAD = 9  # stats fields after the pair fields
+
+
+def _format_of(path: str) -> str:
+    return "wat" if ".wat" in path.rsplit("/", 1)[-1] else "warc"
+
+
+def file_rows(path: str, options: dict):
+    """Rows (tuples in ROW_SCHEMA order) for one file: its pairs, then its stats row."""
+    from laion_spark.extract.reader import FileStats, iter_file
+
+    fmt = _format_of(path)
+    pad = (None,) * _N_PAIR_PAD
+    for item in iter_file(path, options):
+        if isinstance(item, FileStats):
+            d = item.as_dict()
+            yield (
+                ("stats",)
+                + (None,) * 8
+                + (path, None, d["crawl_id"], fmt)
+                + tuple(
+                    d[k]
+                    for k in (
+                        "records",
+                        "pages",
+                        "pairs",
+                        "bad_records",
+                        "rejected",
+                        "errors",
+                        "seconds",
+                        "status",
+                        "error_message",
+                    )
+                )
+            )
+        else:
+            p, offset = item
+            yield (
+                "pair",
+                p.sample_id,
+                p.url,
+                p.text,
+                p.page_url,
+                p.language,
+                p.language_score,
+                p.language_group,
+                p.license,
+                path,
+                offset,
+                p.crawl_id,
+                fmt,
+            ) + pad
+
+
+def _done_files(tables: Tables) -> set[str]:
+    if not tables.exists("extract_stats"):
+        return set()
+    rows = tables.read("extract_stats").where("status <> 'failed'").select("source_file")
+    return {r[0] for r in rows.collect()}
+
+
+def _dedup_by_url(tables: Tables, pairs: DataFrame) -> DataFrame:
+    """LAION-5B style: one row per URL; the first seen (file, offset, id order) wins, and a
+    URL already in `candidates` is not added again."""
+    w = Window.partitionBy("url").orderBy("source_file", "source_offset", "sample_id")
+    first = pairs.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
+    if tables.exists("candidates"):
+        first = first.join(tables.read("candidates").select("url").distinct(), "url", "left_anti")
+    return first
+
+
+def run(
+    spark: SparkSession,
+    cfg: Config,
+    tables: Tables,
+    inputs: list[str] | None = None,
+    reprocess: bool = False,
+) -> StageResult:
+    """Extract pairs from WAT/WARC files (default: cfg.extract.inputs) into `candidates`."""
+    t0 = time.time()
+    ex = cfg.extract
+    files = expand_inputs(list(inputs if inputs is not None else ex.inputs), ex.listing_prefix)
+    skipped = 0
+    if not reprocess:
+        done = _done_files(tables)
+        skipped = sum(1 for f in files if f in done)
+        files = [f for f in files if f not in done]
+    if not files:
+        return StageResult(
+            "extract", notes={"files": 0, "skipped_files": skipped}, seconds=time.time() - t0
+        )
+    options = ex.to_options()
+    rdd = spark.sparkContext.parallelize(files, len(files)).flatMap(lambda p: file_rows(p, options))
+    rows = spark.createDataFrame(rdd, ROW_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        stats = rows.where("kind = 'stats'").select(*STATS_COLS)
+        stat_rows = stats.collect()
+        pairs = rows.where("kind = 'pair'").select(*PAIR_COLS)
+        n_pairs = pairs.count()
+        by_status: Counter = Counter()
+        if ex.dedup_by_url:
+            pairs = _dedup_by_url(tables, pairs)
+        kept = exclude_taken_down(tables, pairs)
+        before = tables.read("candidates").count() if tables.exists("candidates") else 0
+        out = kept.withColumn("extracted_at", F.current_timestamp())
+        # insert-only: the first file a sample came from stays its provenance on re-runs
+        tables.upsert(out, "candidates", update=False)
+        after = tables.read("candidates").count()
+        tables.upsert(stats.withColumn("finished_at", F.current_timestamp()), "extract_stats")
+    finally:
+        rows.unpersist()
+    for r in stat_rows:
+        for k, v in (r["rejected"] or {}).items():
+            by_status[f"rejected:{k}"] += v
+        for k, v in (r["errors"] or {}).items():
+            by_status[f"error:{k}"] += v
+    by_status["inserted"] = after - before
+    by_status["not_inserted"] = n_pairs - (after - before)
+    return StageResult(
+        "extract",
+        rows_in=n_pairs,
+        rows_out=after - before,
+        by_status=dict(by_status),
+        seconds=time.time() - t0,
+        notes={
+            "files": len(files),
+            "skipped_files": skipped,
+            "failed_files": sum(1 for r in stat_rows if r["status"] == "failed"),
+            "bad_records": sum(r["bad_records"] or 0 for r in stat_rows),
+        },
+    )
+
+
+from laion_spark.extract.importer import import_metadata  # noqa: E402,F401  (public API)

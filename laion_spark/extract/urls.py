@@ -1,0 +1,127 @@
+"""Image URL rules: resolve against the page, normalise, reject with a reason.
+
+Every function is pure (no I/O), so the same decision is made on every executor.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+
+from laion_spark.ids import normalize_url
+
+# rejection reasons (keys of extract_stats.rejected)
+EMPTY_URL = "empty_url"
+DATA_URL = "data_url"
+JAVASCRIPT_URL = "javascript_url"
+BAD_SCHEME = "bad_scheme"
+INVALID_URL = "invalid_url"
+URL_TOO_LONG = "url_too_long"
+BAD_EXTENSION = "bad_extension"
+
+# WHATWG URL parsing strips ASCII tab/newline anywhere and C0 controls/space at the ends
+_TAB_NL = re.compile(r"[\t\n\r]")
+# characters a browser would percent-encode in a path/query (space, non-ASCII, quotes...)
+_SAFE = "!#$%&'()*+,/:;=?@[]~-._"
+
+
+def url_extension(url: str) -> str:
+    """Lower-case extension of the LAST path segment ('' if none).
+
+    `.../Flag.svg/18px-Flag.svg.png` -> 'png' (a Wikimedia PNG thumbnail of an SVG), where
+    LAION's substring test (".svg" in url) would have dropped it.
+    """
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return ""
+    seg = path.rsplit("/", 1)[-1]
+    if "." not in seg:
+        return ""
+    return seg.rsplit(".", 1)[-1].lower()
+
+
+def _clean_raw(raw: str) -> str:
+    raw = raw.strip(" \t\n\r\f\v\x00\x0b")  # noqa: B005 (a set of characters)
+    if "\t" in raw or "\n" in raw or "\r" in raw:
+        raw = _TAB_NL.sub("", raw)
+    return raw
+
+
+def resolve_base(page_url: str, base_href: str | None) -> str:
+    """The URL relative links resolve against: <base href> (itself resolved) or the page."""
+    if base_href:
+        b = _clean_raw(base_href)
+        if b and not b.lower().startswith(("data:", "javascript:")):
+            try:
+                joined = urljoin(page_url, b)
+                if urlsplit(joined).scheme in ("http", "https"):
+                    return joined
+            except ValueError:
+                pass
+    return page_url
+
+
+def resolve_image_url(
+    raw: str | None, base: str, max_chars: int = 2048, drop_ext: frozenset[str] = frozenset()
+) -> tuple[str | None, str | None]:
+    """(absolute normalised URL, None) or (None, rejection reason)."""
+    if raw is None:
+        return None, EMPTY_URL
+    raw = _clean_raw(raw)
+    if not raw:
+        return None, EMPTY_URL
+    if len(raw) > max_chars:
+        return None, URL_TOO_LONG
+    head = raw[:11].lower()
+    if head.startswith("data:"):
+        return None, DATA_URL
+    if head.startswith("javascript:"):
+        return None, JAVASCRIPT_URL
+    try:
+        url = raw if head.startswith(("http://", "https://")) else urljoin(base, raw)
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            return None, BAD_SCHEME
+        host = parts.hostname
+        if not host or any(c in host for c in " <>\"'\\{}|^`"):
+            return None, INVALID_URL
+        _ = parts.port  # raises ValueError on a bad port
+        if not host.isascii():
+            # IDN host -> punycode, as a browser would send it
+            host_ascii = host.encode("idna").decode("ascii")
+            netloc = parts.netloc.replace(parts.hostname or "", host_ascii)
+            parts = parts._replace(netloc=netloc)
+        path, query = parts.path, parts.query
+        if not (path.isascii() and query.isascii()) or " " in path or " " in query:
+            path, query = quote(path, safe=_SAFE), quote(query, safe=_SAFE)
+        url = normalize_url(urlunsplit((scheme, parts.netloc, path, query, "")))
+    except (ValueError, UnicodeError):
+        return None, INVALID_URL
+    if len(url) > max_chars:
+        return None, URL_TOO_LONG
+    if drop_ext and url_extension(url) in drop_ext:
+        return None, BAD_EXTENSION
+    return url, None
+
+
+def largest_srcset(srcset: str | None) -> str | None:
+    """The candidate with the largest width (`640w`) or density (`2x`) of a srcset."""
+    if not srcset:
+        return None
+    best, best_size = None, -1.0
+    for cand in srcset.split(","):
+        bits = cand.strip().split()
+        if not bits:
+            continue
+        size = 1.0
+        if len(bits) > 1:
+            d = bits[-1].lower()
+            try:
+                size = float(d[:-1]) if d[-1:] in ("w", "x") else 1.0
+            except ValueError:
+                size = 1.0
+        if size > best_size:
+            best, best_size = bits[0], size
+    return best

@@ -1,0 +1,110 @@
+"""WAT (Common Crawl metadata JSON) record -> Page.
+
+Path in the JSON: Envelope.Payload-Metadata.HTTP-Response-Metadata.HTML-Metadata, with
+`Links` entries like {"path": "IMG@/src", "url": ..., "alt": ...} and `Head.Base`. The page
+URL is Envelope.WARC-Header-Metadata.WARC-Target-URI (the record's WARC header as fallback).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from laion_spark.extract.captions import unescape_entities
+from laion_spark.extract.license import page_license
+
+try:  # orjson is ~3x faster on WAT records; stdlib json is the fallback
+    import orjson as _json
+
+    _loads = _json.loads
+    _JSONError: tuple[type[Exception], ...] = (_json.JSONDecodeError, ValueError, TypeError)
+except ImportError:  # pragma: no cover
+    import json as _json  # type: ignore[no-redef]
+
+    _loads = _json.loads
+    _JSONError = (ValueError, TypeError)
+
+from laion_spark.extract.pairs import Page
+
+INVALID_JSON = "invalid_json"
+BAD_WAT_SHAPE = "bad_wat_shape"
+
+
+class WatError(ValueError):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _text(v: Any) -> str | None:
+    return unescape_entities(v) if isinstance(v, str) else None
+
+
+def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page | None:
+    """Page with IMG links of a WAT record; None when it is not an HTML response record.
+
+    Raises WatError(invalid_json | bad_wat_shape) on broken input.
+    """
+    try:
+        doc = _loads(payload)
+    except _JSONError as e:
+        raise WatError(INVALID_JSON, str(e)[:200]) from None
+    if not isinstance(doc, dict):
+        raise WatError(BAD_WAT_SHAPE, "top level is not an object")
+    env = doc.get("Envelope")
+    if not isinstance(env, dict):
+        raise WatError(BAD_WAT_SHAPE, "no Envelope")
+    meta = _get(env, "Payload-Metadata", "HTTP-Response-Metadata", "HTML-Metadata")
+    if meta is None:
+        return None  # request / metadata records, non-HTML responses
+    if not isinstance(meta, dict):
+        raise WatError(BAD_WAT_SHAPE, "HTML-Metadata is not an object")
+    page_url = _get(env, "WARC-Header-Metadata", "WARC-Target-URI") or record_url
+    if not isinstance(page_url, str) or not page_url:
+        raise WatError(BAD_WAT_SHAPE, "no WARC-Target-URI")
+    head = meta.get("Head")
+    base = _get(head, "Base") if isinstance(head, dict) else None
+    if isinstance(base, dict):  # some writers nest it
+        base = base.get("href") or base.get("url")
+    links = meta.get("Links")
+    if links is None:
+        links = []
+    if not isinstance(links, list):
+        raise WatError(BAD_WAT_SHAPE, "Links is not a list")
+    images: list[tuple[str | None, str | None]] = []
+    lic_links: list[tuple[str | None, str | None]] = []
+    for link in links:
+        if not isinstance(link, dict):
+            continue
+        path = link.get("path")
+        if not isinstance(path, str):
+            continue
+        if path.startswith("IMG@"):
+            if path != "IMG@/src":
+                continue  # IMG@/srcset etc.: the HTML path takes src only by default
+            images.append((_text(link.get("url")), _text(link.get("alt"))))
+        elif path.startswith(("A@", "LINK@")):
+            url = link.get("url")
+            if isinstance(url, str) and "creativecommons.org" in url.lower():
+                rel = link.get("rel")
+                lic_links.append((url, rel if isinstance(rel, str) else None))
+        elif path.startswith("BASE@") and base is None:
+            base = link.get("url")
+    if isinstance(head, dict):
+        for link in head.get("Link") or []:
+            if isinstance(link, dict) and isinstance(link.get("url"), str):
+                rel = link.get("rel")
+                lic_links.append((link["url"], rel if isinstance(rel, str) else None))
+    return Page(
+        url=page_url,
+        images=images,
+        base_href=_text(base),
+        license=page_license(lic_links) if lic_links else None,
+    )
