@@ -15,8 +15,8 @@ from pyspark.sql import SparkSession
 
 from laion_spark.config import Config
 
-DELTA_VERSION = "4.4.0"
-DELTA_PACKAGE = f"io.delta:delta-spark_4.2_2.13:{DELTA_VERSION}"
+DELTA_VERSION = "4.3.1"
+DELTA_PACKAGE = f"io.delta:delta-spark_4.1_2.13:{DELTA_VERSION}"
 
 # Defaults that keep local mode quick and predictable; conf/*.yaml `spark.conf` wins.
 _LOCAL_DEFAULTS = {
@@ -31,6 +31,9 @@ _LOCAL_DEFAULTS = {
     "spark.driver.memory": "4g",
     "spark.python.worker.reuse": "true",
     "spark.executorEnv.PYTHONHASHSEED": "0",
+    # local runs stay on loopback: never bind to or advertise the machine's other addresses
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
 }
 _DELTA_SQL = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -78,6 +81,8 @@ def get_spark(cfg: Config) -> SparkSession:
         return active
     builder = SparkSession.builder.appName(cfg.spark.app_name)
     local = bool(cfg.spark.master) and cfg.spark.master.startswith("local")
+    if local:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     if cfg.spark.master:
         # None: spark-submit or the platform (Databricks, EMR) supplies the master
         builder = builder.master(cfg.spark.master)

@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 JAR_DIR=${LAION_SPARK_JAR_DIR:-$HOME/.cache/laion_spark/jars}
-DELTA_VERSION=4.4.0
-SPARK_MM=4.2
+DELTA_VERSION=4.3.1
+SPARK_MM=4.1
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 die() { printf '\033[31m[setup] ERROR:\033[0m %s\n' "$*" >&2; exit 1; }

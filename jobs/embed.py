@@ -1,0 +1,8 @@
+"""spark-submit entry point of the embed stage: spark-submit jobs/embed.py --conf NAME --set k=v"""
+
+import sys
+
+from laion_spark.jobs import stage_job
+
+if __name__ == "__main__":
+    sys.exit(stage_job("embed"))

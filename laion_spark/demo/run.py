@@ -1,0 +1,123 @@
+"""`laion-spark demo`: a generated crawl through every stage, locally, end to end.
+
+1. generate web pages whose <img> links point at generated images (plus junk links
+   and failures a real crawl has) and write them as real WARC + WAT files;
+2. serve the images from a loopback HTTP server (fixed port, so URLs and therefore
+   sample_ids are identical on every run: a second run adds nothing);
+3. run extract -> download -> embed -> score -> curate -> index through Spark, with
+   Delta tables under the workdir, then search the index;
+4. print the per-stage summary and SQL a user can paste.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from laion_spark.config import Config
+from laion_spark.demo.synthetic import make_samples
+
+DEMO_PORT = int(os.environ.get("LAION_SPARK_DEMO_PORT", "18765"))
+
+
+def demo_pages(n_pages: int, base: str, seed: int = 7) -> tuple[list[dict], dict[str, bytes], set[str]]:
+    """Pages for the crawl writer, image bodies by server path, and paths served with noai."""
+    rng = random.Random(seed)
+    samples = make_samples(n_pages * 2, seed=seed, mismatch_rate=0.2)
+    bodies: dict[str, bytes] = {}
+    noai: set[str] = set()
+    pages = []
+    it = iter(samples)
+    for p in range(n_pages):
+        images = []
+        for _ in range(rng.choice([1, 2, 2, 3])):
+            s = next(it, None)
+            if s is None:
+                break
+            path = f"/img/{s.index}.jpg"
+            bodies[path] = s.jpeg(size=96)
+            images.append((f"{base}{path}", s.caption))
+        # what real pages also have: a dead link, an opted-out image, junk the rules drop
+        if p % 10 == 3:
+            images.append((f"{base}/img/missing-{p}.jpg", "a picture that is not there anymore"))
+        if p % 25 == 5:
+            noai_path = f"/img/noai-{p}.jpg"
+            bodies[noai_path] = samples[p].jpeg(size=96)
+            noai.add(noai_path)
+            images.append((f"{base}{noai_path}", "an artist's image opted out of AI training"))
+        if p % 7 == 0:
+            images.append((f"{base}/static/logo.svg", "company logo in vector format"))
+            images.append(("data:image/png;base64,iVBORw0KGgo=", "inline pixel image here"))
+            images.append((f"{base}/img/spacer.jpg", "ok"))
+        pages.append(
+            {
+                "url": f"{base}/page/{p}.html",
+                "images": images,
+                "license": "https://creativecommons.org/licenses/by/4.0/" if p % 4 == 0 else None,
+            }
+        )
+    return pages, bodies, noai
+
+
+def demo_config(cfg: Config) -> Config:
+    """The demo's overrides: allow the loopback image server, small images, tiny CLIP."""
+    cfg.download.allow_networks = sorted({*cfg.download.allow_networks, "127.0.0.1/32"})
+    cfg.download.image_size = min(cfg.download.image_size, 96)
+    return cfg
+
+
+def run_demo(cfg: Config, pages: int = 200) -> list:
+    from laion_spark.demo.crawl import write_synthetic_crawl
+    from laion_spark.demo.image_server import ImageServer
+    from laion_spark.pipeline import run_pipeline
+    from laion_spark.session import get_spark
+    from laion_spark.tables import Tables
+
+    cfg = demo_config(cfg)
+    t0 = time.time()
+    workdir = cfg.workdir_path
+    os.makedirs(workdir, exist_ok=True)
+    base = f"http://127.0.0.1:{DEMO_PORT}"
+    page_list, bodies, noai = demo_pages(pages, base)
+    crawl = write_synthetic_crawl(os.path.join(workdir, "crawl"), page_list)
+    print(f"[demo] wrote {len(page_list)} pages as {crawl['warc']} and {crawl['wat']}")
+
+    spark = get_spark(cfg)
+    tables = Tables(spark, cfg)
+    with ImageServer(port=DEMO_PORT) as server:
+        for path, body in bodies.items():
+            headers = {"X-Robots-Tag": "noai"} if path in noai else None
+            server.add(path, body, "image/jpeg", headers=headers)
+        print(f"[demo] serving {len(bodies)} images at {server.base_url}")
+        results = run_pipeline(spark, cfg, tables, extract={"inputs": [crawl["wat"]]})
+
+    _search_examples(spark, cfg, tables)
+    _print_next_steps(cfg)
+    print(f"[demo] finished in {time.time() - t0:.0f}s; tables under {tables.root}")
+    return results
+
+
+def _search_examples(spark, cfg: Config, tables) -> None:
+    from laion_spark.index.search import Searcher
+
+    searcher = Searcher.open(spark, cfg, tables)
+    for q in ["a red circle on the left", "a blue square at the top"]:
+        print(f"\n[demo] search: {q!r}")
+        for hit in searcher.search(q, k=3):
+            print(f"   {hit.get('score', 0):.3f}  {hit.get('text')!r:60}  {hit.get('url')}")
+
+
+def _print_next_steps(cfg: Config) -> None:
+    wd = f" --set workdir={cfg.workdir}" if cfg.workdir != "./demo-workdir" else ""
+    print("\nTry these (SQL over the Delta tables; each table is a view by its name):")
+    for q in [
+        "SELECT status, count(*) AS n FROM images GROUP BY status ORDER BY n DESC",
+        "SELECT c.text, round(e.similarity, 3) AS sim, s.punsafe FROM candidates c "
+        "JOIN embeddings e USING (sample_id) LEFT JOIN scores s USING (sample_id) "
+        "ORDER BY sim DESC LIMIT 5",
+        "SELECT subset, count(*) AS n, sum(repeat) AS draws FROM subsets GROUP BY subset",
+    ]:
+        print(f'  .venv/bin/laion-spark sql{wd} "{q}"')
+    print(f"  .venv/bin/laion-spark tables{wd}")
+    print(f"  .venv/bin/laion-spark serve{wd}     # web page to search the index")
