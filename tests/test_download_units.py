@@ -120,7 +120,9 @@ def test_resize_modes_sizes(mode, src, expect):
 
 
 def test_resize_only_if_bigger_keeps_small_images():
-    r = process_image(data.jpeg(30, 20), _cfg(image_size=64, resize_mode="border", resize_only_if_bigger=True))
+    r = process_image(
+        data.jpeg(30, 20), _cfg(image_size=64, resize_mode="border", resize_only_if_bigger=True)
+    )
     assert (r.width, r.height) == (30, 20)
 
 
@@ -133,7 +135,9 @@ def test_border_pads_white_and_big_jpeg_fast_decode_same_size():
 
 @pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
 def test_encode_formats(fmt):
-    r = process_image(data.png(), _cfg(image_size=32, encode_format=fmt, encode_quality=9 if fmt == "png" else 90))
+    r = process_image(
+        data.png(), _cfg(image_size=32, encode_format=fmt, encode_quality=9 if fmt == "png" else 90)
+    )
     assert r.status == "success" and r.format == fmt
     head = {"jpg": b"\xff\xd8", "png": b"\x89PNG", "webp": b"RIFF"}[fmt]
     assert r.image.startswith(head)
@@ -158,7 +162,9 @@ def test_exif_orientation_applied():
 
 
 def test_alpha_composited_on_white_and_cmyk_and_16bit():
-    r = process_image(data.rgba_transparent_png(), _cfg(resize_mode="no", encode_format="png", encode_quality=3))
+    r = process_image(
+        data.rgba_transparent_png(), _cfg(resize_mode="no", encode_format="png", encode_quality=3)
+    )
     img = cv2.imdecode(np.frombuffer(r.image, np.uint8), cv2.IMREAD_UNCHANGED)
     assert img.shape == (32, 32, 3) and img.min() == 255
     c = process_image(data.cmyk_jpeg(), _cfg(resize_mode="no"))
@@ -167,7 +173,11 @@ def test_alpha_composited_on_white_and_cmyk_and_16bit():
     assert px[0] > 150 and px[2] < 90, px  # still blue, not inverted
     p16 = process_image(data.png16(), _cfg(resize_mode="no", encode_format="png", encode_quality=3))
     img16 = cv2.imdecode(np.frombuffer(p16.image, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert p16.status == "success" and img16.dtype == np.uint8 and abs(int(img16[5, 5, 0]) - 40000 // 256) <= 1
+    assert (
+        p16.status == "success"
+        and img16.dtype == np.uint8
+        and abs(int(img16[5, 5, 0]) - 40000 // 256) <= 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -205,11 +215,16 @@ def test_fetch_retries_429_then_succeeds_and_sends_user_agent():
         f = Fetcher(_cfg(allow_networks=["127.0.0.1/32"], backoff_s=0.05, retries=2))
         res = f.fetch(url)
         assert res.status == "success" and res.attempts == 2 and srv.hits["/rl.jpg"] == 2
-        assert srv.user_agents[-1] == "Mozilla/5.0 (compatible; laion-spark; +https://github.com/laion_spark)"
+        assert (
+            srv.user_agents[-1]
+            == "Mozilla/5.0 (compatible; laion-spark; +https://github.com/laion_spark)"
+        )
         # Retry-After beyond the bound is not waited for
         url2 = srv.rate_limited("/rl2.jpg", data.jpeg(), fail_times=5, retry_after="3600")
         res2 = f.fetch(url2)
-        assert res2.status == "http_error" and res2.http_status == 429 and "Retry-After" in res2.error
+        assert (
+            res2.status == "http_error" and res2.http_status == 429 and "Retry-After" in res2.error
+        )
 
 
 def test_fetch_is_blocked_without_allowlist():
@@ -224,10 +239,25 @@ def test_robots_txt_optional_and_cached():
         srv.add("/robots.txt", b"User-agent: laion-spark\nDisallow: /private/\n", "text/plain")
         srv.add("/private/a.jpg", data.jpeg())
         srv.add("/public/a.jpg", data.jpeg())
-        rows = [("p1", srv.url("/private/a.jpg")), ("p2", srv.url("/public/a.jpg")), ("p3", srv.url("/private/a.jpg?x=1"))]
-        off = {r["sample_id"]: r["status"] for r in download_rows(rows, _cfg(allow_networks=["127.0.0.1/32"]))}
-        assert off == {"p1": "success", "p2": "success", "p3": "success"} and srv.hits["/robots.txt"] == 0
-        on = {r["sample_id"]: r["status"] for r in download_rows(rows, _cfg(allow_networks=["127.0.0.1/32"], respect_robots_txt=True, threads=1))}
+        rows = [
+            ("p1", srv.url("/private/a.jpg")),
+            ("p2", srv.url("/public/a.jpg")),
+            ("p3", srv.url("/private/a.jpg?x=1")),
+        ]
+        off = {
+            r["sample_id"]: r["status"]
+            for r in download_rows(rows, _cfg(allow_networks=["127.0.0.1/32"]))
+        }
+        assert (
+            off == {"p1": "success", "p2": "success", "p3": "success"}
+            and srv.hits["/robots.txt"] == 0
+        )
+        on = {
+            r["sample_id"]: r["status"]
+            for r in download_rows(
+                rows, _cfg(allow_networks=["127.0.0.1/32"], respect_robots_txt=True, threads=1)
+            )
+        }
         assert on == {"p1": "opted_out", "p2": "success", "p3": "opted_out"}
         assert srv.hits["/robots.txt"] == 1  # cached per host
 

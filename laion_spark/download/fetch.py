@@ -25,6 +25,7 @@ from laion_spark.download.ssrf import check_host, parse_networks
 REDIRECT_CODES = {301, 302, 303, 307, 308}
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 _CHUNK = 64 * 1024
+_DNS_TTL_S = 300.0
 
 
 def user_agent(token: str) -> str:
@@ -66,7 +67,14 @@ class FetchResult:
 class _Fail(Exception):
     """A terminal or retryable failure inside one attempt."""
 
-    def __init__(self, status: str, error: str, http_status: int | None = None, retry_after: float | None = None, retryable: bool = False):
+    def __init__(
+        self,
+        status: str,
+        error: str,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ):
         super().__init__(error)
         self.status, self.error, self.http_status = status, error, http_status
         self.retry_after, self.retryable = retry_after, retryable
@@ -90,7 +98,15 @@ def _retry_after(value: str | None) -> float | None:
 class _PinnedHTTPS(http.client.HTTPSConnection):
     """HTTPS to an already-checked IP, with SNI and certificate check for the host name."""
 
-    def __init__(self, ip: str, port: int, server_name: str, connect_timeout: float, read_timeout: float, context: ssl.SSLContext):
+    def __init__(
+        self,
+        ip: str,
+        port: int,
+        server_name: str,
+        connect_timeout: float,
+        read_timeout: float,
+        context: ssl.SSLContext,
+    ):
         super().__init__(ip, port, timeout=connect_timeout, context=context)
         self._server_name, self._read_timeout, self._ctx = server_name, read_timeout, context
 
@@ -130,6 +146,7 @@ class Fetcher:
         self._local = threading.local()
         self._ssl = ssl.create_default_context()
         self._reject_ct = [c.lower() for c in cfg.reject_content_types]
+        self._dns: dict[tuple[str, int], tuple[float, list[str], str | None]] = {}
 
     # ---- connections (one keep-alive connection per (scheme, ip, port) per thread) ----
     def _conns(self) -> dict:
@@ -144,7 +161,9 @@ class Fetcher:
         conn = conns.get(key)
         if conn is None:
             if scheme == "https":
-                conn = _PinnedHTTPS(ip, port, host, self.cfg.connect_timeout_s, self.cfg.read_timeout_s, self._ssl)
+                conn = _PinnedHTTPS(
+                    ip, port, host, self.cfg.connect_timeout_s, self.cfg.read_timeout_s, self._ssl
+                )
             else:
                 conn = _PinnedHTTP(ip, port, self.cfg.connect_timeout_s, self.cfg.read_timeout_s)
             conns[key] = conn
@@ -160,15 +179,34 @@ class Fetcher:
             conn.close()
         self._conns().clear()
 
+    def _check_host(self, host: str, port: int) -> tuple[list[str], str | None]:
+        """check_host with a per-task cache: one DNS lookup + decision per host and port.
+
+        Safe to cache because we connect to the address that was checked, never to the
+        name again; entries expire after _DNS_TTL_S.
+        """
+        key = (host, port)
+        now = time.monotonic()
+        hit = self._dns.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1], hit[2]
+        ips, refused = check_host(host, port, self.allow)
+        self._dns[key] = (now + _DNS_TTL_S, ips, refused)
+        return ips, refused
+
     def _host(self, host: str) -> _HostState:
         with self._hosts_lock:
             st = self._hosts.get(host)
             if st is None:
-                st = self._hosts[host] = _HostState(threading.BoundedSemaphore(self.cfg.per_host_concurrency))
+                st = self._hosts[host] = _HostState(
+                    threading.BoundedSemaphore(self.cfg.per_host_concurrency)
+                )
             return st
 
     # ---- one request ----
-    def _request(self, url: str, deadline: float, max_bytes: int, check_opt_out: bool) -> tuple[int, dict, list[str], bytes | None, str | None]:
+    def _request(
+        self, url: str, deadline: float, max_bytes: int, check_opt_out: bool
+    ) -> tuple[int, dict, list[str], bytes | None, str | None]:
         """GET url once: (http status, headers lower-cased, X-Robots-Tag values, body, location).
 
         `check_opt_out` (image requests, not robots.txt): apply X-Robots-Tag and the
@@ -186,9 +224,11 @@ class Fetcher:
         except ValueError as e:
             raise _Fail("failed_to_download", f"bad port: {e}") from None
         try:
-            ips, refused = check_host(host, port, self.allow)
+            ips, refused = self._check_host(host, port)
         except (OSError, UnicodeError) as e:
-            raise _Fail("failed_to_download", f"DNS: {e}", retryable=isinstance(e, socket.timeout)) from None
+            raise _Fail(
+                "failed_to_download", f"DNS: {e}", retryable=isinstance(e, socket.timeout)
+            ) from None
         if refused and self.cfg.ssrf_guard:
             raise _Fail("blocked_address", f"{host}: {refused}")
         ip = ips[0]
@@ -217,7 +257,11 @@ class Fetcher:
             robots = resp.headers.get_all("X-Robots-Tag") or []
             code = resp.status
             location = headers.get("location")
-            if check_opt_out and robots and is_opted_out(robots, self.cfg.user_agent_token, self.cfg.opt_out_tags):
+            if (
+                check_opt_out
+                and robots
+                and is_opted_out(robots, self.cfg.user_agent_token, self.cfg.opt_out_tags)
+            ):
                 self._drop(scheme, host, ip, port)
                 raise _Fail("opted_out", f"X-Robots-Tag: {'; '.join(robots)}", http_status=code)
             if code != 200:
@@ -229,7 +273,11 @@ class Fetcher:
             ctype = headers.get("content-type", "").lower()
             if check_opt_out and any(ctype.startswith(c) for c in self._reject_ct):
                 self._drop(scheme, host, ip, port)
-                raise _Fail("wrong_content_type", f"Content-Type {ctype!r} is not an image", http_status=code)
+                raise _Fail(
+                    "wrong_content_type",
+                    f"Content-Type {ctype!r} is not an image",
+                    http_status=code,
+                )
             body = self._read_body(resp, deadline, max_bytes, headers, drain=False)
             if resp.will_close:
                 self._drop(scheme, host, ip, port)
@@ -237,7 +285,7 @@ class Fetcher:
         except _Fail:
             self._drop(scheme, host, ip, port)
             raise
-        except (socket.timeout, TimeoutError) as e:
+        except TimeoutError as e:
             self._drop(scheme, host, ip, port)
             raise _Fail("timeout", f"socket timeout: {e or 'no data'}", retryable=True) from None
         except (OSError, http.client.HTTPException, ssl.SSLError) as e:
@@ -251,17 +299,32 @@ class Fetcher:
         conn.putheader("Accept", "image/webp,image/png,image/jpeg,image/*;q=0.8")
         conn.endheaders()
 
-    def _read_body(self, resp: http.client.HTTPResponse, deadline: float, max_bytes: int, headers: dict, drain: bool) -> bytes | None:
+    def _read_body(
+        self,
+        resp: http.client.HTTPResponse,
+        deadline: float,
+        max_bytes: int,
+        headers: dict,
+        drain: bool,
+    ) -> bytes | None:
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > max_bytes:
             if drain:
                 return None
-            raise _Fail("too_large", f"Content-Length {length} > max_bytes {max_bytes}", http_status=resp.status)
+            raise _Fail(
+                "too_large",
+                f"Content-Length {length} > max_bytes {max_bytes}",
+                http_status=resp.status,
+            )
         chunks: list[bytes] = []
         total = 0
         while True:
             if time.monotonic() > deadline:
-                raise _Fail("timeout", f"total deadline {self.cfg.timeout_s}s passed while reading the body (read {total} bytes)", http_status=resp.status)
+                raise _Fail(
+                    "timeout",
+                    f"total deadline {self.cfg.timeout_s}s passed while reading the body (read {total} bytes)",
+                    http_status=resp.status,
+                )
             if resp.length is not None and resp.length <= 0:
                 break
             chunk = resp.read1(_CHUNK)
@@ -271,7 +334,11 @@ class Fetcher:
             if total > max_bytes:
                 if drain:
                     return None
-                raise _Fail("too_large", f"body passed max_bytes {max_bytes} (stopped reading)", http_status=resp.status)
+                raise _Fail(
+                    "too_large",
+                    f"body passed max_bytes {max_bytes} (stopped reading)",
+                    http_status=resp.status,
+                )
             chunks.append(chunk)
         # marks the response finished so the keep-alive connection can send the next request
         resp.close()
@@ -287,7 +354,9 @@ class Fetcher:
                 st.robots_loaded = True
                 rp = urllib.robotparser.RobotFileParser()
                 try:
-                    code, _, _, body, _ = self._request(key + "/robots.txt", deadline, 512 * 1024, check_opt_out=False)
+                    code, _, _, body, _ = self._request(
+                        key + "/robots.txt", deadline, 512 * 1024, check_opt_out=False
+                    )
                 except _Fail:
                     code, body = 0, None
                 if code == 200 and body is not None:
@@ -325,7 +394,14 @@ class Fetcher:
             if time.monotonic() + wait >= deadline:
                 break
             time.sleep(wait)
-        return FetchResult(last.status, None, last.http_status, last.error, attempts=attempts, seconds=time.monotonic() - t0)
+        return FetchResult(
+            last.status,
+            None,
+            last.http_status,
+            last.error,
+            attempts=attempts,
+            seconds=time.monotonic() - t0,
+        )
 
     def _fetch_once(self, url: str, deadline: float) -> FetchResult:
         cfg = self.cfg
@@ -340,19 +416,27 @@ class Fetcher:
             if remaining <= 0 or not st.slots.acquire(timeout=remaining):
                 raise _Fail("timeout", "deadline passed waiting for a per-host slot")
             try:
-                code, headers, _, body, location = self._request(current, deadline, cfg.max_bytes, check_opt_out=True)
+                code, headers, _, body, location = self._request(
+                    current, deadline, cfg.max_bytes, check_opt_out=True
+                )
             finally:
                 st.slots.release()
             if code in REDIRECT_CODES and location:
                 nxt = urljoin(current, location.strip())
                 if nxt in seen:
-                    raise _Fail("too_many_redirects", f"redirect loop back to {nxt}", http_status=code)
+                    raise _Fail(
+                        "too_many_redirects", f"redirect loop back to {nxt}", http_status=code
+                    )
                 seen.add(nxt)
                 current = nxt
                 continue
             if code == 200 and body is not None:
-                return FetchResult("success", body, code, None, headers.get("content-type"), current)
+                return FetchResult(
+                    "success", body, code, None, headers.get("content-type"), current
+                )
             retryable = code in RETRYABLE_HTTP
             ra = _retry_after(headers.get("retry-after")) if code in (429, 503) else None
-            raise _Fail("http_error", f"HTTP {code}", http_status=code, retry_after=ra, retryable=retryable)
+            raise _Fail(
+                "http_error", f"HTTP {code}", http_status=code, retry_after=ra, retryable=retryable
+            )
         raise _Fail("too_many_redirects", f"more than max_redirects={cfg.max_redirects} redirects")

@@ -93,7 +93,9 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img
 
 
-def _decode(data: bytes, fmt: str, mode: str, w: int, h: int, cfg: DownloadConfig) -> tuple[np.ndarray, bool]:
+def _decode(
+    data: bytes, fmt: str, mode: str, w: int, h: int, cfg: DownloadConfig
+) -> tuple[np.ndarray, bool]:
     """BGR uint8 image and whether it differs from the source bytes' pixels (alpha, depth)."""
     buf = np.frombuffer(data, np.uint8)
     changed = False
@@ -102,7 +104,11 @@ def _decode(data: bytes, fmt: str, mode: str, w: int, h: int, cfg: DownloadConfi
         if cfg.fast_jpeg_decode and cfg.resize_mode != "no" and mode != "CMYK":
             # the largest DCT reduction that keeps the decoded image >= what the resize needs
             need = _needed_side(w, h, cfg)
-            for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
+            for factor, reduced in (
+                (8, cv2.IMREAD_REDUCED_COLOR_8),
+                (4, cv2.IMREAD_REDUCED_COLOR_4),
+                (2, cv2.IMREAD_REDUCED_COLOR_2),
+            ):
                 if need is not None and _side_for_mode(w // factor, h // factor, cfg) >= need:
                     flag = reduced | cv2.IMREAD_IGNORE_ORIENTATION
                     changed = True
@@ -173,10 +179,14 @@ def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
 def _pad(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     top, left = (size - h) // 2, (size - w) // 2
-    return cv2.copyMakeBorder(img, top, size - h - top, left, size - w - left, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    return cv2.copyMakeBorder(
+        img, top, size - h - top, left, size - w - left, cv2.BORDER_CONSTANT, value=(255, 255, 255)
+    )
 
 
-def resize_image(img: np.ndarray, cfg: DownloadConfig, orig_w: int, orig_h: int) -> tuple[np.ndarray, bool]:
+def resize_image(
+    img: np.ndarray, cfg: DownloadConfig, orig_w: int, orig_h: int
+) -> tuple[np.ndarray, bool]:
     """img2dataset's geometry for each mode; (image, resized?). Down/up is judged on the
     ORIGINAL size so a fast reduced JPEG decode never changes which branch is taken."""
     size, mode = cfg.image_size, cfg.resize_mode
@@ -210,19 +220,30 @@ def process_image(data: bytes, cfg: DownloadConfig) -> ResizeResult:
         # Pillow's own guard (> 2x its limit) fired while reading the header: same verdict
         return ResizeResult("too_large", error=f"{e} (not decoded)"[:500])
     except Exception as e:
-        return ResizeResult("failed_to_decode", error=f"not a readable image: {type(e).__name__}: {e}"[:500])
+        return ResizeResult(
+            "failed_to_decode", error=f"not a readable image: {type(e).__name__}: {e}"[:500]
+        )
     res = ResizeResult("failed_to_decode", original_width=w, original_height=h, source_format=fmt)
     if orientation in (5, 6, 7, 8):
         res.original_width, res.original_height = h, w
     allowed = {f.upper() for f in cfg.allowed_formats}
     if fmt not in allowed:
-        res.status, res.error = "unsupported_format", f"format {fmt} is not one of {sorted(allowed)}"
+        res.status, res.error = (
+            "unsupported_format",
+            f"format {fmt} is not one of {sorted(allowed)}",
+        )
         return res
     if w * h > cfg.max_pixels:
-        res.status, res.error = "too_large", f"{w}x{h} = {w * h} pixels > max_pixels {cfg.max_pixels} (not decoded)"
+        res.status, res.error = (
+            "too_large",
+            f"{w}x{h} = {w * h} pixels > max_pixels {cfg.max_pixels} (not decoded)",
+        )
         return res
     if min(w, h) < cfg.min_image_size:
-        res.status, res.error = "too_small", f"{w}x{h}: smaller side < min_image_size {cfg.min_image_size}"
+        res.status, res.error = (
+            "too_small",
+            f"{w}x{h}: smaller side < min_image_size {cfg.min_image_size}",
+        )
         return res
     if fmt == "JPEG" and not _jpeg_complete(data):
         res.error = "truncated JPEG (no end-of-image marker after the last scan)"

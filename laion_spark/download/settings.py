@@ -69,11 +69,24 @@ class DownloadConfig:
 
     def validate(self, prefix: str) -> None:
         p = prefix or "download"
-        require(self.resize_mode in RESIZE_MODES, f"{p}.resize_mode", f"must be one of {list(RESIZE_MODES)}")
-        require(self.encode_format in ENCODE_FORMATS, f"{p}.encode_format", f"must be one of {list(ENCODE_FORMATS)}")
+        if self.resize_mode in ("False", "false"):
+            # YAML 1.1 reads a bare `no` as false; img2dataset's mode is the word "no"
+            self.resize_mode = "no"
+        require(
+            self.resize_mode in RESIZE_MODES,
+            f"{p}.resize_mode",
+            f"must be one of {list(RESIZE_MODES)}",
+        )
+        require(
+            self.encode_format in ENCODE_FORMATS,
+            f"{p}.encode_format",
+            f"must be one of {list(ENCODE_FORMATS)}",
+        )
         require(self.image_size > 0, f"{p}.image_size", "must be > 0")
         if self.encode_format == "png":
-            require(0 <= self.encode_quality <= 9, f"{p}.encode_quality", "png compression must be 0-9")
+            require(
+                0 <= self.encode_quality <= 9, f"{p}.encode_quality", "png compression must be 0-9"
+            )
         else:
             require(0 <= self.encode_quality <= 100, f"{p}.encode_quality", "must be 0-100")
         for k in ("timeout_s", "connect_timeout_s", "read_timeout_s"):
@@ -87,7 +100,9 @@ class DownloadConfig:
         require(self.rows_per_commit >= 1, f"{p}.rows_per_commit", "must be >= 1")
         require(self.partitions >= 0, f"{p}.partitions", "must be >= 0")
         bad = [f for f in self.allowed_formats if f.upper() not in SOURCE_FORMATS]
-        require(not bad, f"{p}.allowed_formats", f"unsupported {bad}; supported {list(SOURCE_FORMATS)}")
+        require(
+            not bad, f"{p}.allowed_formats", f"unsupported {bad}; supported {list(SOURCE_FORMATS)}"
+        )
         require(bool(self.user_agent_token.strip()), f"{p}.user_agent_token", "must not be empty")
         try:
             from laion_spark.download.ssrf import parse_networks

@@ -42,7 +42,9 @@ def _reason(addr: IPAddress) -> str | None:
     return None
 
 
-def check_address(ip: str | IPAddress, allow_networks: Sequence[str | IPNetwork] = ()) -> str | None:
+def check_address(
+    ip: str | IPAddress, allow_networks: Sequence[str | IPNetwork] = ()
+) -> str | None:
     """Why connecting to `ip` is refused, or None when it is allowed.
 
     Refuses loopback, private (RFC 1918, fc00::/7), link-local (169.254/16 incl. the cloud
@@ -55,7 +57,10 @@ def check_address(ip: str | IPAddress, allow_networks: Sequence[str | IPNetwork]
         addr = ipaddress.ip_address(str(ip).split("%", 1)[0])
     except ValueError:
         return f"not an IP address: {ip!r}"
-    nets = [n if not isinstance(n, str) else ipaddress.ip_network(n, strict=False) for n in allow_networks]
+    nets = [
+        n if not isinstance(n, str) else ipaddress.ip_network(n, strict=False)
+        for n in allow_networks
+    ]
     candidates: list[IPAddress] = [addr]
     if isinstance(addr, ipaddress.IPv6Address):
         for inner in (addr.ipv4_mapped, addr.sixtofour, addr.teredo[1] if addr.teredo else None):
@@ -88,7 +93,9 @@ def resolve(host: str, port: int) -> list[str]:
     return seen
 
 
-def check_host(host: str, port: int, allow_networks: Sequence[IPNetwork]) -> tuple[list[str], str | None]:
+def check_host(
+    host: str, port: int, allow_networks: Sequence[IPNetwork]
+) -> tuple[list[str], str | None]:
     """(addresses, refusal reason or None). Any refused address refuses the host."""
     ips = resolve(host, port)
     if not ips:

@@ -36,21 +36,33 @@ def todo(tables: Tables, retry_failed: bool = False) -> DataFrame:
     cands = tables.read("candidates").select("sample_id", "url").dropDuplicates(["sample_id"])
     pending = tables.pending(cands, "images")
     if retry_failed and tables.exists("images"):
-        failed = tables.read("images").where(F.col("status").isin(*RETRYABLE_STATUSES)).select("sample_id")
+        failed = (
+            tables.read("images")
+            .where(F.col("status").isin(*RETRYABLE_STATUSES))
+            .select("sample_id")
+        )
         pending = pending.unionByName(cands.join(failed, "sample_id", "left_semi"))
     return exclude_taken_down(tables, pending)
 
 
-def _download(df: DataFrame, cfg: Config, sha: frozenset[str], md5: frozenset[str], partitions: int) -> DataFrame:
+def _download(
+    df: DataFrame, cfg: Config, sha: frozenset[str], md5: frozenset[str], partitions: int
+) -> DataFrame:
     dc = cfg.download
 
     def fn(batches):
         yield from download_partition(batches, dc, sha, md5)
 
-    return df.repartition(partitions).mapInArrow(fn, _SPARK_SCHEMA).withColumn("downloaded_at", F.current_timestamp())
+    return (
+        df.repartition(partitions)
+        .mapInArrow(fn, _SPARK_SCHEMA)
+        .withColumn("downloaded_at", F.current_timestamp())
+    )
 
 
-def run(spark, cfg: Config, tables: Tables, retry_failed: bool = False, limit: int | None = None) -> StageResult:
+def run(
+    spark, cfg: Config, tables: Tables, retry_failed: bool = False, limit: int | None = None
+) -> StageResult:
     """Download pending candidates into `images`. `limit` caps samples this run (demos)."""
     t0 = time.time()
     dc = cfg.download
@@ -66,7 +78,9 @@ def run(spark, cfg: Config, tables: Tables, retry_failed: bool = False, limit: i
         chunk = todo(tables, retry_failed)
         if retried:
             # a retried sample that failed again must not be picked up again in this run
-            chunk = chunk.where(~F.col("sample_id").isin(*retried)) if len(retried) < 10_000 else chunk
+            chunk = (
+                chunk.where(~F.col("sample_id").isin(*retried)) if len(retried) < 10_000 else chunk
+            )
         chunk = chunk.limit(want).localCheckpoint(eager=True)
         n = chunk.count()
         if n == 0:
@@ -87,6 +101,10 @@ def run(spark, cfg: Config, tables: Tables, retry_failed: bool = False, limit: i
         if n < want:
             break
     return StageResult(
-        "download", rows_in=rows_in, rows_out=rows_out, by_status=by_status,
-        seconds=time.time() - t0, notes={"commits": commits, "partitions": partitions},
+        "download",
+        rows_in=rows_in,
+        rows_out=rows_out,
+        by_status=by_status,
+        seconds=time.time() - t0,
+        notes={"commits": commits, "partitions": partitions},
     )

@@ -24,11 +24,21 @@ RETRYABLE_STATUSES = ("failed_to_download", "timeout", "http_error")
 
 OUTPUT_SCHEMA = pa.schema(
     [
-        ("sample_id", pa.string()), ("url", pa.string()), ("status", pa.string()),
-        ("error_message", pa.string()), ("http_status", pa.int32()), ("image", pa.binary()),
-        ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
-        ("original_height", pa.int32()), ("sha256", pa.string()), ("format", pa.string()),
-        ("original_format", pa.string()), ("num_bytes", pa.int64()), ("fetch_seconds", pa.float64()),
+        ("sample_id", pa.string()),
+        ("url", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("http_status", pa.int32()),
+        ("image", pa.binary()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("sha256", pa.string()),
+        ("format", pa.string()),
+        ("original_format", pa.string()),
+        ("num_bytes", pa.int64()),
+        ("fetch_seconds", pa.float64()),
     ]
 )
 _EMPTY = {f.name: None for f in OUTPUT_SCHEMA}
@@ -56,34 +66,52 @@ def process_sample(
             return row
         body = fr.body
         if taken_down_sha256 or taken_down_md5:
-            if hashlib.sha256(body).hexdigest() in taken_down_sha256 or hashlib.md5(body).hexdigest() in taken_down_md5:
-                row.update(status="taken_down", error_message="original image hash is on the takedown list")
+            if (
+                hashlib.sha256(body).hexdigest() in taken_down_sha256
+                or hashlib.md5(body).hexdigest() in taken_down_md5
+            ):
+                row.update(
+                    status="taken_down", error_message="original image hash is on the takedown list"
+                )
                 return row
         rr = process_image(body, cfg)
         row.update(
-            status=rr.status, error_message=rr.error, original_width=rr.original_width,
-            original_height=rr.original_height, original_format=rr.source_format,
+            status=rr.status,
+            error_message=rr.error,
+            original_width=rr.original_width,
+            original_height=rr.original_height,
+            original_format=rr.source_format,
         )
         if rr.status != "success" or rr.image is None:
             return row
         digest = hashlib.sha256(rr.image).hexdigest()
-        if digest in taken_down_sha256 or (taken_down_md5 and hashlib.md5(rr.image).hexdigest() in taken_down_md5):
+        if digest in taken_down_sha256 or (
+            taken_down_md5 and hashlib.md5(rr.image).hexdigest() in taken_down_md5
+        ):
             row.update(status="taken_down", error_message="image hash is on the takedown list")
             return row
         row.update(
-            image=rr.image, width=rr.width, height=rr.height, sha256=digest, format=rr.format,
+            image=rr.image,
+            width=rr.width,
+            height=rr.height,
+            sha256=digest,
+            format=rr.format,
             num_bytes=len(rr.image),
         )
         return row
     except Exception as e:  # a bug or an exotic input must not fail the Spark task
-        row.update(status="failed_to_download", error_message=f"unexpected {type(e).__name__}: {e}"[:500])
+        row.update(
+            status="failed_to_download", error_message=f"unexpected {type(e).__name__}: {e}"[:500]
+        )
         return row
     finally:
         if row.get("fetch_seconds") is None:
             row["fetch_seconds"] = round(time.monotonic() - t0, 4)
 
 
-def run_concurrently(items: Iterable[tuple[str, str | None]], fn: Callable[[str, str | None], dict], threads: int) -> Iterator[dict]:
+def run_concurrently(
+    items: Iterable[tuple[str, str | None]], fn: Callable[[str, str | None], dict], threads: int
+) -> Iterator[dict]:
     """fn over items with at most `threads` in flight; results in completion order.
 
     A sliding window (not chunk-by-chunk) so slow URLs never stall a whole batch.
