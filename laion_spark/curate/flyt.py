@@ -160,7 +160,7 @@ def train(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         if s.online_reference:
             params = {k: v.detach().clone().requires_grad_(True) for k, v in new.items()}
     return head, history
