@@ -1,0 +1,226 @@
+"""MERGE: all shards of an index -> one memory-mappable index, recall measured.
+
+- IVF indexes: inverted lists of every shard are merged into one `.ivfdata` file that
+  faiss memory-maps when serving (faiss `merge_ondisk`); shards are read memory-mapped,
+  so the merge never holds the whole index in RAM.
+- Flat indexes (small sets): the shards' vectors are concatenated.
+- Taken-down samples are removed (`remove_ids`) from the merged index.
+- recall@10 is measured on held-out queries against exact search over the same vectors
+  (computed by Spark, partition by partition), after tuning nprobe to index.target_recall.
+Everything lands in `index_manifest` as a row of kind `merged`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+
+import faiss
+import numpy as np
+import pandas as pd
+from pyspark.sql import functions as F
+
+from laion_spark.config import Config
+from laion_spark.index import build, storage
+from laion_spark.index.source import index_dir, taken_down_ids
+from laion_spark.index.stage import _manifest, _manifest_df
+from laion_spark.stage import StageResult
+
+
+def exact_topk(spark, vectors_df, queries: np.ndarray, metric: str, k: int = 10) -> np.ndarray:
+    """Exact top-k faiss ids per query over (faiss_id, vector) rows, computed in Spark."""
+    bq = spark.sparkContext.broadcast(queries.astype("float32"))
+
+    def topk(batches):
+        q = bq.value
+        best_s = np.full((len(q), 0), -np.inf, dtype="float32")
+        best_i = np.zeros((len(q), 0), dtype="int64")
+        for pdf in batches:
+            x = build.as_matrix(pdf["vector"].tolist(), q.shape[1])
+            if not len(x):
+                continue
+            s = q @ x.T
+            if metric == "l2":
+                s = 2 * s - (x * x).sum(1)[None, :]  # -||x-q||^2 up to a per-query constant
+            s = np.concatenate([best_s, s], axis=1)
+            i = np.concatenate(
+                [
+                    best_i,
+                    np.broadcast_to(
+                        pdf["faiss_id"].to_numpy("int64"), s[:, best_s.shape[1] :].shape
+                    ),
+                ],
+                axis=1,
+            )
+            top = np.argsort(-s, axis=1)[:, :k]
+            best_s = np.take_along_axis(s, top, 1)
+            best_i = np.take_along_axis(i, top, 1)
+        rows = [
+            (qi, int(best_i[qi, j]), float(best_s[qi, j]))
+            for qi in range(len(q))
+            for j in range(best_s.shape[1])
+        ]
+        yield pd.DataFrame(rows, columns=["q", "faiss_id", "score"])
+
+    part = vectors_df.mapInPandas(topk, "q long, faiss_id long, score double").toPandas()
+    bq.unpersist()
+    truth = np.full((len(queries), k), -1, dtype="int64")
+    for qi, g in part.groupby("q"):
+        g = g.sort_values("score", ascending=False).head(k)
+        truth[int(qi), : len(g)] = g["faiss_id"].to_numpy()
+    return truth
+
+
+def merge_index(spark, cfg: Config, tables, **options) -> StageResult:
+    """Merge every committed shard of cfg.index.name into one servable index."""
+    t0 = time.time()
+    ic = cfg.index
+    man = _manifest(tables, ic.name)
+    trained_rows = man.where("kind = 'trained'").collect()
+    if not trained_rows:
+        return StageResult("merge", 0, 0, {"no_index": 1}, time.time() - t0, {"index": ic.name})
+    trained_row = trained_rows[0]
+    ids = tables.read("index_ids").where(F.col("index_name") == ic.name)
+    committed = {
+        r["shard"]: r["n"] for r in ids.groupBy("shard").agg(F.count("*").alias("n")).collect()
+    }
+    shards = [r for r in man.where("kind = 'shard'").collect() if r["shard"] in committed]
+    orphans = man.where("kind = 'shard'").count() - len(shards)
+    gone = taken_down_ids(tables)
+    remove = np.zeros(0, dtype="int64")
+    if gone is not None:
+        remove = np.array(
+            [r[0] for r in ids.join(gone, "sample_id", "left_semi").select("faiss_id").collect()],
+            dtype="int64",
+        )
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    work = tempfile.mkdtemp(prefix=f"merge-{ic.name}-", dir=_local_tmp(cfg))
+    cache = os.path.join(work, "shards")
+    local = [storage.local_copy(s["path"], cache) for s in shards]
+    trained = build.deserialize(storage.read_bytes(trained_row["path"]))
+    out_local = os.path.join(work, f"merged-{run_id}.index")
+    if build.is_ivf(trained):
+        merged = build.merge_shards_ondisk(trained, local, out_local, remove)
+    else:
+        merged = build.merge_shards_flat(
+            local, trained_row["metric"] or ic.metric, trained.d, remove
+        )
+        faiss.write_index(merged, out_local)
+    merge_s = time.time() - t0
+
+    # recall@10 on held-out queries vs exact search over the same (non-removed) vectors
+    queries = _heldout_queries(cfg, tables, ids, trained.d, ic.heldout_queries)
+    params, recall = {}, None
+    if len(queries):
+        vecs = _indexed_vectors(cfg, tables, ids, remove)
+        truth = exact_topk(spark, vecs, queries, trained_row["metric"] or ic.metric)
+        params, recall = build.tune_nprobe(
+            merged, queries, truth, ic.target_recall, ic.max_nprobe, ic.ef_search
+        )
+    merged_dir = storage.join(index_dir(cfg), "merged")
+    path = storage.join(merged_dir, f"merged-{run_id}.index")
+    files = [out_local] + (
+        [out_local[:-6] + ".ivfdata"] if os.path.exists(out_local[:-6] + ".ivfdata") else []
+    )
+    del merged
+    size = 0
+    for f in files:
+        storage.upload(f, storage.join(merged_dir, os.path.basename(f)))
+        size += os.path.getsize(f)
+    build_s = (
+        float(trained_row["build_seconds"] or 0)
+        + sum(float(s["build_seconds"] or 0) for s in shards)
+        + (time.time() - t0)
+    )
+    ntotal = sum(committed[s["shard"]] for s in shards) - len(remove)
+    params.update(
+        {
+            "shards": len(shards),
+            "removed": int(len(remove)),
+            "queries": int(len(queries)),
+            "ondisk": len(files) > 1,
+            "merge_seconds": round(merge_s, 2),
+        }
+    )
+    row = {
+        "index_name": ic.name,
+        "shard": f"merged-{run_id}",
+        "kind": "merged",
+        "path": path,
+        "factory": trained_row["factory"],
+        "model_id": trained_row["model_id"],
+        "count": int(ntotal),
+        "dim": int(trained.d),
+        "recall_at_10": recall,
+        "build_seconds": build_s,
+        "size_bytes": int(size),
+        "metric": trained_row["metric"],
+        "run_id": run_id,
+        "params": build.dumps(params),
+    }
+    tables.upsert(_manifest_df(spark, [row]), "index_manifest")
+    if storage.is_local(path):
+        # the uploaded copy is the one served; drop the work folder
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return StageResult(
+        "merge",
+        sum(committed.values()),
+        int(ntotal),
+        {"merged": int(ntotal), "removed_takedown": int(len(remove)), "orphan_shards": orphans},
+        time.time() - t0,
+        {
+            "index": ic.name,
+            "factory": trained_row["factory"],
+            "recall_at_10": recall,
+            "path": path,
+            **{k: v for k, v in params.items() if k in ("nprobe", "efSearch")},
+        },
+    )
+
+
+def _local_tmp(cfg: Config) -> str:
+    d = os.path.expanduser(cfg.index.local_cache)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _indexed_vectors(cfg: Config, tables, ids, remove: np.ndarray):
+    ic = cfg.index
+    from laion_spark.index.source import resolve_model_id
+
+    emb = tables.read("embeddings").where(F.col(ic.vector_column).isNotNull())
+    m = resolve_model_id(cfg, tables)
+    if m is not None:
+        emb = emb.where(F.col("model_id") == m)
+    df = ids.select("sample_id", "faiss_id").join(
+        emb.select("sample_id", F.col(ic.vector_column).alias("vector")), "sample_id"
+    )
+    if len(remove):
+        df = df.where(~F.col("faiss_id").isin([int(x) for x in remove]))
+    return df.select("faiss_id", "vector")
+
+
+def _heldout_queries(cfg: Config, tables, ids, dim: int, n: int) -> np.ndarray:
+    """Query vectors: text embeddings of sampled samples when present (cross-modal queries,
+    not themselves in an image index), else sampled stored vectors plus small noise."""
+    emb = tables.read("embeddings").join(ids.select("sample_id"), "sample_id", "left_semi")
+    total = max(1, ids.count())
+    frac = min(1.0, 3.0 * n / total)
+    rows = emb.sample(fraction=frac, seed=7).limit(n).select("image_embedding", "text_embedding")
+    pdf = rows.toPandas()
+    if pdf.empty:
+        return np.zeros((0, dim), dtype="float32")
+    col = "text_embedding" if cfg.index.vector_column == "image_embedding" else "image_embedding"
+    vals = [v for v in pdf[col] if v is not None and len(v) == dim]
+    if len(vals) >= max(1, len(pdf) // 2):
+        return build.as_matrix(vals, dim)
+    own = cfg.index.vector_column
+    x = build.as_matrix([v for v in pdf[own] if v is not None and len(v) == dim], dim)
+    rng = np.random.default_rng(7)
+    x = x + rng.normal(scale=0.05, size=x.shape).astype("float32")
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x.astype("float32")

@@ -1,0 +1,79 @@
+"""What the index stage reads: the embeddings to index, taken-down ids, existing id maps."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from laion_spark.config import Config
+from laion_spark.takedowns import is_taken_down, load_rules
+
+
+def index_dir(cfg: Config, name: str | None = None) -> str:
+    return f"{cfg.workdir_path.rstrip('/')}/indexes/{name or cfg.index.name}"
+
+
+def resolve_model_id(cfg: Config, tables) -> str | None:
+    """index.model_id, else the only model in `embeddings`, else the one naming clip.model."""
+    if cfg.index.model_id:
+        return cfg.index.model_id
+    models = [r[0] for r in tables.read("embeddings").select("model_id").distinct().collect()]
+    models = [m for m in models if m is not None]
+    if len(models) <= 1:
+        return models[0] if models else None
+    named = [m for m in models if cfg.clip.model in m]
+    if len(named) == 1:
+        return named[0]
+    raise ValueError(f"index.model_id: embeddings hold several models {sorted(models)}; set one")
+
+
+def taken_down_ids(tables) -> DataFrame | None:
+    """sample_ids removed by takedowns: listed ids, plus candidates matching a listed URL or
+    domain, plus images whose sha256 is listed. None when nothing is taken down."""
+    rules = load_rules(tables)
+    if not rules:
+        return None
+    spark = tables.spark
+    parts = []
+    if rules.sample_ids:
+        parts.append(
+            spark.createDataFrame([(s,) for s in sorted(rules.sample_ids)], "sample_id string")
+        )
+    if (rules.urls or rules.domains) and tables.exists("candidates"):
+        bc = spark.sparkContext.broadcast(rules)
+
+        @F.udf("boolean")
+        def _blocked(url):
+            return is_taken_down(bc.value, url)
+
+        parts.append(tables.read("candidates").where(_blocked("url")).select("sample_id"))
+    if rules.sha256 and tables.exists("images"):
+        parts.append(
+            tables.read("images")
+            .where(F.lower("sha256").isin(sorted(rules.sha256)))
+            .select("sample_id")
+        )
+    if not parts:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    return out.distinct()
+
+
+def source_embeddings(cfg: Config, tables) -> tuple[DataFrame, str | None]:
+    """(sample_id, vector) of embeddings to index: this model, non-null vectors, the
+    configured subset only, nothing taken down."""
+    ic = cfg.index
+    model_id = resolve_model_id(cfg, tables)
+    emb = tables.read("embeddings").where(F.col(ic.vector_column).isNotNull())
+    if model_id is not None:
+        emb = emb.where(F.col("model_id") == model_id)
+    emb = emb.select("sample_id", F.col(ic.vector_column).alias("vector"))
+    if ic.subset:
+        keep = tables.read("subsets").where(F.col("subset") == ic.subset).select("sample_id")
+        emb = emb.join(keep.distinct(), "sample_id", "left_semi")
+    gone = taken_down_ids(tables)
+    if gone is not None:
+        emb = emb.join(gone, "sample_id", "left_anti")
+    return emb, model_id

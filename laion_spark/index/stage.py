@@ -1,0 +1,252 @@
+"""INDEX stage: train once on the driver, build one faiss shard per Spark task.
+
+    embeddings (this model, subset, minus takedowns, minus already indexed)
+      -> factory by memory budget (factory.py) -> train on a driver sample (GPU if any)
+      -> trained empty index broadcast -> each task add_with_ids + writes its shard file
+      -> index_ids (faiss_id <-> sample_id) and index_manifest (shard files) via upsert
+
+Incremental: a later run adds only embeddings without an `index_ids` row, as new shards
+that reuse the first run's trained index (so all shards stay mergeable). Run
+`merge_index` (merge.py) afterwards to get one servable index.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import functions as F
+
+from laion_spark.config import Config
+from laion_spark.index import build, storage
+from laion_spark.index.factory import choose_factory
+from laion_spark.index.ids import assign_ids
+from laion_spark.index.source import index_dir, source_embeddings
+from laion_spark.stage import StageResult
+
+_SHARD_SCHEMA = (
+    "sample_id string, faiss_id long, shard string, path string, size_bytes long, "
+    "build_seconds double, bad_dim long"
+)
+
+
+def _manifest(tables, name: str):
+    return tables.read("index_manifest").where(F.col("index_name") == name)
+
+
+def trained_index(
+    spark, cfg: Config, tables, pending, model_id, n_new: int, dim: int
+) -> tuple[bytes, str, float]:
+    """(serialised trained empty index, factory, seconds): reuse this index's, or train."""
+    ic = cfg.index
+    rows = _manifest(tables, ic.name).where("kind = 'trained'").collect()
+    if rows:
+        row = rows[0]
+        return storage.read_bytes(row["path"]), row["factory"], 0.0
+    t0 = time.time()
+    factory = (
+        ic.factory
+        or choose_factory(
+            n_new, dim, ic.memory_budget_mb * 2**20, ic.flat_max_vectors, ic.train_max_vectors
+        ).factory
+    )
+    sample = pending
+    if n_new > ic.train_max_vectors:
+        sample = pending.sample(fraction=min(1.0, 1.2 * ic.train_max_vectors / n_new), seed=17)
+    xt = build.as_matrix(
+        sample.limit(ic.train_max_vectors).select("vector").toPandas()["vector"].tolist(), dim
+    )
+    xt = xt[np.isfinite(xt).all(axis=1)] if len(xt) else xt
+    index = build.train_index(factory, xt, ic.metric, ic.use_gpu)
+    data = build.serialize(index)
+    path = storage.join(index_dir(cfg), "trained.index")
+    size = storage.write_bytes(path, data)
+    seconds = time.time() - t0
+    row = {
+        "index_name": ic.name,
+        "shard": "trained",
+        "kind": "trained",
+        "path": path,
+        "factory": factory,
+        "model_id": model_id,
+        "count": 0,
+        "dim": dim,
+        "build_seconds": seconds,
+        "size_bytes": size,
+        "metric": ic.metric,
+        "run_id": None,
+        "params": build.dumps({"train_points": int(len(xt))}),
+    }
+    tables.upsert(_manifest_df(spark, [row]), "index_manifest")
+    return data, factory, seconds
+
+
+def _manifest_df(spark, rows: list[dict]):
+    from laion_spark.tables import SPECS
+
+    schema = SPECS["index_manifest"].schema
+    cols = [f.name for f in schema.fields if f.name != "created_at"]
+    df = spark.createDataFrame([[r.get(c) for c in cols] for r in rows], schema=_sub(schema, cols))
+    return df.withColumn("created_at", F.current_timestamp())
+
+
+def _sub(schema, cols):
+    from pyspark.sql import types as T
+
+    return T.StructType([schema[c] for c in cols])
+
+
+def run(spark, cfg: Config, tables, **options) -> StageResult:
+    """Index the embeddings of cfg.index.model_id / cfg.index.subset not yet in `index_ids`."""
+    t0 = time.time()
+    ic = cfg.index
+    emb, model_id = source_embeddings(cfg, tables)
+    done = tables.read("index_ids").where(F.col("index_name") == ic.name)
+    pending = emb.join(done.select("sample_id"), "sample_id", "left_anti")
+    pending = pending.where(F.size("vector") > 0)
+    n_new = pending.count()
+    if n_new == 0:
+        return StageResult(
+            "index", 0, 0, {"already_indexed": done.count()}, time.time() - t0, {"index": ic.name}
+        )
+    dim = int(pending.select(F.size("vector")).first()[0])
+    data, factory, train_s = trained_index(spark, cfg, tables, pending, model_id, n_new, dim)
+
+    ids, collisions = assign_ids(
+        pending, done.select("sample_id", "faiss_id"), options.get("id_fn") or _default_id_fn()
+    )
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    shard_dir = storage.join(index_dir(cfg), "shards")
+    bc = spark.sparkContext.broadcast(data)
+
+    def build_shard(batches):
+        import faiss
+        from pyspark import TaskContext
+
+        faiss.omp_set_num_threads(1)  # one core per Spark task; Spark parallelises
+        t = time.time()
+        index = build.deserialize(bc.value)
+        sids, fids, bad = [], [], 0
+        for pdf in batches:
+            ok = pdf["vector"].map(lambda v: v is not None and len(v) == dim)
+            bad += int((~ok).sum())
+            pdf = pdf[ok]
+            if pdf.empty:
+                continue
+            x = build.as_matrix(pdf["vector"].tolist(), dim)
+            fin = np.isfinite(x).all(axis=1)
+            bad += int((~fin).sum())
+            pdf, x = pdf[fin], x[fin]
+            if len(x):
+                index.add_with_ids(x, pdf["faiss_id"].to_numpy("int64"))
+                sids.append(pdf["sample_id"])
+                fids.append(pdf["faiss_id"])
+        if index.ntotal == 0:
+            if bad:
+                yield pd.DataFrame(
+                    {
+                        "sample_id": [None],
+                        "faiss_id": [None],
+                        "shard": [None],
+                        "path": [None],
+                        "size_bytes": [0],
+                        "build_seconds": [0.0],
+                        "bad_dim": [bad],
+                    }
+                )
+            return
+        shard = f"{run_id}-{TaskContext.get().partitionId():05d}"
+        path = storage.join(shard_dir, f"{shard}.index")
+        size = storage.write_bytes(path, build.serialize(index))
+        n = int(index.ntotal)
+        yield pd.DataFrame(
+            {
+                "sample_id": pd.concat(sids).to_numpy(),
+                "faiss_id": pd.concat(fids).to_numpy(),
+                "shard": shard,
+                "path": path,
+                "size_bytes": size,
+                "build_seconds": time.time() - t,
+                "bad_dim": [bad] + [0] * (n - 1),
+            }
+        )
+
+    from pyspark import StorageLevel
+
+    built = (
+        ids.select("sample_id", "faiss_id", "vector")
+        .repartition(ic.partitions)
+        .mapInPandas(build_shard, _SHARD_SCHEMA)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    try:
+        shards = (
+            built.where("shard IS NOT NULL")
+            .groupBy("shard")
+            .agg(
+                F.count("*").alias("count"),
+                F.first("path").alias("path"),
+                F.first("size_bytes").alias("size_bytes"),
+                F.max("build_seconds").alias("build_seconds"),
+            )
+            .collect()
+        )
+        bad = int(built.agg(F.sum("bad_dim")).first()[0] or 0)
+        # manifest first, then ids in one MERGE: a shard whose ids never got committed is
+        # an orphan that merge skips, and its rows are simply indexed again next run
+        rows = [
+            {
+                "index_name": ic.name,
+                "shard": s["shard"],
+                "kind": "shard",
+                "path": s["path"],
+                "factory": factory,
+                "model_id": model_id,
+                "count": int(s["count"]),
+                "dim": dim,
+                "build_seconds": float(s["build_seconds"]),
+                "size_bytes": int(s["size_bytes"]),
+                "metric": ic.metric,
+                "run_id": run_id,
+                "params": None,
+            }
+            for s in shards
+        ]
+        if rows:
+            tables.upsert(_manifest_df(spark, rows), "index_manifest")
+        tables.upsert(
+            built.where("shard IS NOT NULL").select(
+                F.lit(ic.name).alias("index_name"), "sample_id", "faiss_id", "shard"
+            ),
+            "index_ids",
+        )
+    finally:
+        built.unpersist()
+        bc.unpersist()
+    added = sum(r["count"] for r in rows)
+    by_status = {"indexed": added}
+    if bad:
+        by_status["bad_vector"] = bad
+    return StageResult(
+        "index",
+        n_new,
+        added,
+        by_status,
+        time.time() - t0,
+        {
+            "index": ic.name,
+            "factory": factory,
+            "shards": len(rows),
+            "collisions": collisions,
+            "train_seconds": round(train_s, 1),
+            "run_id": run_id,
+        },
+    )
+
+
+def _default_id_fn():
+    from laion_spark.ids import sample_id_int64
+
+    return sample_id_int64

@@ -1,0 +1,91 @@
+"""Index files on any filesystem (local path, s3://, abfss://, dbfs:/) through fsspec.
+
+Shards are written by Spark tasks straight to the index folder next to the tables; faiss
+itself only reads and memory-maps local files, so merge and search copy what they need
+into a local cache first (`local_copy`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import fsspec
+
+
+def _native(path: str) -> str:
+    # Databricks mounts DBFS at /dbfs on every node: use the FUSE path when it is there
+    if path.startswith("dbfs:/") and os.path.isdir("/dbfs"):
+        return "/dbfs/" + path[len("dbfs:/") :].lstrip("/")
+    if path.startswith("file://"):
+        return path[len("file://") :]
+    return path
+
+
+def is_local(path: str) -> bool:
+    return "://" not in _native(path) and not _native(path).startswith("dbfs:")
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def fs_path(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, p = fsspec.core.url_to_fs(_native(path))
+    return fs, p
+
+
+def write_bytes(path: str, data: bytes) -> int:
+    """Write `data` atomically where the filesystem allows (tmp + rename locally)."""
+    fs, p = fs_path(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    if is_local(path):
+        tmp = p + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    else:
+        with fs.open(p, "wb") as f:
+            f.write(data)
+    return len(data)
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = fs_path(path)
+    with fs.open(p, "rb") as f:
+        return f.read()
+
+
+def exists(path: str) -> bool:
+    fs, p = fs_path(path)
+    return fs.exists(p)
+
+
+def size(path: str) -> int:
+    fs, p = fs_path(path)
+    return int(fs.size(p))
+
+
+def upload(local_file: str, path: str) -> None:
+    fs, p = fs_path(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    if is_local(path):
+        if os.path.abspath(local_file) != os.path.abspath(p):
+            shutil.copyfile(local_file, p + ".tmp")
+            os.replace(p + ".tmp", p)
+    else:
+        fs.put_file(local_file, p)
+
+
+def local_copy(path: str, cache_dir: str) -> str:
+    """A local file with the content of `path` (the path itself when already local)."""
+    if is_local(path):
+        return fs_path(path)[1]
+    cache_dir = os.path.expanduser(cache_dir)
+    os.makedirs(cache_dir, exist_ok=True)
+    target = os.path.join(cache_dir, path.rstrip("/").rsplit("/", 1)[-1])
+    if not os.path.exists(target) or os.path.getsize(target) != size(path):
+        fs, p = fs_path(path)
+        fs.get_file(p, target + ".tmp")
+        os.replace(target + ".tmp", target)
+    return target
