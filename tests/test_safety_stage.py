@@ -15,7 +15,8 @@ from laion_spark.safety.train import train_head
 from laion_spark.safety.zeroshot import PromptEmbeddings
 
 MODEL = "test-clip@0123456789ab"
-D = 64
+D = 16  # small width: the generic head shape, few rows suffice
+N = 500
 
 
 def make_embeddings(n: int, seed: int = 0):
@@ -26,11 +27,11 @@ def make_embeddings(n: int, seed: int = 0):
     x = rng.normal(size=(3 * n, D))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     s = x @ w
-    keep = np.abs(s) > 0.01
+    keep = np.abs(s) > 0.05
     return x[keep][:n].astype(np.float32), s[keep][:n], w
 
 
-def write_tables(spark, tables, n: int = 1200, bad_rows: int = 2):
+def write_tables(spark, tables, n: int = N, bad_rows: int = 2):
     x, s, w = make_embeddings(n)
     ids = [f"{i:032x}" for i in range(n)]
     captions = ["a red circle on the left" if i % 10 else "what a stupid idiot" for i in range(n)]
@@ -99,12 +100,12 @@ def test_train_head_from_table_then_score_one_pass(spark, make_cfg, scored_env, 
     _, _, w = make_embeddings(1)
     eye = np.eye(D, dtype=np.float32)
     pe = PromptEmbeddings(
-        neutral=np.stack([-w, eye[1]]).astype(np.float32),
+        neutral=np.stack([-w, -w]).astype(np.float32),
         unsafe=np.stack([w, w]).astype(np.float32),
         underage=eye[[5]],
         adult=eye[[6, 7]],
-        animal=eye[[9]],
-        not_animal=eye[[10]],
+        animal=eye[[8]],
+        not_animal=eye[[9]],
     )
     res = run(spark, cfg, tables, model_id=MODEL, prompt_embeddings=pe)
     n = len(ids)
@@ -124,10 +125,10 @@ def test_train_head_from_table_then_score_one_pass(spark, make_cfg, scored_env, 
     assert row["score_models"]["nsfw"].startswith("nsfw:nsfw.pt@")
     assert row["score_models"]["toxicity"].startswith("wordlist:")
     assert row["score_models"]["zero_shot"].startswith(f"zero-shot:{MODEL}:prompts@")
-    # zero-shot: samples far on the unsafe side are NSFW, far on the safe side UNLIKELY
+    # zero-shot: the unsafe side of the hidden direction is NSFW, the other UNLIKELY
     assert set(good["nsfw_tag"]) <= {"UNLIKELY", "UNSURE", "NSFW"}
-    assert (good.loc[s > 0.3, "nsfw_tag"] == "NSFW").all()
-    assert (good.loc[s < -0.3, "nsfw_tag"] == "UNLIKELY").all()
+    assert (good.loc[s > 0, "nsfw_tag"] == "NSFW").all()
+    assert (good.loc[s < 0, "nsfw_tag"] == "UNLIKELY").all()
     flagged = good["flags"].map(lambda f: "nsfw" in list(f))
     assert (flagged == (good["punsafe"] > 0.5)).all()
     # broken embeddings: flagged, image scores null
@@ -162,7 +163,7 @@ def test_nothing_configured_leaves_nulls_and_records_absent(spark, make_cfg, sco
         "zero_shot",
     }
     # incremental: the next run scores only the rest
-    assert run(spark, cfg, tables, model_id=MODEL).rows_in == 1202 - 50
+    assert run(spark, cfg, tables, model_id=MODEL).rows_in == N + 2 - 50
 
 
 def test_watermark_image_model_reads_image_bytes(spark, make_cfg, tmp_path):
@@ -171,13 +172,13 @@ def test_watermark_image_model_reads_image_bytes(spark, make_cfg, tmp_path):
 
     from laion_spark.tables import Tables
 
-    model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=2)
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=2)
     p = tmp_path / "wm.pt"
     torch.save(model.state_dict(), p)
     cfg = make_cfg(
         [
             f"score.watermark_image_model={p}",
-            "score.watermark_image_arch=efficientnet_b0",
+            "score.watermark_image_arch=mobilenetv3_small_050",
             "score.watermark_image_size=32",
             "score.zero_shot=false",
         ]
