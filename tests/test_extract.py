@@ -481,3 +481,52 @@ def test_fuzz_html_parser(parts, srcset):
         except HtmlError:
             continue
         list(page_pairs(page, Rules(use_srcset=srcset), Counter()))
+
+
+_url_part = st.sampled_from(
+    [
+        "http://",
+        "https://",
+        "HTTP://",
+        "//",
+        "/",
+        "../",
+        "./",
+        "?",
+        "#",
+        "@",
+        ":",
+        ":80",
+        ":443",
+        ":8080",
+        ":99999",
+        "[::1]",
+        "Ex.COM",
+        "bücher.de",
+        "a b",
+        "%41",
+        "ü",
+        "x.jpg",
+        "y.SVG",
+        ".",
+        "&",
+        "=",
+    ]
+)
+
+
+@_FUZZ
+@given(st.lists(st.one_of(_url_part, st.text(max_size=6)), max_size=10))
+def test_fuzz_url_resolution_is_normalised(parts):
+    from laion_spark.ids import normalize_url, sample_id
+
+    raw = "".join(parts)
+    for base in ("https://Page.example:443/dir/p.html", "http://[::1]:8080/a/"):
+        url, why = urls.resolve_image_url(raw, base, 2048, frozenset({"svg"}))
+        assert (url is None) != (why is None)
+        if url is not None:
+            # the fast path equals the reference normalisation, so the ids agree
+            assert normalize_url(url) == url
+            page = Page(url=base, images=[(raw, "A caption for the fuzzed URL")])
+            (pair,) = list(page_pairs(page, Rules(language_id=False), Counter()))
+            assert pair.sample_id == sample_id(url, "A caption for the fuzzed URL")

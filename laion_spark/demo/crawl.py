@@ -10,7 +10,8 @@
 Records are laid out as Common Crawl writes them: one gzip member per record; the WARC has
 warcinfo + request/response per page; the WAT has warcinfo + one JSON metadata record per
 WARC record with Envelope.Payload-Metadata.HTTP-Response-Metadata.HTML-Metadata.Links.
-Each page also gets junk images the extract stage must reject (a data: URI, an SVG logo, a
+An optional "links": [(href, text), ...] adds ordinary <a> links (WAT `A@/href`), as real
+pages have many. Each page also gets junk images the extract stage must reject (a data: URI, an SVG logo, a
 GIF spacer, a too-short alt, an image without alt), and same-host image URLs are written
 relative (root-relative and path-relative) so URL resolution is exercised.
 """
@@ -86,6 +87,8 @@ def _html(page: dict, images: list[tuple[str, str | None]]) -> bytes:
     for src, alt in images:
         alt_attr = "" if alt is None else f' alt="{html.escape(alt, quote=True)}"'
         parts.append(f'<figure><img src="{html.escape(src, quote=True)}"{alt_attr}></figure>\n')
+    for href, text in page.get("links", []):
+        parts.append(f'<p><a href="{html.escape(href, quote=True)}">{html.escape(text)}</a></p>\n')
     if page.get("license"):
         lic = html.escape(page["license"], quote=True)
         parts.append(
@@ -226,6 +229,8 @@ def _wat_json(
             if alt is not None:
                 link["alt"] = html.escape(alt, quote=True)
             links.append(link)
+        for href, text in page.get("links", []):
+            links.append({"path": "A@/href", "url": html.escape(href, quote=True), "text": text})
         if page.get("license"):
             links.append(
                 {

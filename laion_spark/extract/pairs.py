@@ -6,15 +6,17 @@ the WAT path and the WARC path give the same pairs for the same page.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from laion_spark.extract import captions, language, urls
-from laion_spark.ids import sample_id
+from laion_spark.ids import normalize_caption
 
 TOO_MANY_IMAGES = "too_many_images"
 DUPLICATE_IN_PAGE = "duplicate_in_page"
+DUPLICATE_URL_IN_PAGE = "duplicate_url_in_page"
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Rules:
     max_images_per_page: int = 2000
     max_page_bytes: int = 5_000_000
     max_wat_record_bytes: int = 5_000_000
+    dedup_by_url: bool = False
 
     @classmethod
     def from_options(cls, opts: dict | None) -> Rules:
@@ -95,11 +98,18 @@ def page_pairs(page: Page, rules: Rules, rejected: Counter) -> Iterator[Pair]:
         if why:
             rejected[why] += 1
             continue
-        sid = sample_id(url, text)
+        # == laion_spark.ids.sample_id(url, text): the URL is already normalised (urls.py)
+        sid = hashlib.sha256(f"{url}\t{normalize_caption(text)}".encode()).hexdigest()[:32]
         if sid in seen:
             rejected[DUPLICATE_IN_PAGE] += 1
             continue
         seen.add(sid)
+        if rules.dedup_by_url:
+            # LAION-5B: one caption per image URL, the first one on the page
+            if url in seen:
+                rejected[DUPLICATE_URL_IN_PAGE] += 1
+                continue
+            seen.add(url)
         if rules.language_id:
             code, score = language.detect(text)
         else:

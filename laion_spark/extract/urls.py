@@ -10,6 +10,8 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from laion_spark.ids import normalize_url
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
 # rejection reasons (keys of extract_stats.rejected)
 EMPTY_URL = "empty_url"
 DATA_URL = "data_url"
@@ -80,30 +82,63 @@ def resolve_image_url(
         return None, JAVASCRIPT_URL
     try:
         url = raw if head.startswith(("http://", "https://")) else urljoin(base, raw)
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            return None, BAD_SCHEME
-        host = parts.hostname
-        if not host or any(c in host for c in " <>\"'\\{}|^`"):
-            return None, INVALID_URL
-        _ = parts.port  # raises ValueError on a bad port
-        if not host.isascii():
-            # IDN host -> punycode, as a browser would send it
-            host_ascii = host.encode("idna").decode("ascii")
-            netloc = parts.netloc.replace(parts.hostname or "", host_ascii)
-            parts = parts._replace(netloc=netloc)
-        path, query = parts.path, parts.query
-        if not (path.isascii() and query.isascii()) or " " in path or " " in query:
-            path, query = quote(path, safe=_SAFE), quote(query, safe=_SAFE)
-        url = normalize_url(urlunsplit((scheme, parts.netloc, path, query, "")))
+        url, path = _normalize(url)
     except (ValueError, UnicodeError):
         return None, INVALID_URL
+    if url is None:
+        return None, path  # path carries the reason
     if len(url) > max_chars:
         return None, URL_TOO_LONG
-    if drop_ext and url_extension(url) in drop_ext:
-        return None, BAD_EXTENSION
+    if drop_ext:
+        seg = path.rsplit("/", 1)[-1]
+        if "." in seg and seg.rsplit(".", 1)[-1].lower() in drop_ext:
+            return None, BAD_EXTENSION
     return url, None
+
+
+_BAD_HOST_CHARS = frozenset(" <>\"'\\{}|^`")
+
+
+def _normalize(url: str) -> tuple[str | None, str]:
+    """(normalised absolute URL, its path) or (None, reason), in ONE split of the URL.
+
+    Same result as laion_spark.ids.normalize_url (lower-case scheme/host, no default port,
+    no fragment, "/" for an empty path), so the sample_id can hash it directly; the test
+    suite checks normalize_url(result) == result on fuzzed input.
+    """
+    scheme, netloc, path, query, _ = urlsplit(url)
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        return None, BAD_SCHEME
+    userinfo, _, hostport = netloc.rpartition("@")
+    if hostport.startswith("["):  # IPv6 literal: let the general code handle it
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a bad port
+        if not parts.hostname:
+            return None, INVALID_URL
+        if not (path.isascii() and query.isascii()) or " " in path or " " in query:
+            path, query = quote(path, safe=_SAFE), quote(query, safe=_SAFE)
+        out = normalize_url(urlunsplit((scheme, netloc, path, query, "")))
+        return out, path
+    host, _, port = hostport.partition(":")
+    host = host.lower()
+    if not host or not _BAD_HOST_CHARS.isdisjoint(host):
+        return None, INVALID_URL
+    if port:
+        if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+            return None, INVALID_URL
+        port_i = int(port)
+        port = "" if _DEFAULT_PORTS.get(scheme) == port_i else str(port_i)
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")  # IDN -> punycode, as browsers send it
+    if userinfo:
+        host = f"{userinfo}@{host}"
+    if port:
+        host = f"{host}:{port}"
+    if not (path.isascii() and query.isascii()) or " " in path or " " in query:
+        path, query = quote(path, safe=_SAFE), quote(query, safe=_SAFE)
+    path = path or "/"
+    return (f"{scheme}://{host}{path}?{query}" if query else f"{scheme}://{host}{path}"), path
 
 
 def largest_srcset(srcset: str | None) -> str | None:
