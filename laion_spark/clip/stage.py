@@ -1,0 +1,267 @@
+"""EMBED stage: CLIP image + text embeddings for every downloaded image -> `embeddings`.
+
+    images(status=success) ⋈ candidates(text)  ─anti-join embeddings(model_id)─▶  mapInArrow
+        ─▶ embeddings(sample_id, model_id, image_embedding, text_embedding, similarity, status)
+
+Why `mapInArrow`: the model loads once per Python worker (module-level cache, Spark reuses
+workers), each task streams Arrow record batches in and out (no partition is materialised),
+and the image bytes reach Python as one Arrow binary buffer without a pandas object column
+(see docs/embed.md for the comparison with an iterator pandas UDF).
+
+Inside a task: rows are cut into model batches of `clip.batch_size`; JPEG decode +
+preprocess of the NEXT batch runs on a small thread pool (PIL releases the GIL while
+decoding/resizing) while the model computes the current one. On a GPU executor the task
+uses the GPU Spark assigned it (TaskContext.resources()["gpu"]), fp16/bf16 autocast and
+pinned-memory host->device copies; on CPU it uses the task's cores (spark.task.cpus).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from laion_spark.clip.model import ImageDecodeError, LoadedClip, load_clip
+from laion_spark.clip.settings import ClipConfig
+from laion_spark.stage import StageResult
+
+SUCCESS = "success"
+FAILED_DECODE = "failed_to_decode"  # bytes are not a decodable image (or too many pixels)
+FAILED_EMBED = "failed_to_embed"  # the model failed on a batch (retried on the next run)
+# statuses that count as "done" for the anti-join; failed_to_embed rows are retried
+FINAL_STATUSES = (SUCCESS, FAILED_DECODE)
+
+
+def _out_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("sample_id", pa.string()),
+            ("model_id", pa.string()),
+            ("image_embedding", pa.list_(pa.float32())),
+            ("text_embedding", pa.list_(pa.float32())),
+            ("similarity", pa.float32()),
+            ("status", pa.string()),
+            ("error_message", pa.string()),
+        ]
+    )
+
+
+SPARK_OUT_SCHEMA = (
+    "sample_id string, model_id string, image_embedding array<float>, "
+    "text_embedding array<float>, similarity float, status string, error_message string"
+)
+
+
+def _list_array(rows: np.ndarray, valid: np.ndarray):
+    """(n, d) float32 + validity mask -> Arrow list<float> without per-row Python objects."""
+    import pyarrow as pa
+
+    n, d = rows.shape
+    offsets = np.arange(n + 1, dtype=np.int32) * d
+    arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows.reshape(-1)))
+    if valid.all():
+        return arr
+    # rebuild with nulls where invalid (rare path: undecodable images)
+    mask = pa.array(~valid)
+    return pa.ListArray.from_arrays(pa.array(offsets), arr.values, mask=mask)
+
+
+def _set_threads(clip_cfg: ClipConfig, device: str) -> None:
+    import torch
+
+    if not device.startswith("cpu"):
+        return
+    n = clip_cfg.cpu_threads
+    if n <= 0:
+        try:
+            from pyspark import TaskContext
+
+            tc = TaskContext.get()
+            n = tc.cpus() if tc is not None else 0
+        except Exception:
+            n = 0
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+class BatchEmbedder:
+    """Streams (sample_id, image bytes, text) chunks through the model, decode overlapped."""
+
+    def __init__(self, clip: LoadedClip, clip_cfg: ClipConfig):
+        self.clip = clip
+        self.cfg = clip_cfg
+        self.pool = ThreadPoolExecutor(max(1, clip_cfg.decode_threads), "clip-decode")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _decode_part(self, images: list[bytes | None]) -> list[Any]:
+        out: list[Any] = []
+        for b in images:
+            try:
+                out.append(self.clip.decode(b or b""))
+            except ImageDecodeError as e:
+                out.append(e)
+        return out
+
+    def _submit(self, images: list[bytes | None]) -> list[Future]:
+        k = max(1, self.cfg.decode_threads)
+        step = max(1, -(-len(images) // k))
+        return [
+            self.pool.submit(self._decode_part, images[i : i + step])
+            for i in range(0, len(images), step)
+        ]
+
+    def _finish(self, ids: list[str], texts: list[str | None], parts: list[Future]):
+        import pyarrow as pa
+        import torch
+
+        decoded = [x for f in parts for x in f.result()]
+        n = len(ids)
+        ok = np.array([not isinstance(x, Exception) for x in decoded], dtype=bool)
+        status = np.where(ok, SUCCESS, FAILED_DECODE).astype(object)
+        errors: list[str | None] = [None if o else str(x) for o, x in zip(ok, decoded, strict=False)]
+        dim = self.clip.dim
+        img = np.zeros((n, dim), np.float32)
+        txt = np.zeros((n, dim), np.float32)
+        txt_ok = np.ones(n, dtype=bool)
+        try:
+            if ok.any():
+                batch = torch.stack([x for x, o in zip(decoded, ok, strict=False) if o])
+                if self.clip.device.startswith("cuda"):
+                    batch = batch.pin_memory()  # async host->device copy
+                img[ok] = self.clip.encode_image_tensor(batch)
+            txt[:] = self.clip.encode_text([t or "" for t in texts])
+        except Exception as e:  # a model failure marks the batch, the job goes on
+            msg = f"{type(e).__name__}: {e}"[:1000]
+            status[ok] = FAILED_EMBED
+            errors = [msg if o else err for o, err in zip(ok, errors, strict=False)]
+            ok = np.zeros(n, dtype=bool)
+            txt_ok = np.zeros(n, dtype=bool)
+        sim = np.einsum("ij,ij->i", img, txt).astype(np.float32)
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array(ids, pa.string()),
+                pa.array([self.clip.model_id] * n, pa.string()),
+                _list_array(img, ok),
+                _list_array(txt, txt_ok),
+                pa.array(sim, pa.float32(), mask=~ok),
+                pa.array(status.tolist(), pa.string()),
+                pa.array(errors, pa.string()),
+            ],
+            schema=_out_schema(),
+        )
+
+    def run(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """Arrow batches of (sample_id, image, text) -> Arrow batches of embeddings."""
+        bs = self.cfg.batch_size
+        inflight: deque = deque()
+
+        def chunks():
+            for rb in batches:
+                ids = rb.column("sample_id").to_pylist()
+                imgs = rb.column("image").to_pylist()
+                texts = rb.column("text").to_pylist()
+                for i in range(0, len(ids), bs):
+                    yield ids[i : i + bs], imgs[i : i + bs], texts[i : i + bs]
+
+        for ids, imgs, texts in chunks():
+            inflight.append((ids, texts, self._submit(imgs)))
+            if len(inflight) > 1:  # decode of this chunk runs while the previous one computes
+                yield self._finish(*inflight.popleft())
+        while inflight:
+            yield self._finish(*inflight.popleft())
+
+
+def _embed_partition(conf: dict, model_id: str):
+    """mapInArrow function; `conf` is the ClipConfig as a dict (pretrained path resolved)."""
+
+    def fn(batches):
+        clip_cfg = ClipConfig(**conf)
+        clip = load_clip(clip_cfg)  # cached per Python worker process
+        if clip.model_id != model_id:
+            raise RuntimeError(
+                f"executor loaded {clip.model_id}, driver expected {model_id}: "
+                "point clip.pretrained at the same weights on every node"
+            )
+        _set_threads(clip_cfg, clip.device)
+        emb = BatchEmbedder(clip, clip_cfg)
+        try:
+            yield from emb.run(batches)
+        finally:
+            emb.close()
+
+    return fn
+
+
+def worker_config(clip_cfg: ClipConfig, clip: LoadedClip | None = None) -> dict:
+    """Config to ship to executors: tiny-clip's checkpoint path resolved on the driver."""
+    from laion_spark.clip import tiny
+
+    conf = dataclasses.asdict(clip_cfg)
+    if clip_cfg.model == tiny.TINY_NAME and not clip_cfg.pretrained:
+        conf["pretrained"] = tiny.ensure_tiny_clip()
+    return conf
+
+
+def source_rows(tables) -> Any:
+    """images with status success, with their caption (candidates.text), minus takedowns."""
+    from laion_spark.takedowns import exclude_taken_down
+
+    imgs = tables.read("images").where("status = 'success'").select("sample_id", "url", "image")
+    cands = tables.read("candidates").select("sample_id", "text")
+    df = imgs.join(cands, "sample_id", "left")
+    df = exclude_taken_down(tables, df)
+    return df.select("sample_id", "image", "text")
+
+
+def run(spark, cfg, tables, limit: int | None = None, **_: Any) -> StageResult:
+    """Embed every successfully downloaded image not yet embedded with this model."""
+    from pyspark.sql import functions as F
+
+    t0 = time.time()
+    clip_cfg: ClipConfig = cfg.clip
+    clip = load_clip(clip_cfg)  # driver: model id, dim, tiny-clip trained/cached once
+    mid = clip.model_id
+    conf = worker_config(clip_cfg, clip)
+    done_where = f"model_id = '{mid}' AND status IN ({', '.join(repr(s) for s in FINAL_STATUSES)})"
+    todo = tables.pending(source_rows(tables), "embeddings", where=done_where)
+    if limit:
+        todo = todo.limit(int(limit))
+    rows_in = todo.count()
+    if rows_in == 0:
+        return StageResult("embed", 0, 0, {}, time.time() - t0, {"model_id": mid})
+    # spread the work over every core/executor even when the input is one small Delta file
+    par = spark.sparkContext.defaultParallelism
+    if todo.rdd.getNumPartitions() < par:
+        todo = todo.repartition(par)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(clip_cfg.arrow_batch_size))
+    started = spark.sql("SELECT current_timestamp() AS t").collect()[0]["t"]
+    out = todo.mapInArrow(_embed_partition(conf, mid), SPARK_OUT_SCHEMA).withColumn(
+        "embedded_at", F.current_timestamp()
+    )
+    tables.upsert(out, "embeddings")
+    counts = (
+        tables.read("embeddings")
+        .where(F.col("model_id") == mid)
+        .where(F.col("embedded_at") >= F.lit(started))
+        .groupBy("status")
+        .count()
+        .collect()
+    )
+    by_status = {r["status"]: int(r["count"]) for r in counts}
+    return StageResult(
+        "embed",
+        rows_in=rows_in,
+        rows_out=sum(by_status.values()),
+        by_status=by_status,
+        seconds=time.time() - t0,
+        notes={"model_id": mid, "device": clip.device, "dim": clip.dim},
+    )
