@@ -91,3 +91,20 @@ def get_spark(cfg: Config) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def submit_args(cfg: Config) -> list[str]:
+    """spark-submit flags that give a job Delta (jars or packages) and its settings.
+
+    JVM-level settings must be on the spark-submit command line (the driver JVM is
+    already running when the job's Python code starts).
+    """
+    out: list[str] = []
+    settings = spark_settings(cfg, local=False)
+    if "spark.jars" in settings:
+        out += ["--jars", settings.pop("spark.jars")]
+    if "spark.jars.packages" in settings:
+        out += ["--packages", settings.pop("spark.jars.packages")]
+    for k, v in settings.items():
+        out += ["--conf", f"{k}={v}"]
+    return out

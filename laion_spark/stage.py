@@ -17,9 +17,11 @@ STAGES: dict[str, str] = {
     "extract": "laion_spark.extract.stage:run",
     "download": "laion_spark.download.stage:run",
     "embed": "laion_spark.clip.stage:run",
+    "clip_filter": "laion_spark.clip.filter:clip_filter",
     "score": "laion_spark.safety.stage:run",
     "curate": "laion_spark.curate.stage:run",
     "index": "laion_spark.index.stage:run",
+    "merge_index": "laion_spark.index.merge:merge_index",
 }
 
 

@@ -18,7 +18,12 @@ import time
 from laion_spark.config import Config
 from laion_spark.demo.synthetic import make_samples
 
-DEMO_PORT = int(os.environ.get("LAION_SPARK_DEMO_PORT", "18765"))
+DEFAULT_DEMO_PORT = 18765
+
+
+def demo_port() -> int:
+    """Fixed (not random) so image URLs, hence sample_ids, are the same on every run."""
+    return int(os.environ.get("LAION_SPARK_DEMO_PORT", DEFAULT_DEMO_PORT))
 
 
 def demo_pages(n_pages: int, base: str, seed: int = 7) -> tuple[list[dict], dict[str, bytes], set[str]]:
@@ -78,14 +83,15 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
     t0 = time.time()
     workdir = cfg.workdir_path
     os.makedirs(workdir, exist_ok=True)
-    base = f"http://127.0.0.1:{DEMO_PORT}"
+    port = demo_port()
+    base = f"http://127.0.0.1:{port}"
     page_list, bodies, noai = demo_pages(pages, base)
     crawl = write_synthetic_crawl(os.path.join(workdir, "crawl"), page_list)
     print(f"[demo] wrote {len(page_list)} pages as {crawl['warc']} and {crawl['wat']}")
 
     spark = get_spark(cfg)
     tables = Tables(spark, cfg)
-    with ImageServer(port=DEMO_PORT) as server:
+    with ImageServer(port=port) as server:
         for path, body in bodies.items():
             headers = {"X-Robots-Tag": "noai"} if path in noai else None
             server.add(path, body, "image/jpeg", headers=headers)
@@ -105,7 +111,7 @@ def _search_examples(spark, cfg: Config, tables) -> None:
     for q in ["a red circle on the left", "a blue square at the top"]:
         print(f"\n[demo] search: {q!r}")
         for hit in searcher.search(q, k=3):
-            print(f"   {hit.get('score', 0):.3f}  {hit.get('text')!r:60}  {hit.get('url')}")
+            print(f"   {hit.get('score', 0):.3f}  {hit.get('caption')!r:60}  {hit.get('url')}")
 
 
 def _print_next_steps(cfg: Config) -> None:
