@@ -193,6 +193,7 @@ def run_ours(urls: list[str], cores: int, threads: int, work: Path) -> dict:
         "wall_s": wall,
         "successes": res.by_status.get("success", 0),
         "by_status": res.by_status,
+        **res.notes,
     }
 
 
@@ -293,10 +294,21 @@ def main() -> None:
         assert all(u.startswith("http://127.0.0.1:") for u in urls)
         sub = urls[: min(len(urls), 1000)]
         threads_rate(sub[:100], a.threads)  # warm the server's route cache and imports
-        t_thr = threads_rate(sub, a.threads)
-        t_async = asyncio_rate(sub, a.threads, offload=False)
-        t_async_off = asyncio_rate(sub, a.threads, offload=True)
-        fetch_only = threads_rate(sub, a.threads, resize=False)
+        # interleaved repeats, medians: the shared machine's load changes minute to minute
+        reps: dict[str, list[float]] = {"thr": [], "async": [], "async_off": [], "fetch": []}
+        for _ in range(3):
+            reps["thr"].append(threads_rate(sub, a.threads))
+            reps["async"].append(asyncio_rate(sub, a.threads, offload=False))
+            reps["async_off"].append(asyncio_rate(sub, a.threads, offload=True))
+            reps["fetch"].append(threads_rate(sub, a.threads, resize=False))
+        print({k: [round(x) for x in v] for k, v in reps.items()}, flush=True)
+        med = {k: sorted(v)[1] for k, v in reps.items()}
+        t_thr, t_async, t_async_off, fetch_only = (
+            med["thr"],
+            med["async"],
+            med["async_off"],
+            med["fetch"],
+        )
         print(
             f"one process, {len(sub)} images: threads {t_thr:.0f}/s, asyncio inline {t_async:.0f}/s, "
             f"asyncio+executor {t_async_off:.0f}/s, fetch-only (threads) {fetch_only:.0f}/s",
@@ -318,6 +330,9 @@ def main() -> None:
             "threads": a.threads,
             "ours_img_s": round(ours_rate, 1),
             "ours_ok": ours["successes"],
+            "ours_wall_s": round(ours["wall_s"], 1),
+            "ours_fetch_resize_s": ours.get("fetch_s"),
+            "ours_merge_s": ours.get("merge_s"),
         }
         if peer and peer["successes"]:
             peer_rate = peer["successes"] / peer["wall_s"]

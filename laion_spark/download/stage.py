@@ -72,6 +72,7 @@ def run(
     partitions = dc.partitions or max(1, 2 * spark.sparkContext.defaultParallelism)
     by_status: dict[str, int] = {}
     rows_in = rows_out = commits = 0
+    fetch_s = merge_s = 0.0
     retried: set[str] = set()
     while limit is None or rows_in < limit:
         want = dc.rows_per_commit if limit is None else min(dc.rows_per_commit, limit - rows_in)
@@ -86,8 +87,12 @@ def run(
         if n == 0:
             break
         # materialise once: MERGE may scan its source twice, and a second scan would re-fetch
+        t_fetch = time.time()
         out = _download(chunk, cfg, sha_f, md5_f, min(partitions, n)).localCheckpoint(eager=True)
+        t_merge = time.time()
+        fetch_s += t_merge - t_fetch
         tables.upsert(out, "images")
+        merge_s += time.time() - t_merge
         counts = out.groupBy("status").count().collect()
         for r in counts:
             by_status[r["status"]] = by_status.get(r["status"], 0) + int(r["count"])
@@ -106,5 +111,10 @@ def run(
         rows_out=rows_out,
         by_status=by_status,
         seconds=time.time() - t0,
-        notes={"commits": commits, "partitions": partitions},
+        notes={
+            "commits": commits,
+            "partitions": partitions,
+            "fetch_s": round(fetch_s, 1),  # fetch+resize (the mapInArrow pass)
+            "merge_s": round(merge_s, 1),  # Delta MERGE into images
+        },
     )
