@@ -19,6 +19,14 @@ D = 16  # small width: the generic head shape, few rows suffice
 N = 500
 
 
+def append(tables, df, name):
+    """Seed a table quickly (a plain Delta append; the stages themselves MERGE)."""
+    tables.ensure(name)
+    df.write.format("delta").mode("append").option("mergeSchema", "true").save(
+        tables.location(name)
+    )
+
+
 def make_embeddings(n: int, seed: int = 0):
     """n L2-normalised embeddings; label = side of a hidden direction (with a margin)."""
     rng = np.random.default_rng(seed)
@@ -59,12 +67,12 @@ def write_tables(spark, tables, n: int = N, bad_rows: int = 2):
         "sample_id string, model_id string, image_embedding array<float>, "
         "text_embedding array<float>, similarity float, status string",
     )
-    tables.upsert(emb, "embeddings")
+    append(tables, emb, "embeddings")
     cands = spark.createDataFrame(
         [(ids[i], f"http://127.0.0.1/{i}.jpg", captions[i]) for i in range(n)],
         "sample_id string, url string, text string",
     )
-    tables.upsert(cands, "candidates")
+    append(tables, cands, "candidates")
     labels = pd.DataFrame({"sample_id": ids, "label": (s > 0).astype(int)})
     return ids, s, labels
 
@@ -186,7 +194,8 @@ def test_watermark_image_model_reads_image_bytes(spark, make_cfg, tmp_path):
     tables = Tables(spark, cfg)
     x, _, _ = make_embeddings(6)
     ids = [f"w{i:031x}" for i in range(6)]
-    tables.upsert(
+    append(
+        tables,
         spark.createDataFrame(
             [(ids[i], MODEL, x[i].tolist()) for i in range(6)],
             "sample_id string, model_id string, image_embedding array<float>",
@@ -200,8 +209,10 @@ def test_watermark_image_model_reads_image_bytes(spark, make_cfg, tmp_path):
         return b.getvalue()
 
     imgs = [(ids[i], "success", jpeg(i)) for i in range(4)] + [(ids[4], "success", b"garbage")]
-    tables.upsert(
-        spark.createDataFrame(imgs, "sample_id string, status string, image binary"), "images"
+    append(
+        tables,
+        spark.createDataFrame(imgs, "sample_id string, status string, image binary"),
+        "images",
     )
     res = run(spark, cfg, tables, model_id=MODEL)
     assert res.rows_in == 6
@@ -223,7 +234,8 @@ def test_head_of_wrong_width_fails_fast_naming_the_key(spark, make_cfg, tmp_path
     cfg = make_cfg([f"score.nsfw_head={p}", "score.zero_shot=false"])
     tables = Tables(spark, cfg)
     x, _, _ = make_embeddings(3)
-    tables.upsert(
+    append(
+        tables,
         spark.createDataFrame(
             [(f"{i}", MODEL, x[i].tolist()) for i in range(3)],
             "sample_id string, model_id string, image_embedding array<float>",

@@ -191,7 +191,19 @@ def run(
 ) -> StageResult:
     """Score every embedding of the model that has no score yet; returns counts per flag."""
     t0 = time.time()
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_rows))
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, str(cfg.score.batch_rows))  # rows per model call; restored below
+    try:
+        return _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, limit)
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
+def _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, limit) -> StageResult:
     model_id = resolve_model_id(cfg, tables, model_id, clip)
     src = pending_embeddings(tables, model_id, rescore)
     if limit:

@@ -11,7 +11,7 @@
 2. The values resolve to sample_ids: url/domain through the `url` of candidates and
    images, sha256/md5 through images (md5 computed from the stored bytes; sha256 too where
    the column is empty), sample_id as given.
-3. Every table with a sample_id column loses those rows (Delta MERGE ... DELETE); the
+3. Every table with a sample_id column loses those rows (Delta DELETE); the
    counts removed per table are added to the request's `removed` map.
 
 Delta keeps deleted rows in older table versions until VACUUM; for erasure run
@@ -138,25 +138,26 @@ def _record(
     tables.upsert(df, "takedowns")
 
 
-def _delete(tables: Tables, name: str, hits: DataFrame) -> dict[str, int]:
-    """Delete the rows of `name` whose sample_id is in `hits`; rows removed per value."""
+def _delete(tables: Tables, name: str, hits: dict[str, set[str]]) -> dict[str, int]:
+    """Delete the rows of `name` whose sample_id was hit; rows removed per value.
+
+    One small read finds which ids the table holds (no write when none), then one Delta
+    DELETE; takedown lists are small, so the ids travel as a literal IN list.
+    """
     if not tables.exists(name):
         return {}
-    per_value = {
-        r["value"]: int(r["n"])
-        for r in tables.read(name)
-        .select("sample_id")
-        .join(F.broadcast(hits), "sample_id")
-        .groupBy("value")
-        .agg(F.count("*").alias("n"))
-        .collect()
+    ids = sorted(set().union(*hits.values()))
+    present: dict[str, int] = {}
+    for r in (
+        tables.read(name).where(F.col("sample_id").isin(ids)).groupBy("sample_id").count().collect()
+    ):
+        present[r["sample_id"]] = int(r["count"])
+    if not present:
+        return {}
+    tables.delta(name).delete(F.col("sample_id").isin(sorted(present)))
+    return {
+        v: sum(present.get(s, 0) for s in sids) for v, sids in hits.items() if sids & present.keys()
     }
-    if per_value:
-        ids = hits.select("sample_id").distinct()
-        tables.delta(name).alias("t").merge(
-            ids.alias("s"), "t.sample_id = s.sample_id"
-        ).whenMatchedDelete().execute()
-    return per_value
 
 
 def takedown(
@@ -175,22 +176,18 @@ def takedown(
         raise ValueError("takedown needs at least one non-empty value")
     _record(tables, kind, vals, reason, {})  # blocks re-entry even if deletion is interrupted
     # resolve once, before deleting (the resolution reads tables we delete from)
-    rows = resolve(tables, kind, vals).collect()
-    hits = spark.createDataFrame(
-        [(r["sample_id"], r["value"]) for r in rows], "sample_id string, value string"
-    )
-    totals: dict[str, int] = {}
+    hits: dict[str, set[str]] = {v: {v} for v in vals} if kind == "sample_id" else {}
+    if kind != "sample_id":
+        for r in resolve(tables, kind, vals).collect():
+            hits.setdefault(r["value"], set()).add(r["sample_id"])
+    totals: dict[str, int] = {name: 0 for name in SAMPLE_TABLES}
     per_value: dict[str, dict[str, int]] = {}
-    if rows:
-        hits = hits.cache()
+    if hits:
         for name in SAMPLE_TABLES:
             counts = _delete(tables, name, hits)
             totals[name] = sum(counts.values())
             for v, n in counts.items():
                 per_value.setdefault(v, {})[name] = n
-        hits.unpersist()
-    else:
-        totals = {name: 0 for name in SAMPLE_TABLES}
     if per_value:
         _record(tables, kind, vals, reason, per_value)
     return totals
