@@ -1,0 +1,348 @@
+"""EMBED benchmark: the Spark stage vs a plain PyTorch loop vs clip-retrieval's clip_inference.
+
+    .venv/bin/python benchmarks/bench_embed.py --n 3000            # CPU, tiny-clip
+    .venv/bin/python benchmarks/bench_embed.py --device cuda --model ViT-B-32 \
+        --pretrained /path/to/open_clip_pytorch_model.bin --n 100000   # GPU executor
+
+All three runs see the same JPEG bytes and captions and the same weights:
+1. plain loop: one process, decode + preprocess + encode images and captions in batches
+   (all cores as torch threads) -- the raw limit; efficiency = stage / plain loop;
+2. the stage: `laion_spark.clip.stage.run` over Delta tables (images + candidates), end to
+   end including the Delta MERGE; also its compute part alone (same mapInArrow -> noop sink),
+   and the same work through an iterator pandas UDF (mapInPandas) for the API choice;
+3. clip-retrieval `clip_inference` on the same images written as a webdataset tar, same
+   checkpoint passed as `open_clip:<arch>/<path>` (no weight download). It is installed in
+   its own venv benchmarks/.venvs/clip-retrieval that this script creates (see --help).
+Also measures the storage choice for embeddings: parquet array<float> vs fp16 bytes.
+Ends with one line: `result: name=value ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PEER_VENV = ROOT / "benchmarks" / ".venvs" / "clip-retrieval"
+
+
+def plain_loop(clip, jpegs: list[bytes], texts: list[str], batch: int) -> float:
+    """samples/s of the simplest correct single-process loop: decode, preprocess, encode."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    t0 = time.time()
+    for i in range(0, len(jpegs), batch):
+        x = torch.stack([clip.decode(b) for b in jpegs[i : i + batch]])
+        if clip.device.startswith("cuda"):
+            x = x.pin_memory()
+        img = clip.encode_image_tensor(x)
+        txt = clip.encode_text(texts[i : i + batch])
+        _ = (img * txt).sum(1)
+    return len(jpegs) / (time.time() - t0)
+
+
+def write_tables(spark, tables, samples, jpegs):
+    from laion_spark.ids import sample_id
+
+    cands, imgs = [], []
+    for s, j in zip(samples, jpegs, strict=False):
+        url = f"http://127.0.0.1/img/{s.index}.jpg"
+        sid = sample_id(url, s.caption)
+        cands.append((sid, url, s.caption, "en"))
+        imgs.append((sid, url, "success", j, 64, 64, "jpeg"))
+    tables.upsert(
+        spark.createDataFrame(
+            cands, "sample_id string, url string, text string, language_group string"
+        ),
+        "candidates",
+    )
+    tables.upsert(
+        spark.createDataFrame(
+            imgs,
+            "sample_id string, url string, status string, image binary, width int, height int, "
+            "format string",
+        ),
+        "images",
+    )
+
+
+def stage_numbers(cfg, jpegs, samples) -> dict:
+    from laion_spark.clip import stage
+    from laion_spark.clip.model import load_clip
+    from laion_spark.session import get_spark
+    from laion_spark.tables import Tables
+
+    spark = get_spark(cfg)
+    tables = Tables(spark, cfg)
+    write_tables(spark, tables, samples, jpegs)
+    n = len(jpegs)
+    clip = load_clip(cfg.clip)
+    conf = stage.worker_config(cfg.clip, clip)
+    src = stage.source_rows(tables).repartition(spark.sparkContext.defaultParallelism).cache()
+    src.count()
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.clip.arrow_batch_size))
+    # warm the Python workers (model load once per worker) so steady state is measured
+    src.limit(64).mapInArrow(
+        stage._embed_partition(conf, clip.model_id), stage.SPARK_OUT_SCHEMA
+    ).write.format("noop").mode("overwrite").save()
+
+    t0 = time.time()
+    src.mapInArrow(
+        stage._embed_partition(conf, clip.model_id), stage.SPARK_OUT_SCHEMA
+    ).write.format("noop").mode("overwrite").save()
+    arrow_sps = n / (time.time() - t0)
+
+    arrow_fn = stage._embed_partition(conf, clip.model_id)
+
+    def pandas_fn(dfs):
+        import pyarrow as pa
+
+        def as_arrow():
+            for df in dfs:
+                yield pa.RecordBatch.from_pandas(df, preserve_index=False)
+
+        for rb in arrow_fn(as_arrow()):
+            yield rb.to_pandas()
+
+    src.limit(64).mapInPandas(pandas_fn, stage.SPARK_OUT_SCHEMA).write.format("noop").mode(
+        "overwrite"
+    ).save()
+    t0 = time.time()
+    src.mapInPandas(pandas_fn, stage.SPARK_OUT_SCHEMA).write.format("noop").mode("overwrite").save()
+    pandas_sps = n / (time.time() - t0)
+    src.unpersist()
+
+    t0 = time.time()
+    res = stage.run(spark, cfg, tables)
+    e2e = time.time() - t0
+    assert res.by_status.get("success") == n, res.by_status
+    emb = tables.read("embeddings").select("image_embedding", "text_embedding").toPandas()
+    return {
+        "stage_sps": n / e2e,
+        "stage_compute_sps": arrow_sps,
+        "pandas_udf_compute_sps": pandas_sps,
+        "img": np.stack(emb["image_embedding"].to_numpy()).astype(np.float32),
+        "txt": np.stack(emb["text_embedding"].to_numpy()).astype(np.float32),
+    }
+
+
+def storage_numbers(img: np.ndarray, txt: np.ndarray, tmp: Path) -> dict:
+    """parquet (what Delta stores) bytes + write/read time: array<float> vs fp16 bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, d = img.shape
+
+    def lists(a):
+        return pa.ListArray.from_arrays(
+            pa.array(np.arange(n + 1, dtype=np.int32) * d), pa.array(a.reshape(-1))
+        )
+
+    def halfs(a):
+        return pa.array([r.tobytes() for r in a.astype(np.float16)], pa.binary())
+
+    out = {}
+    for name, conv, back in [
+        ("f32", lists, lambda c: np.stack(c.to_numpy(zero_copy_only=False)).astype(np.float32)),
+        (
+            "f16",
+            halfs,
+            lambda c: (
+                np.frombuffer(b"".join(c.to_pylist()), np.float16).reshape(n, d).astype(np.float32)
+            ),
+        ),
+    ]:
+        t0 = time.time()
+        tbl = pa.table({"image_embedding": conv(img), "text_embedding": conv(txt)})
+        p = tmp / f"emb_{name}.parquet"
+        pq.write_table(tbl, p, compression="snappy")
+        w = time.time() - t0
+        t0 = time.time()
+        r = pq.read_table(p)
+        back(r.column("image_embedding").combine_chunks())
+        out[name] = {"bytes": p.stat().st_size, "write_s": w, "read_s": time.time() - t0}
+    return out
+
+
+# --- clip-retrieval ---------------------------------------------------------------------
+def ensure_peer_venv() -> Path:
+    """benchmarks/.venvs/clip-retrieval: clip-retrieval without re-downloading torch.
+
+    clip-retrieval pins numpy<2, pyarrow<16, open-clip-torch<3 and pulls torch + CUDA wheels,
+    wandb, transformers, sentence-transformers, img2dataset... (several GB). Here the venv
+    gets clip-retrieval and the small pure-Python pieces clip_inference imports (all_clip,
+    webdataset, fire, braceexpand, wandb), and a .pth that puts this project's .venv
+    site-packages (torch, open_clip, numpy, pyarrow, pandas) behind it, so both tools run the
+    very same torch/open_clip build. `sentence_transformers` (used only for multilingual
+    CLIP, which is off) gets a stub module: importing the real one needs transformers.
+    """
+    py = PEER_VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    check = subprocess.run(
+        [str(py), "-c", "import clip_retrieval, all_clip, webdataset, fire, braceexpand, wandb"],
+        capture_output=True,
+    )
+    if check.returncode != 0:
+        subprocess.run(
+            pip + ["--no-deps", "clip-retrieval", "all_clip", "webdataset<0.3", "fire<0.6"],
+            check=True,
+        )
+        subprocess.run(pip + ["braceexpand", "wandb", "termcolor"], check=True)
+    site = next((PEER_VENV / "lib").glob("python3*/site-packages"))
+    main_site = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
+    (site / "zz_laion_main_venv.pth").write_text(str(main_site) + "\n")
+    stub = site / "sentence_transformers.py"
+    if not stub.exists():
+        stub.write_text(
+            '"""stub: multilingual CLIP is disabled in this benchmark"""\n'
+            "class SentenceTransformer:\n"
+            "    def __init__(self, *a, **k):\n"
+            "        raise RuntimeError('sentence_transformers not installed (stub)')\n"
+        )
+    return py
+
+
+def write_webdataset(path: Path, samples, jpegs) -> None:
+    with tarfile.open(path, "w") as tar:
+        for s, j in zip(samples, jpegs, strict=False):
+            for ext, data in (("jpg", j), ("txt", s.caption.encode())):
+                info = tarfile.TarInfo(f"{s.index:08d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def peer_numbers(
+    py: Path, model: str, ckpt: str, tmp: Path, samples, jpegs, batch: int, arch_json: str | None
+) -> dict:
+    tar = tmp / "shard-00000.tar"
+    write_webdataset(tar, samples, jpegs)
+    out = tmp / "peer_out"
+    reg = ""
+    if arch_json:
+        reg = f"import open_clip; open_clip.add_model_config({arch_json!r}); "
+    code = (
+        reg + "import time; from clip_retrieval.clip_inference.main import main; t=time.time(); "
+        f"main(input_dataset={str(tar)!r}, output_folder={str(out)!r}, input_format='webdataset', "
+        f"batch_size={batch}, num_prepro_workers={os.cpu_count() or 1}, enable_text=True, "
+        "enable_image=True, enable_metadata=False, "
+        f"clip_model={'open_clip:' + model + '/' + ckpt!r}, use_jit=False, "
+        "distribution_strategy='sequential'); print('PEER_SECONDS', time.time()-t)"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", PYTHONNOUSERSITE="1")
+    t0 = time.time()
+    p = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, cwd=tmp)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"clip_inference failed:\n{p.stderr[-3000:]}")
+    inner = float(p.stdout.rsplit("PEER_SECONDS", 1)[1].split()[0])
+    img = np.concatenate([np.load(f) for f in sorted((out / "img_emb").glob("*.npy"))])
+    txt = np.concatenate([np.load(f) for f in sorted((out / "text_emb").glob("*.npy"))])
+    return {
+        "peer_sps": len(jpegs) / inner,
+        "peer_wall_sps": len(jpegs) / wall,
+        "img": img,
+        "txt": txt,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--model", default="tiny-clip")
+    ap.add_argument(
+        "--pretrained", default=None, help="local checkpoint (default: tiny-clip cache)"
+    )
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--skip-peer", action="store_true")
+    args = ap.parse_args()
+
+    from laion_spark.clip import tiny
+    from laion_spark.clip.model import load_clip
+    from laion_spark.config import load_config
+    from laion_spark.demo.synthetic import make_samples
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
+    overrides = [
+        f"workdir={tmp / 'wd'}",
+        f"clip.model={args.model}",
+        f"clip.device={args.device}",
+        f"clip.batch_size={args.batch}",
+    ]
+    if args.pretrained:
+        overrides.append(f"clip.pretrained={args.pretrained}")
+    cfg = load_config("local", overrides)
+    clip = load_clip(cfg.clip)
+    ckpt = args.pretrained or tiny.ensure_tiny_clip()
+    samples = make_samples(args.n, seed=77)
+    jpegs = [s.jpeg(64) for s in samples]
+    texts = [s.caption for s in samples]
+    print(
+        f"model {clip.model_id} on {clip.device}; {args.n} samples; cores {os.cpu_count()}",
+        flush=True,
+    )
+
+    plain_loop(clip, jpegs[:256], texts[:256], args.batch)  # warm-up
+    base = plain_loop(clip, jpegs, texts, args.batch)
+    print(f"plain loop: {base:.0f} samples/s", flush=True)
+    st = stage_numbers(cfg, jpegs, samples)
+    print(
+        f"stage: {st['stage_sps']:.0f}/s end to end, {st['stage_compute_sps']:.0f}/s compute "
+        f"(mapInArrow), {st['pandas_udf_compute_sps']:.0f}/s compute (mapInPandas)",
+        flush=True,
+    )
+    sto = storage_numbers(st["img"], st["txt"], tmp)
+    print(f"storage: {json.dumps(sto)}", flush=True)
+    result = {
+        "efficiency": st["stage_sps"] / base,
+        "efficiency_compute": st["stage_compute_sps"] / base,
+        "stage_sps": st["stage_sps"],
+        "plain_sps": base,
+        "pandas_vs_arrow": st["pandas_udf_compute_sps"] / st["stage_compute_sps"],
+        "f16_bytes_ratio": sto["f16"]["bytes"] / sto["f32"]["bytes"],
+    }
+    if not args.skip_peer:
+        try:
+            py = ensure_peer_venv()
+            arch_json = None
+            if args.model == tiny.TINY_NAME:
+                arch_json = str(tmp / "tiny-clip.json")
+                Path(arch_json).write_text(json.dumps(tiny.TINY_CONFIG))
+            peer = peer_numbers(py, args.model, ckpt, tmp, samples, jpegs, args.batch, arch_json)
+            # same weights -> same embeddings (up to preprocessing differences)
+            agree = float(
+                np.mean(np.sum(peer["img"] * clip.encode_images(jpegs[: len(peer["img"])]), 1))
+            )
+            print(
+                f"clip_inference: {peer['peer_sps']:.0f}/s inside main(), {peer['peer_wall_sps']:.0f}/s incl. startup; mean cos to ours {agree:.4f}",
+                flush=True,
+            )
+            result.update(
+                ratio=st["stage_sps"] / peer["peer_sps"],
+                peer_sps=peer["peer_sps"],
+                peer_agreement=agree,
+            )
+        except Exception as e:  # report, do not fake
+            print(f"clip-retrieval could not run: {e}", flush=True)
+            result["ratio"] = float("nan")
+    print("result: " + " ".join(f"{k}={v:.3f}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()
