@@ -530,3 +530,60 @@ def test_fuzz_url_resolution_is_normalised(parts):
             page = Page(url=base, images=[(raw, "A caption for the fuzzed URL")])
             (pair,) = list(page_pairs(page, Rules(language_id=False), Counter()))
             assert pair.sample_id == sample_id(url, "A caption for the fuzzed URL")
+
+
+_rel = st.lists(
+    st.sampled_from(
+        [
+            "/",
+            "//",
+            ".",
+            "..",
+            "a",
+            "b.jpg",
+            "?",
+            "#",
+            ":",
+            "x:y",
+            "%20",
+            " ",
+            "\\\\",
+            "h.example",
+            "@",
+            ";p",
+        ]
+    ),
+    max_size=8,
+)
+
+
+@_FUZZ
+@given(
+    _rel,
+    st.sampled_from(
+        [
+            "http://h.example/a/b/page.html?q=1",
+            "https://h.example",
+            "http://h.example/",
+            "https://u@h.example:8443/x/./y/z",
+            "http://h.example/dir/",
+        ]
+    ),
+)
+def test_fuzz_fast_join_equals_urljoin(parts, base):
+    from urllib.parse import urljoin
+
+    raw = "".join(parts)
+    try:
+        ref = urljoin(base, raw)
+    except ValueError:
+        return
+
+    def norm(u):
+        try:
+            return urls._normalize(u)
+        except (ValueError, UnicodeError):
+            return "invalid"
+
+    # equal after normalisation (urljoin drops an empty "?", which normalising drops too)
+    assert norm(urls.join_url(base, raw)) == norm(ref)

@@ -80,16 +80,19 @@ def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page 
         raise WatError(BAD_WAT_SHAPE, "Links is not a list")
     images: list[tuple[str | None, str | None]] = []
     lic_links: list[tuple[str | None, str | None]] = []
+    # most pages link no license: then only IMG links matter (the loop's main cost)
+    raw = payload if isinstance(payload, str) else None
+    maybe_cc = "reativecommons" in raw if raw is not None else b"reativecommons" in payload
     for link in links:
         if not isinstance(link, dict):
             continue
         path = link.get("path")
-        if not isinstance(path, str):
-            continue
-        if path.startswith("IMG@"):
-            if path != "IMG@/src":
-                continue  # IMG@/srcset etc.: the HTML path takes src only by default
+        if path == "IMG@/src":
             images.append((_text(link.get("url")), _text(link.get("alt"))))
+        elif not maybe_cc or not isinstance(path, str):
+            if path == "BASE@/href" and base is None:
+                base = link.get("url")
+            continue
         elif path.startswith(("A@", "LINK@")):
             url = link.get("url")
             if isinstance(url, str) and "creativecommons.org" in url.lower():

@@ -1,0 +1,291 @@
+"""Extract benchmark: cc2dataset (PyPI 1.5.0) vs laion_spark's extractor on the same WAT file.
+
+    .venv/bin/python benchmarks/bench_extract.py --pages 3000
+
+Both run in one process pinned to ONE core (taskset -c 0), on the same synthetic WAT file
+written by laion_spark.demo.crawl (realistic mix: request + response records, many <a>
+links, images with good / empty / short / non-English / entity-escaped alts, relative URLs,
+svg/gif/data: junk). cc2dataset is installed in its own venv (benchmarks/.venvs/cc2dataset)
+and its per-file extraction function `cc2dataset.main.process_wat(path, "image")` is called
+directly (its Spark driver only maps that function over files). Ours: the function one
+Spark task runs, `laion_spark.extract.reader.iter_file`. Optional `--spark` also times the
+whole stage on local[1] into Delta. Prints one `result:` line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.path.join(ROOT, "benchmarks", ".venvs", "cc2dataset")
+PEER_PY = os.path.join(VENV, "bin", "python")
+OURS_PY = os.path.join(ROOT, ".venv", "bin", "python")
+
+WORDS = (
+    "red blue green small large old new wooden stone river mountain city street house "
+    "garden dog cat bird tree flower car boat bridge church market beach sunset portrait "
+    "people children table chair window door road field forest lake snow winter summer"
+).split()
+FOREIGN = [
+    "Ein schönes Haus am See im Sommer",
+    "Une belle maison au bord du lac",
+    "Una casa bonita junto al lago",
+    "Красивый дом у озера",
+    "湖のほとりの美しい家",
+]
+
+
+def make_pages(n_pages: int, imgs: int, links: int, seed: int = 0) -> list[dict]:
+    rnd = random.Random(seed)
+    pages = []
+    for p in range(n_pages):
+        host = f"http://site{p % 97}.example"
+        images = []
+        for i in range(imgs):
+            k = p * imgs + i
+            roll = rnd.random()
+            cap = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 12)))
+            if roll < 0.35:
+                alt = cap.capitalize()
+            elif roll < 0.45:
+                alt = rnd.choice(FOREIGN) + f" {k}"
+            elif roll < 0.50:
+                alt = f"{cap} & more"  # escaped in the HTML/WAT as &amp;
+            elif roll < 0.70:
+                alt = ""
+            elif roll < 0.80:
+                alt = rnd.choice(["img", "logo", "pic", "ok"])
+            else:
+                alt = cap
+            r2 = rnd.random()
+            if r2 < 0.5:
+                url = f"{host}/img/{k}.jpg"  # same host: written relative by the crawl writer
+            elif r2 < 0.7:
+                url = f"https://cdn{k % 13}.example.net/photos/{k}/large.jpeg?w=800"
+            elif r2 < 0.8:
+                url = f"https://upload.example.org/thumb/{k}.svg/200px-{k}.svg.png"
+            elif r2 < 0.9:
+                url = f"{host}/icons/{k}.svg"
+            else:
+                url = f"{host}/anim/{k}.gif"
+            images.append((url, alt))
+        page_links = [
+            (f"{host}/article/{p}/{j}", " ".join(rnd.choice(WORDS) for _ in range(4)))
+            for j in range(links)
+        ]
+        pages.append(
+            {
+                "url": f"{host}/section/page-{p}.html",
+                "images": images,
+                "links": page_links,
+                "license": "https://creativecommons.org/licenses/by/4.0/" if p % 5 == 0 else None,
+            }
+        )
+    return pages
+
+
+def ensure_peer_venv() -> str | None:
+    """Create the cc2dataset venv; returns an error text if it cannot be installed."""
+    if os.path.exists(PEER_PY):
+        ok = subprocess.run(
+            [PEER_PY, "-c", "import cc2dataset.main"], capture_output=True, text=True
+        )
+        if ok.returncode == 0:
+            return None
+    else:
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    # pyspark pinned to the version already in the pip cache: cc2dataset imports it at module
+    # level but process_wat does not use it
+    r = subprocess.run(
+        [os.path.join(VENV, "bin", "pip"), "install", "-q", "cc2dataset==1.5.0", "pyspark==4.2.0"],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        return (r.stderr or r.stdout)[-2000:]
+    ok = subprocess.run([PEER_PY, "-c", "import cc2dataset.main"], capture_output=True, text=True)
+    return None if ok.returncode == 0 else ok.stderr[-2000:]
+
+
+PEER_CODE = r"""
+import json, sys, time, logging
+from loguru import logger
+logger.remove()
+from cc2dataset.main import process_wat
+path, out, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+best, rows = None, None
+for _ in range(repeat):
+    t = time.perf_counter()
+    rows = list(process_wat(path, "image"))
+    dt = time.perf_counter() - t
+    best = dt if best is None else min(best, dt)
+with open(out, "w") as f:
+    for uid, url, alt, fn, page in rows:
+        f.write(json.dumps([url, alt, page]) + "\n")
+print(json.dumps({"seconds": best, "pairs": len(rows)}))
+"""
+
+OURS_CODE = r"""
+import json, sys, time
+from laion_spark.extract.reader import iter_file, FileStats
+from laion_spark.extract.settings import ExtractConfig
+path, out, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+opts = ExtractConfig().to_options()
+best, rows, stats = None, None, None
+for _ in range(repeat):
+    t = time.perf_counter()
+    rows = []
+    for item in iter_file(path, opts):
+        if isinstance(item, FileStats):
+            stats = item
+        else:
+            rows.append(item[0])
+    dt = time.perf_counter() - t
+    best = dt if best is None else min(best, dt)
+with open(out, "w") as f:
+    for p in rows:
+        f.write(json.dumps([p.url, p.text, p.page_url]) + "\n")
+print(json.dumps({"seconds": best, "pairs": len(rows), "records": stats.records,
+                  "rejected": dict(stats.rejected), "errors": dict(stats.errors)}))
+"""
+
+
+def run_pinned(py: str, code: str, *args: str) -> dict:
+    cmd = ["taskset", "-c", "0", py, "-c", code, *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def compare(peer_file: str, ours_file: str) -> dict:
+    import html
+    from urllib.parse import urlsplit
+
+    peer = [tuple(json.loads(x)) for x in open(peer_file)]
+    ours = [tuple(json.loads(x)) for x in open(ours_file)]
+    why: dict[str, int] = {}
+
+    def add(k: str) -> None:
+        why[k] = why.get(k, 0) + 1
+
+    ours_set = {(u, t) for u, t, _ in ours}
+    for url, alt, _ in peer:
+        a = " ".join(html.unescape(alt).split())
+        seg = urlsplit(url).path.rsplit("/", 1)[-1].lower()
+        if (url, a) in ours_set:
+            add("same_pair" if a == alt else "same_pair_after_entity_decoding")
+        elif len(a) < 5:
+            add("peer_only:alt_shorter_than_5")
+        elif seg.endswith((".svg", ".gif")):
+            add("peer_only:svg_or_gif_target")
+        else:
+            add("peer_only:other")
+    peer_urls = {u for u, _, _ in peer}
+    only_ours = [u for u, _, _ in ours if u not in peer_urls]
+    why["ours_only"] = len(only_ours)
+    why["peer_duplicates"] = len(peer) - len(set((u, a, p) for u, a, p in peer))
+    why["peer_has_svg_substring_in_kept"] = sum(1 for u, _, _ in peer if ".svg" in u)
+    return why
+
+
+def run_spark_stage(path: str) -> dict:
+    code = r"""
+import json, sys, time, tempfile
+from laion_spark.config import load_config
+from laion_spark.session import get_spark
+from laion_spark.tables import Tables
+from laion_spark.extract.stage import run
+wd = tempfile.mkdtemp()
+cfg = load_config("local", [f"workdir={wd}", "spark.master=local[1]"])
+spark = get_spark(cfg)
+t = time.perf_counter()
+r = run(spark, cfg, Tables(spark, cfg), inputs=[sys.argv[1]])
+print(json.dumps({"seconds": time.perf_counter() - t, "pairs": r.rows_in, "inserted": r.rows_out}))
+"""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run(
+        [OURS_PY, "-c", code, path], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pages", type=int, default=3000)
+    ap.add_argument("--images", type=int, default=20, help="images per page")
+    ap.add_argument("--links", type=int, default=60, help="<a> links per page")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N timed runs")
+    ap.add_argument("--spark", action="store_true", help="also time the Spark stage (local[1])")
+    args = ap.parse_args()
+
+    sys.path.insert(0, ROOT)
+    from laion_spark.demo.crawl import write_synthetic_crawl
+
+    work = tempfile.mkdtemp(prefix="bench_extract_")
+    t = time.perf_counter()
+    paths = write_synthetic_crawl(work, make_pages(args.pages, args.images, args.links))
+    wat = paths["wat"]
+    size = os.path.getsize(wat)
+    print(
+        f"WAT: {wat} ({size / 1e6:.1f} MB gz, {args.pages} pages, written in "
+        f"{time.perf_counter() - t:.1f}s)",
+        flush=True,
+    )
+
+    ours = run_pinned(OURS_PY, OURS_CODE, wat, os.path.join(work, "ours.jsonl"), str(args.repeat))
+    ours_rate = ours["pairs"] / ours["seconds"]
+    print(
+        f"laion_spark: {ours['pairs']} pairs in {ours['seconds']:.2f}s = {ours_rate:,.0f} pairs/s "
+        f"({ours['records']} records, {ours['records'] / ours['seconds']:,.0f} records/s)",
+        flush=True,
+    )
+    print(f"  rejected: {ours['rejected']}  errors: {ours['errors']}")
+
+    err = ensure_peer_venv()
+    if err:
+        print("cc2dataset could not be installed/imported:\n" + err)
+        print(
+            f"result: ours_pairs_per_s={ours_rate:.0f} ours_pairs={ours['pairs']} "
+            f"cc2dataset_pairs_per_s=nan ratio=nan"
+        )
+        return
+    peer = run_pinned(PEER_PY, PEER_CODE, wat, os.path.join(work, "peer.jsonl"), str(args.repeat))
+    peer_rate = peer["pairs"] / peer["seconds"]
+    print(
+        f"cc2dataset:  {peer['pairs']} pairs in {peer['seconds']:.2f}s = {peer_rate:,.0f} pairs/s",
+        flush=True,
+    )
+    diff = compare(os.path.join(work, "peer.jsonl"), os.path.join(work, "ours.jsonl"))
+    print("pair differences (cc2dataset pairs classified against ours):")
+    for k, v in sorted(diff.items()):
+        print(f"  {k}: {v}")
+    extra = ""
+    if args.spark:
+        st = run_spark_stage(wat)
+        extra = f" ours_spark_stage_s={st['seconds']:.1f}"
+        print(
+            f"Spark stage local[1] incl. Delta MERGE: {st['pairs']} pairs in {st['seconds']:.1f}s"
+        )
+    speed = peer["seconds"] / ours["seconds"]
+    print(
+        f"result: ours_pairs_per_s={ours_rate:.0f} cc2dataset_pairs_per_s={peer_rate:.0f} "
+        f"ratio={ours_rate / peer_rate:.2f} file_speed_ratio={speed:.2f} "
+        f"ours_pairs={ours['pairs']} cc2dataset_pairs={peer['pairs']} "
+        f"ours_s={ours['seconds']:.2f} cc2dataset_s={peer['seconds']:.2f} wat_mb={size / 1e6:.1f}"
+        + extra
+    )
+
+
+if __name__ == "__main__":
+    main()
