@@ -49,7 +49,7 @@ def datacomp_metadata(n: int = 400, seed: int = 0) -> pd.DataFrame:
         (640, 480),
     ]
     for i in range(n):
-        uid = "%032x" % rng.getrandbits(128)
+        uid = f"{rng.getrandbits(128):032x}"
         if i < len(EDGE_TEXTS):
             text = EDGE_TEXTS[i]
         else:
@@ -72,7 +72,7 @@ def datacomp_metadata(n: int = 400, seed: int = 0) -> pd.DataFrame:
                 "clip_b32_similarity_score": b32,
                 "clip_l14_similarity_score": l14,
                 "face_bboxes": [[0.1, 0.1, 0.2, 0.2]] if i % 7 == 0 else [],
-                "sha256": "%064x" % rng.getrandbits(256),
+                "sha256": f"{rng.getrandbits(256):064x}",
                 "language": rng.choice(["en", "en", "en", "de", "fr", None]),
             }
         )
@@ -145,28 +145,33 @@ DEFS = (
 
 @pytest.fixture(scope="module")
 def dc(spark, tmp_path_factory):
-    """One imported DataComp-format pool and ONE curate run over it (Spark time is shared)."""
+    """One DataComp-format pool as a DataFrame; filters run through the same registry as
+    the stage (Delta writes are tested once below: Spark time on 2 shared cores is scarce)."""
     from laion_spark.config import load_config
-    from laion_spark.tables import Tables
+    from laion_spark.curate.registry import FilterContext
 
     cfg = load_config("local", [f"workdir={tmp_path_factory.mktemp('dc')}", DEFS])
-    tables = Tables(spark, cfg)
     pdf = datacomp_metadata()
     for i, t in enumerate(TEXT_ROWS):
         pdf.loc[20 + i, ["text", "language"]] = [t, "en"]
-    import_datacomp(spark, tables, pdf)
-    res = run(spark, cfg, tables, filters=FILTERS)
+    df = pdf.drop(columns=["face_bboxes"]).rename(columns={"uid": "original_id"})
+    df.insert(0, "sample_id", [sample_id(u, t) for u, t in zip(df.url, df.text, strict=True)])
+    pool = spark.createDataFrame(df).cache()
+    ctx = FilterContext(cfg, None, pool)
     sid = {r.uid: sample_id(r.url, r.text) for r in pdf.itertuples()}
-    return pdf, tables, res, sid, cfg
+    return pdf, ctx, sid, cfg
 
 
-def subset_ids(tables, name) -> set[str]:
-    return {r.sample_id for r in read_subset(tables, name).collect()}
+def selected(ctx, name) -> set[str]:
+    from laion_spark.curate.registry import select
+
+    return {r.sample_id for r in select(ctx, name).collect()}
 
 
-def test_basic_and_clip_top30_match_datacomp_rules(dc, tmp_path):
-    pdf, tables, res, sid, _ = dc
-    assert not [k for k in res.by_status if k.startswith("failed")], res.notes
+def test_basic_and_clip_top30_match_datacomp_rules(dc):
+    from laion_spark.export.subset import uids_to_array
+
+    pdf, ctx, sid, _ = dc
     exp = {
         "basic": expected_basic(pdf),
         "clip_l14_top30": expected_top(pdf, "clip_l14_similarity_score", 0.3),
@@ -175,24 +180,18 @@ def test_basic_and_clip_top30_match_datacomp_rules(dc, tmp_path):
     # the generated pool really exercises the rules and the tie at the threshold
     assert 20 < len(exp["basic"]) < len(pdf) - 100
     assert len(exp["clip_l14_top30"]) > int(len(pdf) * 0.3) + 1
+    uid_of = {v: k for k, v in sid.items()}
     for name, uids in exp.items():
-        out = tmp_path / f"{name}.npy"
-        n = export_uids(tables, name, str(out))
-        got = np.load(out)
-        assert got.dtype == np.dtype("u8,u8")
-        assert n == len(uids)
-        np.testing.assert_array_equal(got, as_uid_array(uids), err_msg=name)
+        got = selected(ctx, name)
+        assert {uid_of[s] for s in got} == uids, name
+        np.testing.assert_array_equal(uids_to_array([uid_of[s] for s in got]), as_uid_array(uids))
     # intersection by name
-    assert subset_ids(tables, "both") == {sid[u] for u in exp["basic"] & exp["clip_l14_top30"]}
-    # parquet export carries uid + caption
-    pq = tmp_path / "basic_parquet"
-    assert export_parquet(tables, "basic", str(pq)) == len(exp["basic"])
-    assert set(pd.read_parquet(pq).uid) == exp["basic"]
+    assert selected(ctx, "both") == {sid[u] for u in exp["basic"] & exp["clip_l14_top30"]}
 
 
 def test_approx_quantile_within_stated_bound(dc):
-    pdf, tables, res, _, _ = dc
-    n = read_subset(tables, "l14_approx").count()
+    pdf, ctx, _, _ = dc
+    n = len(selected(ctx, "l14_approx"))
     exact = len(expected_top(pdf, "clip_l14_similarity_score", 0.3))
     # rank error <= N / accuracy (10000), widened by the ties at the threshold value
     vals = pdf.clip_l14_similarity_score.to_numpy()
@@ -201,20 +200,20 @@ def test_approx_quantile_within_stated_bound(dc):
 
 
 def test_clip_threshold_per_language_and_safety(dc):
-    pdf, tables, _, sid, _ = dc
+    pdf, ctx, sid, _ = dc
     want = set()
     for r in pdf.itertuples():
         t = {"en": 0.3, "de": 0.2}.get(r.language)
         if t is not None and r.clip_b32_similarity_score >= t:
             want.add(sid[r.uid])
-    assert subset_ids(tables, "thr") == want
-    # no scores table: safety keeps everything, so safe_en == english
-    assert subset_ids(tables, "safe_en") == {sid[u] for u in pdf.uid[pdf.language == "en"]}
+    assert selected(ctx, "thr") == want
+    # no punsafe/pwatermark columns: safety keeps everything, so safe_en == english
+    assert selected(ctx, "safe_en") == {sid[u] for u in pdf.uid[pdf.language == "en"]}
 
 
 def test_text_based_filter_uses_shipped_vocabulary(dc):
-    pdf, tables, _, sid, _ = dc
-    got = subset_ids(tables, "text_based")
+    pdf, ctx, sid, _ = dc
+    got = selected(ctx, "text_based")
     # "dogs" (plural), "teddy bear" (bigram); not "hotdog" (no whole word)
     assert sid[pdf.uid[20]] in got and sid[pdf.uid[22]] in got
     assert sid[pdf.uid[21]] not in got and sid[pdf.uid[23]] not in got
@@ -228,30 +227,45 @@ def test_text_based_filter_uses_shipped_vocabulary(dc):
     assert got == want
 
 
-def test_subset_writes_are_idempotent_and_replace_exactly(dc):
-    from laion_spark.config import load_config
+def test_stage_writes_subsets_idempotently_and_exports(spark, tables, make_cfg, tmp_path):
+    """Through Delta: stage run, exact replacement on re-run, DataComp uid + parquet export."""
+    from laion_spark.curate.subsets import write_subset
 
-    pdf, tables, _, _, cfg = dc
-    basic_n = len(subset_ids(tables, "basic"))
-    before = tables.read("subsets").count()
+    pdf = datacomp_metadata(120, seed=1)
+    import_datacomp(spark, tables, pdf)
     f50 = (
         "curate.definitions={f: {kind: clip_top, column: clip_b32_similarity_score, fraction: 0.5}}"
     )
-    cfg_a = load_config("local", [f"workdir={cfg.workdir}", f50])
-    run(tables.spark, cfg_a, tables, filters=["f"])
-    first = subset_ids(tables, "f")
-    run(tables.spark, cfg_a, tables, filters=["f"])
-    assert subset_ids(tables, "f") == first  # re-run: same rows
-    assert tables.read("subsets").count() == before + len(first)  # no duplicates
-    cfg_b = load_config("local", [f"workdir={cfg.workdir}", f50.replace("0.5", "0.1")])
-    run(tables.spark, cfg_b, tables, filters=["f"])
-    smaller = subset_ids(tables, "f")
-    assert smaller < first  # stale rows removed, not left behind
-    assert len(subset_ids(tables, "basic")) == basic_n  # other subsets untouched
-    assert tables.read("subsets").count() == before + len(smaller)
+    res = run(spark, make_cfg([f50]), tables, filters=["basic", "f"])
+    assert not [k for k in res.by_status if k.startswith("failed")], res.notes
+    first = {r.sample_id for r in read_subset(tables, "f").collect()}
+    exp_basic = expected_basic(pdf)
+    assert res.by_status["basic"] == len(exp_basic)
+    # DataComp uid array and parquet of a subset
+    out = tmp_path / "basic.npy"
+    assert export_uids(tables, "basic", str(out)) == len(exp_basic)
+    got = np.load(out)
+    assert got.dtype == np.dtype("u8,u8")
+    np.testing.assert_array_equal(got, as_uid_array(exp_basic))
+    assert export_parquet(tables, "basic", str(tmp_path / "pq")) == len(exp_basic)
+    assert set(pd.read_parquet(tmp_path / "pq").uid) == exp_basic
+    # re-writing the same selection: same rows, no duplicates
+    sel = read_subset(tables, "f")
+    write_subset(tables, "f", sel.toPandas().pipe(spark.createDataFrame))
+    assert tables.read("subsets").count() == len(exp_basic) + len(first)
+    # a smaller selection replaces the subset exactly; other subsets untouched
+    smaller = sorted(first)[: len(first) // 2]
+    write_subset(
+        tables,
+        "f",
+        spark.createDataFrame([(s, 2) for s in smaller], "sample_id string, repeat int"),
+    )
+    rows = {r.sample_id: r.repeat for r in read_subset(tables, "f").collect()}
+    assert rows == dict.fromkeys(smaller, 2)
+    assert read_subset(tables, "basic").count() == len(exp_basic)
 
 
-def test_unknown_filter_fails_fast(dc):
-    _, tables, _, _, cfg = dc
+def test_unknown_filter_fails_fast(dc, tables):
+    _, _, _, cfg = dc
     with pytest.raises(KeyError, match="unknown curate filter"):
         run(tables.spark, cfg, tables, filters=["nope"])

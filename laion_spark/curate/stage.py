@@ -24,7 +24,7 @@ from laion_spark.curate.registry import (
     definition,
     select,
 )
-from laion_spark.curate.subsets import write_subset
+from laion_spark.curate.subsets import read_subset, write_subset
 from laion_spark.stage import StageResult
 from laion_spark.tables import Tables
 
@@ -61,8 +61,9 @@ def run(
     pool = build_pool(tables, cfg, with_embeddings=_needs_embeddings(cfg, names))
     rows_in = pool.count()
     result = StageResult("curate", rows_in=rows_in)
+    # one context for the run: a subset used by several names (intersections) is computed once
+    ctx = FilterContext(cfg, tables, pool, targets=dict(targets or {}))
     for name in names:
-        ctx = FilterContext(cfg, tables, pool, targets=dict(targets or {}))
         try:
             d = definition(cfg, name)
             if d["kind"] in SCORER_KINDS:
@@ -70,14 +71,17 @@ def run(
                 tables.upsert(scores, "scores")
                 # the pool must see the new score column for later names
                 pool = build_pool(tables, cfg, with_embeddings=_needs_embeddings(cfg, names))
+                ctx.pool, ctx._cache = pool, {}
                 result.by_status[f"scored:{name}"] = rows_in
             else:
                 n = write_subset(tables, name, select(ctx, name))
+                # later names built on this one read the written rows, not a recomputation
+                ctx._cache[name] = read_subset(tables, name)
                 result.by_status[name] = n
                 result.rows_out += n
         except Exception as e:  # one bad filter must not lose the others' work
             result.by_status[f"failed:{name}"] = 1
             ctx.note(f"{name}_error", f"{type(e).__name__}: {e}"[:500])
-        result.notes.update(ctx.notes)
+    result.notes.update(ctx.notes)
     result.seconds = time.time() - t0
     return result
