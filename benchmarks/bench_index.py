@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -241,7 +242,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--budget-mb", type=int, default=256)
     ap.add_argument("--partitions", type=int, default=2)
-    ap.add_argument("--work", default=str(HERE / ".work" / "index"))
+    ap.add_argument(
+        "--work", default=os.path.join(tempfile.gettempdir(), "laion_spark_bench_index")
+    )
     ap.add_argument("--ours-worker", metavar="WORK")
     a = ap.parse_args()
     if a.ours_worker:
