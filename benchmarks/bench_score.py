@@ -59,8 +59,15 @@ def main() -> None:
         caps = [f"a red circle on the left number {i}" for i in range(n)]
         model = "bench@000000000000"
         pdf = pd.DataFrame({"sample_id": ids, "model_id": model, "image_embedding": list(x)})
-        tables.upsert(spark.createDataFrame(pdf, "sample_id string, model_id string, image_embedding array<float>"), "embeddings")
-        tables.upsert(spark.createDataFrame(pd.DataFrame({"sample_id": ids, "text": caps})), "candidates")
+        tables.upsert(
+            spark.createDataFrame(
+                pdf, "sample_id string, model_id string, image_embedding array<float>"
+            ),
+            "embeddings",
+        )
+        tables.upsert(
+            spark.createDataFrame(pd.DataFrame({"sample_id": ids, "text": caps})), "candidates"
+        )
 
         def rand(k: int) -> np.ndarray:
             p = rng.normal(size=(k, d)).astype(np.float32)
@@ -80,7 +87,9 @@ def main() -> None:
             score_batch(batch.iloc[i : i + cfg.score.batch_rows], plan, models, "cpu")
         raw_s = time.time() - t1
         stage_rps, raw_rps = n / stage_s, n / raw_s
-        print(f"stage: {n} rows in {stage_s:.1f}s ({stage_rps:.0f} rows/s); by_status={res.by_status}")
+        print(
+            f"stage: {n} rows in {stage_s:.1f}s ({stage_rps:.0f} rows/s); by_status={res.by_status}"
+        )
         print(f"in-process score_batch: {raw_s:.2f}s ({raw_rps:.0f} rows/s)")
         print(
             f"result: rows={n} dim={d} stage_rows_per_s={stage_rps:.0f} "
