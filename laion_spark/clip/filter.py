@@ -66,10 +66,9 @@ def clip_filter(spark, cfg, tables, model_id: str | None = None) -> StageResult:
                 .execute()
             )
         stats = {
-            (r["language_group"] == "en", bool(r["keep"])): int(r["count"])
-            for r in decided.groupBy(
-                (F.col("language_group") == "en").alias("language_group"), "keep"
-            )
+            # key: (is_en: True/False/None for a null group, keep)
+            (r["is_en"], bool(r["keep"])): int(r["count"])
+            for r in decided.groupBy((F.col("language_group") == "en").alias("is_en"), "keep")
             .count()
             .collect()
         }

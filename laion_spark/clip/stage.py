@@ -127,7 +127,9 @@ class BatchEmbedder:
         n = len(ids)
         ok = np.array([not isinstance(x, Exception) for x in decoded], dtype=bool)
         status = np.where(ok, SUCCESS, FAILED_DECODE).astype(object)
-        errors: list[str | None] = [None if o else str(x) for o, x in zip(ok, decoded, strict=False)]
+        errors: list[str | None] = [
+            None if o else str(x) for o, x in zip(ok, decoded, strict=False)
+        ]
         dim = self.clip.dim
         img = np.zeros((n, dim), np.float32)
         txt = np.zeros((n, dim), np.float32)
@@ -242,12 +244,21 @@ def run(spark, cfg, tables, limit: int | None = None, **_: Any) -> StageResult:
     par = spark.sparkContext.defaultParallelism
     if todo.rdd.getNumPartitions() < par:
         todo = todo.repartition(par)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(clip_cfg.arrow_batch_size))
     started = spark.sql("SELECT current_timestamp() AS t").collect()[0]["t"]
     out = todo.mapInArrow(_embed_partition(conf, mid), SPARK_OUT_SCHEMA).withColumn(
         "embedded_at", F.current_timestamp()
     )
-    tables.upsert(out, "embeddings")
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old = spark.conf.get(key, None)
+    spark.conf.set(key, str(clip_cfg.arrow_batch_size))  # rows per Arrow batch into the task
+    try:
+        tables.upsert(out, "embeddings")
+    finally:
+        # the session is shared with other stages: put the setting back
+        if old is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, old)
     counts = (
         tables.read("embeddings")
         .where(F.col("model_id") == mid)
