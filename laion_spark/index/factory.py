@@ -4,7 +4,10 @@ The rule (autofaiss-style, written down so users can predict it):
 
 1. Flat (exact search) when n <= index.flat_max_vectors and the raw vectors plus id maps
    fit the budget: n * (4d + 48) bytes.
-2. Otherwise IVF-PQ with OPQ rotation:
+2. Otherwise IVF (inverted lists, nprobe tuned at merge) with the most accurate codes that
+   fit the budget: raw vectors (`IVF...,Flat`, n * (4d + 8) bytes), else 1 byte per
+   dimension (`IVF...,SQ8`, n * (d + 8)), else PQ with OPQ rotation as below.
+   Same nlist / coarse-quantiser rule for all three. PQ with OPQ rotation:
    - nlist = the power of two nearest 4 * sqrt(n), at most train_points / 39 (faiss wants
      >= 39 training points per centroid) and at least 16;
    - coarse quantiser: HNSW32 when nlist >= 1024 (fast centroid lookup at large nlist),
@@ -74,11 +77,22 @@ def choose_factory(
     train_points = min(n, train_points or n)
     nlist = choose_nlist(n, train_points)
     hnsw = nlist >= 1024
+    coarse = f"IVF{nlist}_HNSW32" if hnsw else f"IVF{nlist}"
+    # the most accurate codes that fit: raw float32, then 1 byte per dimension, then PQ
+    for codes, per_vec in (("Flat", 4 * d), ("SQ8", d)):
+        est = int((n * (per_vec + 8) + nlist * (4 * d + (264 if hnsw else 0))) * SLACK)
+        if est <= budget_bytes:
+            return FactoryChoice(
+                f"{coarse},{codes}",
+                "ivf" + codes.lower(),
+                est,
+                nlist=nlist,
+                reason=f"IVF with {codes} codes fits the budget",
+            )
     nbits = 8 if train_points >= 256 * 39 else 4
     for m in pq_sizes(d):
         est = ivfpq_bytes(n, d, nlist, m, hnsw, nbits)
         if est <= budget_bytes:
-            coarse = f"IVF{nlist}_HNSW32" if hnsw else f"IVF{nlist}"
             return FactoryChoice(
                 f"OPQ{m}_{d},{coarse},PQ{m}x{nbits}",
                 "ivfpq",
