@@ -220,7 +220,7 @@ def test_watermark_image_model_reads_image_bytes(spark, make_cfg, tmp_path):
     assert sc.loc[ids[:4], "pwatermark"].between(0, 1).all()
     assert sc.loc[ids[4:], "pwatermark"].isna().all()  # undecodable / missing image: null
     assert sc.loc[ids[0], "score_models"]["watermark"].startswith(
-        "watermark-image:efficientnet_b0:"
+        "watermark-image:mobilenetv3_small_050:"
     )
     assert sc.loc[ids[5], "score_models"]["watermark"] == "absent: no image"
 
