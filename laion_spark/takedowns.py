@@ -9,6 +9,7 @@ so they are collected to the driver and broadcast as sets.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -45,12 +46,11 @@ def domain_matches(host: str, domains: set[str]) -> bool:
     return any(".".join(parts[i:]) in domains for i in range(len(parts)))
 
 
-def load_rules(tables) -> TakedownRules:
+def rules_from_rows(rows: Iterable[tuple[str | None, str | None]]) -> TakedownRules:
+    """Rules from (kind, value) pairs as stored in the `takedowns` table."""
     rules = TakedownRules()
-    if not tables.exists("takedowns"):
-        return rules
-    for row in tables.read("takedowns").select("kind", "value").collect():
-        kind, value = row["kind"], (row["value"] or "").strip()
+    for kind, raw in rows:
+        value = (raw or "").strip()
         if kind == "url":
             rules.urls.add(normalize_url(value))
         elif kind == "domain":
@@ -62,6 +62,13 @@ def load_rules(tables) -> TakedownRules:
         elif kind == "md5":
             rules.md5.add(value.lower())
     return rules
+
+
+def load_rules(tables) -> TakedownRules:
+    if not tables.exists("takedowns"):
+        return TakedownRules()
+    rows = tables.read("takedowns").select("kind", "value").collect()
+    return rules_from_rows((r["kind"], r["value"]) for r in rows)
 
 
 def is_taken_down(rules: TakedownRules, url: str | None, sample_id: str | None = None) -> bool:

@@ -269,3 +269,24 @@ def test_unknown_filter_fails_fast(dc, tables):
     _, _, _, cfg = dc
     with pytest.raises(KeyError, match="unknown curate filter"):
         run(tables.spark, cfg, tables, filters=["nope"])
+
+
+def test_safety_drops_flagged_and_unsafe_samples(spark, make_cfg):
+    from types import SimpleNamespace
+
+    from laion_spark.curate.rules import safety
+
+    pool = spark.createDataFrame(
+        [
+            ("ok", 0.1, 0.1, "UNLIKELY", []),
+            ("unsafe", 0.9, 0.1, "UNLIKELY", []),
+            ("watermark", 0.1, 0.95, None, None),
+            ("tagged", 0.1, 0.1, "NSFW", []),
+            ("dropped", 0.1, 0.1, "UNSURE", ["drop", "child_words"]),
+            ("unscored", None, None, None, None),
+        ],
+        "sample_id string, punsafe double, pwatermark double, nsfw_tag string, flags array<string>",
+    )
+    ctx = SimpleNamespace(cfg=make_cfg())
+    got = {r["sample_id"] for r in safety(pool, {}, ctx).collect()}
+    assert got == {"ok", "unscored"}

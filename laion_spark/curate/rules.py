@@ -199,7 +199,8 @@ def text_based(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
 
 
 def safety(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
-    """punsafe < max, pwatermark < max, no NSFW zero-shot tag. `missing: drop` also
+    """punsafe < max, pwatermark < max, no NSFW zero-shot tag, no `drop` flag (LAION-400M's
+    underage rule, set by the score stage). `missing: drop` also
     removes samples without a score (default keep: unscored pools stay usable)."""
     cur = ctx.cfg.curate
     limits = {
@@ -218,6 +219,10 @@ def safety(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
     if "nsfw_tag" in df.columns:
         bad = [t.upper() for t in params.get("bad_tags", ["NSFW", "UNSAFE"])]
         df = df.where(F.col("nsfw_tag").isNull() | ~F.upper("nsfw_tag").isin(bad))
+    if "flags" in df.columns:
+        # the score stage marks LAION-400M's drop rule (underage prompt / child words) as a flag
+        for flag in params.get("drop_flags", ["drop"]):
+            df = df.where(F.col("flags").isNull() | ~F.array_contains("flags", flag))
     return kept(df)
 
 

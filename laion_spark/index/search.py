@@ -24,7 +24,7 @@ import pandas as pd
 from laion_spark.config import Config
 from laion_spark.index import build, storage
 from laion_spark.index.lake import Lake
-from laion_spark.takedowns import TakedownRules, is_taken_down
+from laion_spark.takedowns import TakedownRules, is_taken_down, rules_from_rows
 
 
 class Searcher:
@@ -257,25 +257,10 @@ class Searcher:
 
 
 def _load_rules(lake: Lake) -> TakedownRules:
-    from laion_spark.ids import normalize_url
-
-    rules = TakedownRules()
     df = lake.read("takedowns", ["kind", "value"])
     if df is None:
-        return rules
-    for kind, value in zip(df["kind"], df["value"], strict=True):
-        value = (value or "").strip()
-        if kind == "url":
-            rules.urls.add(normalize_url(value))
-        elif kind == "domain":
-            rules.domains.add(value.lower().lstrip("."))
-        elif kind == "sample_id":
-            rules.sample_ids.add(value)
-        elif kind == "sha256":
-            rules.sha256.add(value.lower())
-        elif kind == "md5":
-            rules.md5.add(value.lower())
-    return rules
+        return TakedownRules()
+    return rules_from_rows(zip(df["kind"], df["value"], strict=True))
 
 
 def _open_index(path: str, cache: str):
