@@ -12,6 +12,8 @@ Everything lands in `index_manifest` as a row of kind `merged`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 import time
@@ -95,6 +97,25 @@ def merge_index(spark, cfg: Config, tables, **options) -> StageResult:
             [r[0] for r in ids.join(gone, "sample_id", "left_semi").select("faiss_id").collect()],
             dtype="int64",
         )
+    # what this merge would be built from; the same inputs as the latest merge = nothing to do
+    inputs = hashlib.sha256(
+        json.dumps([sorted(s["shard"] for s in shards), sorted(int(i) for i in remove)]).encode()
+    ).hexdigest()[:16]
+    latest = _latest_merged(man)
+    if (
+        latest is not None
+        and not options.get("force")
+        and json.loads(latest["params"] or "{}").get("inputs") == inputs
+        and storage.exists(latest["path"])
+    ):
+        return StageResult(
+            "merge",
+            sum(committed.values()),
+            int(latest["count"] or 0),
+            {"up_to_date": 1},
+            time.time() - t0,
+            {"index": ic.name, "path": latest["path"]},
+        )
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     work = tempfile.mkdtemp(prefix=f"merge-{ic.name}-", dir=_local_tmp(cfg))
     cache = os.path.join(work, "shards")
@@ -142,6 +163,7 @@ def merge_index(spark, cfg: Config, tables, **options) -> StageResult:
             "queries": int(len(queries)),
             "ondisk": len(files) > 1,
             "merge_seconds": round(merge_s, 2),
+            "inputs": inputs,
         }
     )
     row = {
@@ -180,6 +202,13 @@ def merge_index(spark, cfg: Config, tables, **options) -> StageResult:
             **{k: v for k, v in params.items() if k in ("nprobe", "efSearch")},
         },
     )
+
+
+def _latest_merged(man):
+    """The newest `merged` manifest row of this index, or None."""
+    rows = man.where("kind = 'merged'").orderBy(F.col("created_at").desc_nulls_last()).limit(1)
+    found = rows.collect()
+    return found[0] if found else None
 
 
 def _local_tmp(cfg: Config) -> str:
