@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from shared_data import WHIRLWIND_WARC, WHIRLWIND_WAT
 
 from laion_spark.demo.crawl import write_synthetic_crawl
 from laion_spark.extract import captions, language, urls
@@ -20,13 +21,8 @@ from laion_spark.extract.pairs import Page, Rules, judge_image, page_pairs
 from laion_spark.extract.reader import extract_file
 from laion_spark.extract.wat import WatError, parse_wat_json
 
-CC = (
-    "/work/shared/data/commoncrawl"
-    if os.path.isdir("/work/shared")
-    else "../shared/data/commoncrawl"
-)
-WARC = os.path.join(CC, "whirlwind.warc.gz")
-WAT = os.path.join(CC, "whirlwind.warc.wat.gz")
+WARC = str(WHIRLWIND_WARC)
+WAT = str(WHIRLWIND_WAT)
 PAGE = "https://an.wikipedia.org/wiki/Escopete"
 UP = "https://upload.wikimedia.org/wikipedia/commons/thumb"
 

@@ -4,12 +4,13 @@ takedowns, URL dedup, and parquet import for LAION and DataComp layouts."""
 from __future__ import annotations
 
 import pandas as pd
+from shared_data import WHIRLWIND_WARC
 
 from laion_spark.demo.crawl import write_synthetic_crawl
 from laion_spark.extract.stage import import_metadata, run
 from laion_spark.ids import sample_id
 
-CC = "/work/shared/data/commoncrawl/whirlwind.warc.gz"
+CC = str(WHIRLWIND_WARC)
 
 
 def _pages(n: int) -> list[dict]:

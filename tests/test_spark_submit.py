@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 from deltalake import DeltaTable
+from shared_data import WHIRLWIND_WARC
 
 from laion_spark.config import load_config
 from laion_spark.session import submit_args
 
 ROOT = Path(__file__).resolve().parent.parent
-WARC = ROOT.parent / "shared" / "data" / "commoncrawl" / "whirlwind.warc.gz"
 
 
 def test_extract_job_on_local_cluster(tmp_path):
@@ -26,7 +26,7 @@ def test_extract_job_on_local_cluster(tmp_path):
         *submit_args(cfg),
         str(ROOT / "jobs" / "extract.py"),
         "--set", "spark.master=null", "--set", f"workdir={tmp_path}",
-        "--inputs", str(WARC),
+        "--inputs", str(WHIRLWIND_WARC),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
