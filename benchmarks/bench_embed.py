@@ -193,15 +193,24 @@ def ensure_peer_venv() -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
     pip = [str(py), "-m", "pip", "install", "-q"]
     check = subprocess.run(
-        [str(py), "-c", "import clip_retrieval, all_clip, webdataset, fire, braceexpand, wandb"],
+        [str(py), "-c", "from clip_retrieval.clip_inference.main import main"],
         capture_output=True,
     )
     if check.returncode != 0:
+        # clip_retrieval/__init__ imports every sub-tool (back end, index, end2end), so their
+        # small imports are needed too; the heavy ones come from the project's venv (.pth)
         subprocess.run(
-            pip + ["--no-deps", "clip-retrieval", "all_clip", "webdataset<0.3", "fire<0.6"],
+            pip
+            + ["--no-deps", "clip-retrieval", "all_clip", "webdataset<0.3", "fire<0.6"]
+            + ["img2dataset", "autofaiss", "embedding-reader", "clip-anytorch"],
             check=True,
         )
-        subprocess.run(pip + ["braceexpand", "wandb", "termcolor"], check=True)
+        subprocess.run(
+            pip
+            + ["braceexpand", "wandb", "termcolor", "flask", "flask_cors", "flask_restful"]
+            + ["prometheus_client", "h5py"],
+            check=True,
+        )
     site = next((PEER_VENV / "lib").glob("python3*/site-packages"))
     main_site = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
     (site / "zz_laion_main_venv.pth").write_text(str(main_site) + "\n")
