@@ -237,8 +237,12 @@ def write_webdataset(path: Path, samples, jpegs) -> None:
 def peer_numbers(
     py: Path, model: str, ckpt: str, tmp: Path, samples, jpegs, batch: int, arch_json: str | None
 ) -> dict:
-    tar = tmp / "shard-00000.tar"
-    write_webdataset(tar, samples, jpegs)
+    # one shard per data-loader worker: clip_inference gives each worker whole shards, and a
+    # worker without one fails ("No samples found in dataset")
+    workers = os.cpu_count() or 1
+    for w in range(workers):
+        write_webdataset(tmp / f"shard-{w:05d}.tar", samples[w::workers], jpegs[w::workers])
+    tar = tmp / f"shard-{{00000..{workers - 1:05d}}}.tar"
     out = tmp / "peer_out"
     reg = ""
     if arch_json:
@@ -246,7 +250,7 @@ def peer_numbers(
     code = (
         reg + "import time; from clip_retrieval.clip_inference.main import main; t=time.time(); "
         f"main(input_dataset={str(tar)!r}, output_folder={str(out)!r}, input_format='webdataset', "
-        f"batch_size={batch}, num_prepro_workers={os.cpu_count() or 1}, enable_text=True, "
+        f"batch_size={batch}, num_prepro_workers={workers}, enable_text=True, "
         "enable_image=True, enable_metadata=False, "
         f"clip_model={'open_clip:' + model + '/' + ckpt!r}, use_jit=False, "
         "distribution_strategy='sequential'); print('PEER_SECONDS', time.time()-t)"
@@ -334,10 +338,10 @@ def main() -> None:
                 arch_json = str(tmp / "tiny-clip.json")
                 Path(arch_json).write_text(json.dumps(tiny.TINY_CONFIG))
             peer = peer_numbers(py, args.model, ckpt, tmp, samples, jpegs, args.batch, arch_json)
-            # same weights -> same embeddings (up to preprocessing differences)
-            agree = float(
-                np.mean(np.sum(peer["img"] * clip.encode_images(jpegs[: len(peer["img"])]), 1))
-            )
+            # same weights -> same embeddings (up to preprocessing); the peer's output order
+            # follows its shards and workers, so match each of its rows to its best of ours
+            ours = clip.encode_images(jpegs)
+            agree = float(np.mean(np.max(peer["img"] @ ours.T, axis=1)))
             print(
                 f"clip_inference: {peer['peer_sps']:.0f}/s inside main(), {peer['peer_wall_sps']:.0f}/s incl. startup; mean cos to ours {agree:.4f}",
                 flush=True,
