@@ -26,6 +26,7 @@ BAD_EXTENSION = "bad_extension"
 _TAB_NL = re.compile(r"[\t\n\r]")
 # characters a browser would percent-encode in a path/query (space, non-ASCII, quotes...)
 _SAFE = "!#$%&'()*+,/:;=?@[]~-._"
+_NEEDS_QUOTE = re.compile(r"[\x00-\x20\x7f]")
 
 
 def url_extension(url: str) -> str:
@@ -164,8 +165,7 @@ def _normalize(url: str) -> tuple[str | None, str]:
         _ = parts.port  # raises ValueError on a bad port
         if not parts.hostname:
             return None, INVALID_URL
-        if not (path.isascii() and query.isascii()) or " " in path or " " in query:
-            path, query = quote(path, safe=_SAFE), quote(query, safe=_SAFE)
+        path, query = _encode(path, query)
         out = normalize_url(urlunsplit((scheme, netloc, path, query, "")))
         return out, path
     host, _, port = hostport.partition(":")
@@ -183,10 +183,18 @@ def _normalize(url: str) -> tuple[str | None, str]:
         host = f"{userinfo}@{host}"
     if port:
         host = f"{host}:{port}"
-    if not (path.isascii() and query.isascii()) or " " in path or " " in query:
-        path, query = quote(path, safe=_SAFE), quote(query, safe=_SAFE)
+    path, query = _encode(path, query)
     path = path or "/"
     return (f"{scheme}://{host}{path}?{query}" if query else f"{scheme}://{host}{path}"), path
+
+
+def _encode(path: str, query: str) -> tuple[str, str]:
+    """Percent-encode path and query as a browser would, when they hold anything to encode:
+    non-ASCII, space, C0 controls or DEL (left raw, a trailing control char would be
+    stripped by ids.normalize_url and the two would disagree)."""
+    if path.isascii() and query.isascii() and not _NEEDS_QUOTE.search(path + query):
+        return path, query
+    return quote(path, safe=_SAFE), quote(query, safe=_SAFE)
 
 
 def largest_srcset(srcset: str | None) -> str | None:
