@@ -88,34 +88,25 @@ def _to_subset(spark, ids: list[str], counts: np.ndarray) -> DataFrame:
     return spark.createDataFrame(rows, "sample_id string, repeat int")
 
 
-def soft_cap(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
+def _sampler_inputs(pool: DataFrame, params: dict[str, Any], ctx):
+    """What both samplers read: ids, temperature-scaled logits, draws, seed, round size."""
     cur = ctx.cfg.curate
-    col = params.get("column", "mflyt_score")
-    ids, z = _scores(pool, col, cur.sampler_max_rows)
+    ids, z = _scores(pool, params.get("column", "mflyt_score"), cur.sampler_max_rows)
     n = int(params.get("n") or cur.sample_size or len(ids))
-    scale = float(params.get("temperature", 1.0))
-    counts = soft_cap_counts(
-        z / scale,
-        n,
-        float(params.get("alpha", cur.scs_alpha)),
-        int(params.get("seed", cur.seed)),
-        params.get("round_size"),
-    )
+    z = z / float(params.get("temperature", 1.0))
+    return ids, z, n, int(params.get("seed", cur.seed)), params.get("round_size")
+
+
+def soft_cap(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
+    ids, z, n, seed, round_size = _sampler_inputs(pool, params, ctx)
+    alpha = float(params.get("alpha", ctx.cfg.curate.scs_alpha))
+    counts = soft_cap_counts(z, n, alpha, seed, round_size)
     ctx.note(f"{ctx.name}_unique", int((counts > 0).sum()))
     return _to_subset(pool.sparkSession, ids, counts)
 
 
 def hard_cap(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
-    cur = ctx.cfg.curate
-    col = params.get("column", "mflyt_score")
-    ids, z = _scores(pool, col, cur.sampler_max_rows)
-    n = int(params.get("n") or cur.sample_size or len(ids))
-    scale = float(params.get("temperature", 1.0))
-    counts = hard_cap_counts(
-        z / scale,
-        n,
-        int(params.get("cap", cur.hard_cap)),
-        int(params.get("seed", cur.seed)),
-        params.get("round_size"),
-    )
+    ids, z, n, seed, round_size = _sampler_inputs(pool, params, ctx)
+    cap = int(params.get("cap", ctx.cfg.curate.hard_cap))
+    counts = hard_cap_counts(z, n, cap, seed, round_size)
     return _to_subset(pool.sparkSession, ids, counts)

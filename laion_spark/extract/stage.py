@@ -100,20 +100,8 @@ def file_rows(path: str, options: dict):
                 ("stats",)
                 + (None,) * 8
                 + (path, None, d["crawl_id"], fmt)
-                + tuple(
-                    d[k]
-                    for k in (
-                        "records",
-                        "pages",
-                        "pairs",
-                        "bad_records",
-                        "rejected",
-                        "errors",
-                        "seconds",
-                        "status",
-                        "error_message",
-                    )
-                )
+                # STATS_COLS minus source_file (first) and crawl_id (placed above)
+                + tuple(d[k] for k in STATS_COLS[1:-1])
             )
         else:
             p, offset = item
