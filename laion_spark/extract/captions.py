@@ -38,6 +38,53 @@ def _strip_controls(text: str) -> str:
     return "".join(out)
 
 
+def _ftfy_gate() -> re.Pattern[str]:
+    """Characters that one of ftfy's fixers other than the mojibake repair acts on.
+
+    Built from ftfy's own tables: HTML entities ('&'), ligatures, full-/half-width forms,
+    curly quotes, Unicode line/paragraph separators, the control characters it removes,
+    C1 controls, terminal escapes and surrogates (the last three never survive
+    `_strip_controls`, listed for completeness). Text without any of these and without
+    mojibake (`ftfy.badness.is_bad`) comes out of `ftfy.fix_text` as NFC(text) exactly.
+    """
+    from ftfy import chardata
+
+    codes = set(chardata.LIGATURES) | set(chardata.WIDTH_MAP) | set(chardata.CONTROL_CHARS)
+    codes |= {ord(c) for c in "&\r\x1b\u0085\u2028\u2029\u02bc"}
+    codes |= set(range(0x2018, 0x2020)) | set(range(0x80, 0xA0))
+    ranges: list[list[int]] = []
+    for c in sorted(codes):
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    cls = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
+    return re.compile(f"[{cls}\\ud800-\\udfff]")
+
+
+_FTFY_GATE: re.Pattern[str] | None = None
+
+
+def gated_fix_text(text: str) -> str:
+    """== ftfy.fix_text(text, normalization="NFC"), running ftfy only when it can change more
+    than the normalisation: a fixer's character is present (`_ftfy_gate`) or the text looks
+    like mojibake (`is_bad`, the test ftfy's own encoding fix starts with). A test checks the
+    gate character by character against ftfy's fixers and the whole result against ftfy."""
+    global _FTFY_GATE
+    import ftfy
+    from ftfy.badness import is_bad
+
+    if _FTFY_GATE is None:
+        _FTFY_GATE = _ftfy_gate()
+    if _FTFY_GATE.search(text) or is_bad(text):
+        return ftfy.fix_text(text, normalization="NFC")
+    out = unicodedata.normalize("NFC", text)
+    # ftfy loops until stable: NFC can compose characters into a mojibake-looking sequence
+    if out != text and (_FTFY_GATE.search(out) or is_bad(out)):
+        return ftfy.fix_text(text, normalization="NFC")
+    return out
+
+
 def clean_caption(
     alt: str | None, min_chars: int = 5, max_chars: int = 2000, fix_text: bool = True
 ) -> tuple[str | None, str | None]:
@@ -52,9 +99,7 @@ def clean_caption(
         # controls first (tab/bell -> space), so ASCII and non-ASCII text get the same rule
         text = _strip_controls(text)
         if fix_text:
-            import ftfy
-
-            text = ftfy.fix_text(text, normalization="NFC")
+            text = gated_fix_text(text)
         else:
             text = unicodedata.normalize("NFC", text)
     elif not text.isprintable():

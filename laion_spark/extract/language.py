@@ -36,13 +36,32 @@ def _model():
 
 def detect(text: str) -> tuple[str | None, float]:
     """(ISO code, confidence) of one caption; (None, 0.0) for empty text."""
-    text = " ".join((text or "").split())
+    return detect_clean(" ".join((text or "").split()))
+
+
+# Results per distinct caption, kept for the life of the worker (the function is pure).
+# Crawls repeat alt texts ("logo", product names, site-wide banners); the cache saves the
+# model call only as often as captions repeat. Bounded: cleared when full.
+_CACHE: dict[str, tuple[str | None, float]] = {}
+CACHE_MAX = 100_000
+
+
+def detect_clean(text: str) -> tuple[str | None, float]:
+    """detect() for text already whitespace-collapsed (a cleaned caption): the fastText
+    binding called directly (the wrapper's checks and tuple reshaping are per-call Python
+    cost), and the result cached per distinct caption."""
+    hit = _CACHE.get(text)
+    if hit is not None:
+        return hit
     if not text:
         return None, 0.0
-    labels, probs = _model().predict(text, k=1)
-    if not labels:
-        return None, 0.0
-    return labels[0].replace("__label__", ""), float(min(1.0, probs[0]))
+    # one line of text, "\n"-terminated, as fastText's own wrapper passes it
+    pred = _model().f.predict(text + "\n", 1, 0.0, "strict")
+    out = (pred[0][1].replace("__label__", ""), min(1.0, pred[0][0])) if pred else (None, 0.0)
+    if len(_CACHE) >= CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[text] = out
+    return out
 
 
 def language_group(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from laion_spark.extract.html import HtmlError, parse_html
-from laion_spark.extract.pairs import Pair, Rules, page_pairs
+from laion_spark.extract.pairs import Pair, Rules, fill_language, page_pairs
 from laion_spark.extract.wat import WatError, parse_wat_json
 
 # error reasons (keys of extract_stats.errors)
@@ -34,6 +34,8 @@ _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _CRAWL_ID = re.compile(r"CC-MAIN-\d{4}-\d{2}")
 _IS_PART_OF = re.compile(r"^isPartOf:\s*(\S+)", re.M)
 _READ_CHUNK = 1 << 16
+# pairs collected across pages before language id runs over them in one go
+LANGUAGE_BATCH = 256
 
 
 @dataclass
@@ -135,7 +137,12 @@ def extract_records(
     wanted = WarcRecordType.warcinfo | WarcRecordType.response | WarcRecordType.metadata
     src = _CountingReader(stream)
     it = ArchiveIterator(src, record_types=wanted, parse_http=True, max_content_length=None)
+    batch: list[tuple[Pair, int]] = []  # pairs waiting for language id (fill_language)
     while True:
+        if len(batch) >= LANGUAGE_BATCH:
+            fill_language([p for p, _ in batch], rules)
+            yield from batch
+            batch = []
         try:
             record = next(it)
         except StopIteration:
@@ -148,11 +155,13 @@ def extract_records(
         stats.records += 1
         offset = record.stream_pos
         try:
-            yield from _one_record(record, offset, rules, stats)
+            batch.extend(_one_record(record, offset, rules, stats))
         except BaseException as e:  # never let one record kill the file
             if isinstance(e, _PASS_THROUGH):
                 raise
             stats.error(RECORD_ERROR, f"offset {offset}: {e!r}"[:300])
+    fill_language([p for p, _ in batch], rules)
+    yield from batch
     if not src.eof and not stats.errors.get(STREAM_ERROR):
         # fastwarc stopped before the end of the file: garbage or a broken gzip member
         stats.error(STREAM_ERROR, f"reading stopped at byte {src.pos} before end of file")
@@ -227,7 +236,7 @@ def _one_record(record, offset: int, rules: Rules, stats: FileStats) -> Iterator
         stats.pages += 1
     else:
         return
-    for pair in page_pairs(page, rules, stats.rejected):
+    for pair in page_pairs(page, rules, stats.rejected, language_later=True):
         stats.pairs += 1
         pair.crawl_id = stats.crawl_id
         yield pair, offset
