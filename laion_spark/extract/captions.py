@@ -96,15 +96,18 @@ def clean_caption(
         return None, CAPTION_TOO_LONG
     text = alt
     if not text.isascii():
-        # controls first (tab/bell -> space), so ASCII and non-ASCII text get the same rule
-        text = _strip_controls(text)
+        # controls first (tab/bell -> space), so ASCII and non-ASCII text get the same rule;
+        # printable text holds no Cc/Cf/Cs/Co/Cn character, so nothing to strip
+        if not text.isprintable():
+            text = _strip_controls(text)
         if fix_text:
             text = gated_fix_text(text)
         else:
             text = unicodedata.normalize("NFC", text)
     elif not text.isprintable():
         text = _strip_controls(text)
-    text = _WS.sub(" ", text).strip()
+    # == _WS.sub(" ", text).strip(): str.split and re's \s share one whitespace definition
+    text = " ".join(text.split())
     if len(text) < min_chars:
         return None, (NO_ALT if not text and not alt.strip() else CAPTION_TOO_SHORT)
     if len(text) > max_chars:
