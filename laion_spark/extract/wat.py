@@ -47,13 +47,6 @@ def _text(v: Any) -> str | None:
     return unescape_entities(v) if isinstance(v, str) else None
 
 
-def _may_have_base(payload: bytes | str) -> bool:
-    """Whether a BASE@ link can be in the record (a JSON \\u escape could spell it too)."""
-    if isinstance(payload, str):
-        return "BASE@" in payload or "\\u" in payload
-    return b"BASE@" in payload or b"\\u" in payload
-
-
 def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page | None:
     """Page with IMG links of a WAT record; None when it is not an HTML response record.
 
@@ -90,17 +83,24 @@ def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page 
     # most pages link no license: then only IMG links matter (the loop's main cost)
     raw = payload if isinstance(payload, str) else None
     maybe_cc = "reativecommons" in raw if raw is not None else b"reativecommons" in payload
-    if not maybe_cc and (base is not None or not _may_have_base(payload)):
-        # the common case: only IMG links matter, picked in one comprehension; the same
-        # result as the loop below (which also looks for BASE@ and license links)
-        images = [
-            (link.get("url"), link.get("alt"))
+    if not maybe_cc:
+        # the common case: only IMG links (and a BASE@/href while no base is known) matter,
+        # picked in one comprehension; the same result as the loop below
+        picked = [
+            link
             for link in links
-            if link.__class__ is dict and link.get("path") == "IMG@/src"
+            if link.__class__ is dict
+            and ((p := link.get("path")) == "IMG@/src" or p == "BASE@/href")
         ]
-        for i, (u, a) in enumerate(images):
-            if u.__class__ is not str or a.__class__ is not str or "&" in u or "&" in a:
-                images[i] = (_text(u), _text(a))
+        for link in picked:
+            if link["path"] == "IMG@/src":
+                u, a = link.get("url"), link.get("alt")
+                if u.__class__ is str and a.__class__ is str and "&" not in u and "&" not in a:
+                    images.append((u, a))
+                else:
+                    images.append((_text(u), _text(a)))
+            elif base is None:
+                base = link.get("url")
         links = ()
     for link in links:
         if not isinstance(link, dict):
