@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 import ftfy
 import pytest
 from ftfy import fixes
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from shared_data import WHIRLWIND_WARC
 
@@ -329,6 +329,43 @@ def test_fuzz_simple_url_fast_path_equals_general(url):
             return "invalid"
 
     assert run(urls._normalize) == run(urls._normalize_general)
+
+
+# relative srcs, mostly of the shapes page_resolver takes itself (weighted by repetition)
+_rel_src = st.lists(
+    st.sampled_from(["/", "./", "../", "a", "B.svg", "x.GIF", "..", ".", "?q", "#f"] * 3)
+    | st.sampled_from(["//", ":", "\\", " ", "\t", "ü", "data:", "%20", "h.example"]),
+    max_size=8,
+).map("".join)
+_raw_src = st.one_of(_url, _rel_src, _rel_src, st.none())
+
+
+@settings(max_examples=500, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _raw_src,
+    st.sampled_from(
+        [
+            "http://Site.example/dir/sub/page.html",
+            "https://h.example",
+            "http://h.example/a/b/c/",
+            "http://h.example//x//y/z",
+            "https://Page.example:443/dir/p.html",
+            "http://u@h.example/p",
+            "http://bücher.de/ä/p",
+        ]
+    ),
+    st.sampled_from([16, 40, 2048]),
+)
+@example("a/../b.jpg", "http://Site.example/dir/sub/page.html", 2048)
+@example("/a/./b.svg", "https://h.example", 2048)
+@example("a//b.jpg", "http://h.example/a/b/c/", 2048)
+@example("../../a/../b.jpg", "http://h.example/a/b/c/", 2048)
+@example("x/.hidden/y.jpg", "http://h.example/a/b/c/", 2048)
+@example("HTTP://Ex.COM/a.jpg#f g", "http://h.example/a/b/c/", 2048)
+def test_fuzz_page_resolver_equals_resolve_image_url(raw, base, max_chars):
+    drop = frozenset({"svg", "gif"})
+    got = urls.page_resolver(base, max_chars, drop)(raw)
+    assert got == urls.resolve_image_url(raw, base, max_chars, drop)
 
 
 @_FUZZ

@@ -97,10 +97,11 @@ def page_pairs(
     `language_later`: leave the language columns empty for the caller to fill with
     `fill_language` (the reader does it in batches across pages).
 
-    The per-image hot path of the extractor: judge_image's two rules inlined, the caption
-    rule cached per distinct alt text (`Rules.caption_cache`), language id cached per
-    distinct caption (language.detect_clean); output identical to calling judge_image and
-    ids.sample_id per image (tested).
+    The per-image hot path of the extractor: judge_image's two rules inlined (URLs through a
+    per-page urls.page_resolver), the caption rule cached per distinct alt text
+    (`Rules.caption_cache`), language id cached per distinct caption
+    (language.detect_clean); output identical to calling judge_image and ids.sample_id per
+    image (tests/test_extract_fast.py).
     """
     base = urls.resolve_base(page.url, page.base_href)
     seen: set[str] = set()
@@ -110,14 +111,9 @@ def page_pairs(
         images = images[: rules.max_images_per_page]
     cache = rules.caption_cache
     clean = captions.clean_caption
-    resolve = urls.resolve_image_url
-    min_c, max_c, fix, max_u, drop = (
-        rules.min_caption_chars,
-        rules.max_caption_chars,
-        rules.fix_text,
-        rules.max_url_chars,
-        rules.drop_extensions,
-    )
+    min_c, max_c, fix = rules.min_caption_chars, rules.max_caption_chars, rules.fix_text
+    # == urls.resolve_image_url(src, base, max_url_chars, drop_extensions)
+    resolve = urls.page_resolver(base, rules.max_url_chars, rules.drop_extensions)
     sha256 = hashlib.sha256
     page_url, lic = page.url, page.license
     kept: list[Pair] = []
@@ -136,7 +132,7 @@ def page_pairs(
         if why:
             rejected[why] += 1
             continue
-        url, why = resolve(src, base, max_u, drop)
+        url, why = resolve(src)
         if why:
             rejected[why] += 1
             continue
