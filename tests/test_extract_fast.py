@@ -190,6 +190,7 @@ def test_fuzz_gated_fix_text_equals_ftfy(parts, noise):
 def test_caption_cache_is_per_rules_bounded_and_exact(monkeypatch):
     monkeypatch.setattr(pairs, "CAPTION_CACHE_MAX", 3)
     alts = ["A red car", "A red car", "ok", None, "", "Über ein Haus", "A red car", "ok"] * 3
+    alts += ["A very long alt text " * 20] * 2
     page = Page(
         url="http://h.example/p.html",
         images=[(f"/img/{i}.jpg", a) for i, a in enumerate(alts)],
@@ -200,6 +201,7 @@ def test_caption_cache_is_per_rules_bounded_and_exact(monkeypatch):
     ref, ref_rejected = _reference_pairs(page, Rules(language_id=False))
     assert got == ref and rejected == ref_rejected
     assert 0 < len(rules.caption_cache) <= 3
+    assert all(len(a) <= pairs.CACHE_MAX_CHARS for a in rules.caption_cache)
     # another rule set never sees this cache
     assert Rules().caption_cache == {}
 
@@ -211,10 +213,11 @@ def test_language_cache_and_direct_call_equal_detect(monkeypatch):
     monkeypatch.setattr(language, "CACHE_MAX", 4)
     language._CACHE.clear()
     texts = ["A red house by the lake", "Ein Haus am See", "湖のほとりの美しい家", "ok"]
-    texts += ["Красивый дом у озера", "A red house by the lake", ""]
+    texts += ["Красивый дом у озера", "A red house by the lake", "", "A long caption " * 40]
     for t in texts * 2:
         assert language.detect_clean(t) == language.detect(t)
-    assert len(language._CACHE) <= 4
+    assert 0 < len(language._CACHE) <= 4
+    assert all(len(t) <= language.CACHE_MAX_CHARS for t in language._CACHE)
 
 
 def test_reader_batches_language_exactly_like_per_pair(tmp_path, monkeypatch):

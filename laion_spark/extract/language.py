@@ -41,9 +41,11 @@ def detect(text: str) -> tuple[str | None, float]:
 
 # Results per distinct caption, kept for the life of the worker (the function is pure).
 # Crawls repeat alt texts ("logo", product names, site-wide banners); the cache saves the
-# model call only as often as captions repeat. Bounded: cleared when full.
+# model call only as often as captions repeat. Bounded: captions up to CACHE_MAX_CHARS,
+# cleared when it holds CACHE_MAX of them (15-60 MB at most, by script).
 _CACHE: dict[str, tuple[str | None, float]] = {}
-CACHE_MAX = 100_000
+CACHE_MAX = 50_000
+CACHE_MAX_CHARS = 256
 
 
 def detect_clean(text: str) -> tuple[str | None, float]:
@@ -58,9 +60,10 @@ def detect_clean(text: str) -> tuple[str | None, float]:
     # one line of text, "\n"-terminated, as fastText's own wrapper passes it
     pred = _model().f.predict(text + "\n", 1, 0.0, "strict")
     out = (pred[0][1].replace("__label__", ""), min(1.0, pred[0][0])) if pred else (None, 0.0)
-    if len(_CACHE) >= CACHE_MAX:
-        _CACHE.clear()
-    _CACHE[text] = out
+    if len(text) <= CACHE_MAX_CHARS:  # long captions rarely repeat; bounds the memory
+        if len(_CACHE) >= CACHE_MAX:
+            _CACHE.clear()
+        _CACHE[text] = out
     return out
 
 

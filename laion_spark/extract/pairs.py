@@ -17,7 +17,9 @@ from laion_spark.ids import normalize_caption
 TOO_MANY_IMAGES = "too_many_images"
 DUPLICATE_IN_PAGE = "duplicate_in_page"
 DUPLICATE_URL_IN_PAGE = "duplicate_url_in_page"
-CAPTION_CACHE_MAX = 100_000
+# per-task caption cache: at most this many alts of at most this many characters (<60 MB)
+CAPTION_CACHE_MAX = 50_000
+CACHE_MAX_CHARS = 256
 
 
 @dataclass
@@ -125,9 +127,10 @@ def page_pairs(
         got = cache.get(alt)
         if got is None:
             got = clean(alt, min_c, max_c, fix)
-            if len(cache) >= CAPTION_CACHE_MAX:
-                cache.clear()
-            cache[alt] = got
+            if len(alt) <= CACHE_MAX_CHARS:  # long alts rarely repeat; bounds the memory
+                if len(cache) >= CAPTION_CACHE_MAX:
+                    cache.clear()
+                cache[alt] = got
         text, why = got
         if why:
             rejected[why] += 1
