@@ -287,18 +287,26 @@ _src = st.lists(
 _alt = st.one_of(
     st.none(),
     st.sampled_from(["", "ok", "A red car", "Über ein Haus", "CafÃ© sign", "A\tred\x00car"]),
+    st.sampled_from(["   ", "  a  b  ", "abcd", "abcde", "x" * 11, " Tom & Jerry ", "a\x0bb c"]),
     st.text(max_size=20),
+    st.text(alphabet=st.characters(max_codepoint=127), max_size=14),
 )
 
 
 @_FUZZ
-@given(st.lists(st.tuples(_src.map("".join), _alt), max_size=12), st.booleans())
-def test_fuzz_page_pairs_equal_plain_rules(images, dedup):
+@given(
+    st.lists(st.tuples(_src.map("".join), _alt), max_size=12),
+    st.booleans(),
+    st.sampled_from([(5, 2000), (1, 10), (0, 1), (12, 12)]),
+)
+def test_fuzz_page_pairs_equal_plain_rules(images, dedup, bounds):
     page = Page(url="https://Page.example:443/dir/sub/p.html", images=images)
-    rules = Rules(language_id=False, dedup_by_url=dedup)
+    kw = dict(language_id=False, dedup_by_url=dedup)
+    kw.update(min_caption_chars=bounds[0], max_caption_chars=bounds[1])
+    rules = Rules(**kw)
     rejected: Counter = Counter()
     got = list(page_pairs(page, rules, rejected))
-    ref, ref_rejected = _reference_pairs(page, Rules(language_id=False, dedup_by_url=dedup))
+    ref, ref_rejected = _reference_pairs(page, Rules(**kw))
     assert got == ref and rejected == ref_rejected
 
 

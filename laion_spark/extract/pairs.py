@@ -62,7 +62,7 @@ class Rules:
         return cls(**kw)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: one is built per kept image, cheaper to create and fill
 class Pair:
     sample_id: str
     url: str
@@ -126,7 +126,15 @@ def page_pairs(
             continue
         got = cache.get(alt)
         if got is None:
-            got = clean(alt, min_c, max_c, fix)
+            if alt.isascii() and alt.isprintable() and len(alt) <= max_c:
+                # clean_caption's path for plain ASCII, inlined (the common case)
+                text = " ".join(alt.split())
+                if len(text) >= min_c:
+                    got = (text, None)
+                else:
+                    got = (None, captions.NO_ALT if not text else captions.CAPTION_TOO_SHORT)
+            else:
+                got = clean(alt, min_c, max_c, fix)
             if len(alt) <= CACHE_MAX_CHARS:  # long alts rarely repeat; bounds the memory
                 if len(cache) >= CAPTION_CACHE_MAX:
                     cache.clear()
