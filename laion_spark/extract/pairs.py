@@ -92,12 +92,17 @@ def judge_image(
 
 
 def page_pairs(
-    page: Page, rules: Rules, rejected: Counter, language_later: bool = False
+    page: Page,
+    rules: Rules,
+    rejected: Counter,
+    language_later: bool = False,
+    crawl_id: str | None = None,
 ) -> Iterator[Pair]:
     """Pairs of one page; every dropped image adds 1 to `rejected[reason]`.
 
     `language_later`: leave the language columns empty for the caller to fill with
-    `fill_language` (the reader does it in batches across pages).
+    `fill_language` (the reader does it in batches across pages). `crawl_id` goes into
+    every pair.
 
     The per-image hot path of the extractor: judge_image's two rules inlined (URLs through a
     per-page urls.page_resolver), the caption rule cached per distinct alt text
@@ -161,7 +166,7 @@ def page_pairs(
                 rejected[DUPLICATE_URL_IN_PAGE] += 1
                 continue
             seen.add(url)
-        pair = Pair(sid, url, text, page_url, None, 0.0, "", lic)
+        pair = Pair(sid, url, text, page_url, None, 0.0, "", lic, crawl_id)
         if language_later:
             yield pair
         else:

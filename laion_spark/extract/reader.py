@@ -12,10 +12,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, BinaryIO
 
 from laion_spark.extract.html import HtmlError, parse_html
-from laion_spark.extract.pairs import Pair, Rules, fill_language, page_pairs
+from laion_spark.extract.pairs import Page, Pair, Rules, fill_language, page_pairs
 from laion_spark.extract.wat import WatError, parse_wat_json
 
 # error reasons (keys of extract_stats.errors)
@@ -154,12 +155,17 @@ def extract_records(
             break
         stats.records += 1
         offset = record.stream_pos
+        n0 = len(batch)
         try:
-            batch.extend(_one_record(record, offset, rules, stats))
+            page = _record_page(record, offset, rules, stats)
+            if page is not None:
+                found = page_pairs(page, rules, stats.rejected, True, stats.crawl_id)
+                batch.extend(zip(found, repeat(offset)))
         except BaseException as e:  # never let one record kill the file
             if isinstance(e, _PASS_THROUGH):
                 raise
             stats.error(RECORD_ERROR, f"offset {offset}: {e!r}"[:300])
+        stats.pairs += len(batch) - n0  # what a failing page yielded before failing stays
     fill_language([p for p, _ in batch], rules)
     yield from batch
     if not src.eof and not stats.errors.get(STREAM_ERROR):
@@ -167,7 +173,9 @@ def extract_records(
         stats.error(STREAM_ERROR, f"reading stopped at byte {src.pos} before end of file")
 
 
-def _one_record(record, offset: int, rules: Rules, stats: FileStats) -> Iterator[tuple[Pair, int]]:
+def _record_page(record, offset: int, rules: Rules, stats: FileStats) -> Page | None:
+    """The Page of a WAT metadata or WARC response record (None for other records and bad
+    ones, which are counted in stats)."""
     from fastwarc.warc import WarcRecordType
 
     rtype = record.record_type
@@ -177,69 +185,66 @@ def _one_record(record, offset: int, rules: Rules, stats: FileStats) -> Iterator
             text = (data or b"").decode("utf-8", "replace")
             m = _IS_PART_OF.search(text) or _CRAWL_ID.search(text)
             stats.crawl_id = (m.group(1) if m.re is _IS_PART_OF else m.group(0)) if m else None
-        return
+        return None
     if rtype == WarcRecordType.metadata:
         ctype = (record.headers.get("Content-Type") or "").lower()
         if "json" not in ctype:
-            return  # WARC metadata records (fetchTimeMs ...), not WAT
+            return None  # WARC metadata records (fetchTimeMs ...), not WAT
         data, complete = _read_bounded(record, rules.max_wat_record_bytes)
         if data is None:
             stats.error(RECORD_TOO_LARGE, f"offset {offset}: {record.content_length} bytes")
-            return
+            return None
         if not complete:
             stats.error(TRUNCATED_RECORD, f"offset {offset}: record cut short")
-            return
+            return None
         # cheap pre-filter: a record without an IMG link has no pairs, skip the JSON parse
         if b'"IMG@' not in data:
             if b'"HTML-Metadata"' in data:
                 stats.pages += 1
-            return
+            return None
         try:
             page = parse_wat_json(data, record.headers.get("WARC-Target-URI"))
         except WatError as e:
             stats.error(e.reason, f"offset {offset}: {e}")
-            return
+            return None
         if page is None:
-            return
+            return None
         stats.pages += 1
     elif rtype == WarcRecordType.response:
         if not record.is_http:
-            return
+            return None
         status = record.http_headers.status_code
         ctype = (record.http_content_type or "").lower()
         if "html" not in ctype:
             stats.rejected[NOT_HTML] += 1
-            return
+            return None
         if status is not None and not 200 <= status < 300:
             stats.rejected[HTTP_NOT_OK] += 1
-            return
+            return None
         data, complete = _read_bounded(record, rules.max_page_bytes)
         if data is None:
             stats.error(PAGE_TOO_LARGE, f"offset {offset}: {record.content_length} bytes")
-            return
+            return None
         if not complete:
             stats.error(TRUNCATED_RECORD, f"offset {offset}: record cut short")
-            return
+            return None
         data = _maybe_decompress(data, record.http_headers.get("Content-Encoding"), rules)
         if data is None:
             stats.error(PAGE_TOO_LARGE, f"offset {offset}: decompressed body over the limit")
-            return
+            return None
         url = record.headers.get("WARC-Target-URI")
         if not url:
             stats.error(RECORD_ERROR, f"offset {offset}: response without WARC-Target-URI")
-            return
+            return None
         try:
             page = parse_html(data, url, record.http_charset, rules.use_srcset)
         except HtmlError as e:
             stats.error(e.reason, f"offset {offset}: {e}")
-            return
+            return None
         stats.pages += 1
     else:
-        return
-    for pair in page_pairs(page, rules, stats.rejected, language_later=True):
-        stats.pairs += 1
-        pair.crawl_id = stats.crawl_id
-        yield pair, offset
+        return None
+    return page
 
 
 def _maybe_decompress(data: bytes, encoding: str | None, rules: Rules) -> bytes | None:
