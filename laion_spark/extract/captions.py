@@ -9,7 +9,6 @@ NO_ALT = "no_alt"
 CAPTION_TOO_SHORT = "caption_too_short"
 CAPTION_TOO_LONG = "caption_too_long"
 
-_WS = re.compile(r"\s+")
 # named/numeric entities WITH their ';' only: WAT text is already decoded, so a bare
 # "&copy" in it is literal text and must not turn into a symbol
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
@@ -106,7 +105,7 @@ def clean_caption(
             text = unicodedata.normalize("NFC", text)
     elif not text.isprintable():
         text = _strip_controls(text)
-    # == _WS.sub(" ", text).strip(): str.split and re's \s share one whitespace definition
+    # == re.sub(r"\s+", " ", text).strip(): str.split and re's \s share one definition
     text = " ".join(text.split())
     if len(text) < min_chars:
         return None, (NO_ALT if not text and not alt.strip() else CAPTION_TOO_SHORT)
