@@ -107,7 +107,7 @@ def test_opq_pq_shards_merge_ondisk_recall(tmp_path):
 
     x = clustered(4000, 32, clusters=40, seed=3)
     choice = choose_factory(4000, 32, 100_000, flat_max_vectors=100)
-    assert choice.factory == "OPQ16_32,IVF64,PQ16x4"
+    assert choice.factory == "OPQ16_32,IVF64,PQ16x4np"
     trained = build.serialize(build.train_index(choice.factory, x, "ip"))
     files = []
     for i in range(3):
@@ -187,3 +187,18 @@ def test_bad_config_fails_fast(make_cfg):
     with pytest.raises(ConfigError, match="index.metric"):
         make_cfg(["index.metric=cosine"])
     assert MODEL
+
+
+def test_mass_id_collisions_resolved_in_few_jobs(spark):
+    """Every id clashing (a degenerate id_fn) must still give unique ids, in a few rounds."""
+    rows = [(f"s{i:04d}", [0.0]) for i in range(3000)]
+    pending = spark.createDataFrame(rows, "sample_id string, vector array<float>")
+    existing = spark.createDataFrame([("old", 0)], "sample_id string, faiss_id long")
+    tracker = spark.sparkContext.statusTracker()
+    before = max(tracker.getJobIdsForGroup() or [0])
+    ids, n = assign_ids(pending, existing, id_fn=lambda s: 0)
+    jobs = max(tracker.getJobIdsForGroup() or [0]) - before
+    got = ids.select("sample_id", "faiss_id").collect()
+    assert n == 3000 and len({r["faiss_id"] for r in got}) == 3000
+    assert 0 not in {r["faiss_id"] for r in got}
+    assert jobs < 20, jobs  # one lookup job per probing round, not one per candidate

@@ -51,23 +51,16 @@ def assign_ids(
     if not clashes:
         return hashed, 0
     spark = pending.sparkSession
-    override: dict[str, int] = {}
-    taken: set[int] = set()
+    # who keeps each clashing id, and who must probe: an existing id (new=0) sorts first and
+    # keeps its id, otherwise the smallest sample_id does
+    movers: list[tuple[str, int, int, int]] = []
     for row in clashes:
-        members = sorted((r["new"], r["sample_id"]) for r in row["rows"])
-        # an existing id (new=0) sorts first and keeps its id; otherwise the smallest sample_id
-        for _, sid in members[1:]:
-            h = int(row["faiss_id"])
-            i = 1
-            while True:
-                cand = (h + i * STEP) & MASK
-                if cand not in taken:
-                    used = every.where(F.col("faiss_id") == cand).limit(1).count()
-                    if not used:
-                        break
-                i += 1
-            taken.add(cand)
-            override[sid] = cand
+        members = sorted({(r["new"], r["sample_id"]) for r in row["rows"]})
+        k = len(members) - 1
+        movers.extend(
+            (sid, int(row["faiss_id"]), j, k) for j, (_, sid) in enumerate(members[1:], 1)
+        )
+    override = _probe(every, movers)
     table = spark.createDataFrame(list(override.items()), "sample_id string, new_id long")
     fixed = (
         hashed.join(F.broadcast(table), "sample_id", "left")
@@ -75,3 +68,42 @@ def assign_ids(
         .drop("new_id")
     )
     return fixed, len(override)
+
+
+def _probe(every: DataFrame, movers: list[tuple[str, int, int, int]]) -> dict[str, int]:
+    """sample_id -> the first free id of its probe sequence, checked in batched rounds.
+
+    `movers` are (sample_id, home id, rank j among the k movers of that home, k). Mover j
+    probes h + i * STEP for i = j, j + k, j + 2k, ...: disjoint sequences, so movers that
+    share a home never propose the same id. Each round looks every proposal up in ONE
+    Spark job (a job per candidate made 50k clashing ids run for hours). A candidate is
+    free when no row of `every` holds it and no other mover took it this run.
+    """
+    spark = every.sparkSession
+    step = {sid: j for sid, _, j, _ in movers}
+    stride = {sid: k for sid, _, _, k in movers}
+    home = {sid: h for sid, h, _, _ in movers}
+    override: dict[str, int] = {}
+    taken: set[int] = set()
+    todo = sorted(home)
+    while todo:
+        proposed = {sid: (home[sid] + step[sid] * STEP) & MASK for sid in todo}
+        cands = spark.createDataFrame([(c,) for c in set(proposed.values())], "faiss_id long")
+        used = {
+            r[0]
+            for r in every.join(F.broadcast(cands), "faiss_id", "left_semi")
+            .select("faiss_id")
+            .distinct()
+            .collect()
+        }
+        retry = []
+        for sid in todo:
+            cand = proposed[sid]
+            if cand in used or cand in taken:
+                step[sid] += stride[sid]
+                retry.append(sid)
+            else:
+                taken.add(cand)
+                override[sid] = cand
+        todo = retry
+    return override
