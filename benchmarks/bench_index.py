@@ -13,6 +13,7 @@ Ends with one line: `result: ...` (ratio_* = ours / autofaiss, higher is better)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -88,11 +89,33 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, s
     return time.time() - t0, peak, out
 
 
-def evaluate(index, queries: np.ndarray, truth: np.ndarray) -> dict:
+def bench_sample_id(i: int) -> str:
+    """The bench's sample_id of row i: sha256 hex, like real sample_ids."""
+    return hashlib.sha256(str(i).encode()).hexdigest()[:32]
+
+
+def row_of_faiss_id(n: int):
+    """Maps our faiss ids (63 bits of the sample_id) back to row numbers, the truth's ids."""
+    from laion_spark.ids import sample_id_int64
+
+    fid = np.array([sample_id_int64(bench_sample_id(i)) for i in range(n)], dtype="int64")
+    order = np.argsort(fid)
+    fid_sorted = fid[order]
+
+    def to_rows(found: np.ndarray) -> np.ndarray:
+        pos = np.clip(np.searchsorted(fid_sorted, found), 0, n - 1)
+        return np.where(fid_sorted[pos] == found, order[pos], -1)
+
+    return to_rows
+
+
+def evaluate(index, queries: np.ndarray, truth: np.ndarray, to_rows=None) -> dict:
     import faiss
 
     faiss.omp_set_num_threads(1)
     _, found = index.search(queries, 10)
+    if to_rows is not None:
+        found = to_rows(found)
     hits = sum(len(set(f) & set(t)) for f, t in zip(found, truth, strict=True))
     lat = []
     for q in queries[:500]:
@@ -111,9 +134,14 @@ def ensure_autofaiss() -> Path:
     py = VENV / "bin" / "python"
     if not py.exists():
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-    if subprocess.call([str(py), "-c", "import autofaiss"], stderr=subprocess.DEVNULL) != 0:
-        # autofaiss pins numpy<2; the newest pyarrow needs numpy>=2, so pin pyarrow too
-        subprocess.check_call([str(py), "-m", "pip", "install", "-q", "autofaiss", "pyarrow<18"])
+    check = "import autofaiss, faiss; assert faiss.__version__ == '1.7.4'"
+    if subprocess.call([str(py), "-c", check], stderr=subprocess.DEVNULL) != 0:
+        # autofaiss pins numpy<2; the newest pyarrow needs numpy>=2, so pin pyarrow too.
+        # autofaiss calls faiss.OPQMatrix(d, M=.., d2=..) with keywords, which faiss-cpu
+        # 1.15's SWIG wrapper rejects (TypeError): pin the 1.7.4 it was written against.
+        subprocess.check_call(
+            [str(py), "-m", "pip", "install", "-q", "autofaiss", "pyarrow<18", "faiss-cpu==1.7.4"]
+        )
     return py
 
 
@@ -192,7 +220,8 @@ def write_delta(work: Path, x: np.ndarray) -> None:
         vec = pa.ListArray.from_arrays(pa.array(np.arange(0, (m + 1) * d, d, dtype="int32")), flat)
         tbl = pa.table(
             {
-                "sample_id": pa.array([f"{i:032x}" for i in range(s, s + m)]),
+                # real sample_ids are sha256 hex: the faiss id is their first 63 bits
+                "sample_id": pa.array([bench_sample_id(i) for i in range(s, s + m)]),
                 "model_id": pa.array(["bench"] * m),
                 "image_embedding": vec,
                 "text_embedding": pa.nulls(m, pa.list_(pa.float32())),
@@ -203,7 +232,7 @@ def write_delta(work: Path, x: np.ndarray) -> None:
         write_deltalake(str(path), tbl, mode="append")
 
 
-def bench_ours(work: Path, budget_mb: int, partitions: int) -> dict:
+def bench_ours(work: Path, budget_mb: int, partitions: int, n_rows: int) -> dict:
     import faiss
 
     secs, peak, out = run_measured(
@@ -232,6 +261,7 @@ def bench_ours(work: Path, budget_mb: int, partitions: int) -> dict:
         "index": index,
         "factory": notes["stage"]["factory"],
         "params": params,
+        "to_rows": row_of_faiss_id(n_rows),
         "size": size,
     }
 
@@ -274,12 +304,12 @@ def main() -> None:
 
     res = {}
     for name, fn in (
-        ("ours", lambda: bench_ours(work, a.budget_mb, a.partitions)),
+        ("ours", lambda: bench_ours(work, a.budget_mb, a.partitions, a.n)),
         ("autofaiss", lambda: bench_autofaiss(work, a.budget_mb)),
     ):
         try:
             r = fn()
-            r.update(evaluate(r.pop("index"), q, truth))
+            r.update(evaluate(r.pop("index"), q, truth, r.pop("to_rows", None)))
             res[name] = r
         except Exception as e:  # report the failing tool instead of faking numbers
             print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr)
