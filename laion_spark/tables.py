@@ -200,16 +200,21 @@ class Tables:
         name: str,
         keys: Sequence[str] | None = None,
         update: bool = True,
+        dedup: bool = True,
     ) -> None:
         """MERGE `df` into table `name` on its keys (default: the table's declared keys).
 
         The source is deduplicated on the keys first (MERGE fails on duplicate source
         keys). Matched rows get the source's columns updated (only those columns, so a
         stage can fill part of a row); unmatched rows are inserted. New columns are
-        added to the table (schema evolution). `update=False` only inserts new keys.
+        added to the table (schema evolution). `update=False` only inserts new keys: Delta
+        then runs one anti-join + append instead of a join that finds touched files and a
+        full outer join that rewrites them. `dedup=False` skips the deduplication shuffle
+        when the caller guarantees unique keys (e.g. rows derived 1:1 from a deduplicated
+        chunk); it matters when rows carry image bytes.
         """
         keys = tuple(keys or SPECS[name].keys)
-        src = df.dropDuplicates(list(keys))
+        src = df.dropDuplicates(list(keys)) if dedup else df
         if not self.exists(name):
             spec = SPECS.get(name)
             if spec is not None:

@@ -91,7 +91,9 @@ def run(
         out = _download(chunk, cfg, sha_f, md5_f, min(partitions, n)).localCheckpoint(eager=True)
         t_merge = time.time()
         fetch_s += t_merge - t_fetch
-        tables.upsert(out, "images")
+        # never-tried samples cannot have a row yet (the anti-join in todo), so an
+        # insert-only MERGE suffices; chunk keys are unique (todo deduplicates them)
+        tables.upsert(out, "images", update=retry_failed, dedup=False)
         merge_s += time.time() - t_merge
         counts = out.groupBy("status").count().collect()
         for r in counts:
