@@ -251,8 +251,20 @@ def run(spark, cfg, tables, limit: int | None = None, **_: Any) -> StageResult:
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     old = spark.conf.get(key, None)
     spark.conf.set(key, str(clip_cfg.arrow_batch_size))  # rows per Arrow batch into the task
+    # rows to redo (a non-final status for this model) need an updating MERGE; when there
+    # are none every pending row is new and an insert-only MERGE (anti-join + append) does
+    redo = (
+        tables.read("embeddings")
+        .where(F.col("model_id") == mid)
+        .where(~F.col("status").isin(*FINAL_STATUSES) | F.col("status").isNull())
+        .limit(1)
+        .count()
+    )
     try:
-        tables.upsert(out, "embeddings")
+        # images and pending are unique per sample_id, and the UDF maps rows 1:1
+        t_write = time.time()
+        tables.upsert(out, "embeddings", update=bool(redo), dedup=False)
+        write_s = time.time() - t_write
     finally:
         # the session is shared with other stages: put the setting back
         if old is None:
@@ -274,5 +286,12 @@ def run(spark, cfg, tables, limit: int | None = None, **_: Any) -> StageResult:
         rows_out=sum(by_status.values()),
         by_status=by_status,
         seconds=time.time() - t0,
-        notes={"model_id": mid, "device": clip.device, "dim": clip.dim},
+        notes={
+            "model_id": mid,
+            "device": clip.device,
+            "dim": clip.dim,
+            # the embedding pass and its Delta commit are one Spark action
+            "embed_and_write_s": round(write_s, 1),
+            "insert_only": not redo,
+        },
     )
