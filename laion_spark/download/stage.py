@@ -82,28 +82,31 @@ def run(
             chunk = (
                 chunk.where(~F.col("sample_id").isin(*retried)) if len(retried) < 10_000 else chunk
             )
-        chunk = chunk.limit(want).localCheckpoint(eager=True)
-        n = chunk.count()
-        if n == 0:
-            break
-        # materialise once: MERGE may scan its source twice, and a second scan would re-fetch
         t_fetch = time.time()
-        out = _download(chunk, cfg, sha_f, md5_f, min(partitions, n)).localCheckpoint(eager=True)
+        # materialise once: MERGE may scan its source twice, and a second scan would
+        # re-fetch. The chunk itself is not materialised: its anti-join runs inside this
+        # one job, and every count below is read from the checkpointed output.
+        out = _download(chunk.limit(want), cfg, sha_f, md5_f, partitions).localCheckpoint(
+            eager=True
+        )
+        counts = out.groupBy("status").count().collect()
+        n = sum(int(r["count"]) for r in counts)
         t_merge = time.time()
         fetch_s += t_merge - t_fetch
+        if n == 0:
+            break
         # never-tried samples cannot have a row yet (the anti-join in todo), so an
         # insert-only MERGE suffices; chunk keys are unique (todo deduplicates them)
         tables.upsert(out, "images", update=retry_failed, dedup=False)
         merge_s += time.time() - t_merge
-        counts = out.groupBy("status").count().collect()
         for r in counts:
             by_status[r["status"]] = by_status.get(r["status"], 0) + int(r["count"])
         if retry_failed:
-            retried.update(r["sample_id"] for r in chunk.select("sample_id").collect())
+            retried.update(r["sample_id"] for r in out.select("sample_id").collect())
             if len(retried) >= 10_000:
                 retry_failed = False  # big retry sets: one pass over the failures is enough
         rows_in += n
-        rows_out += sum(int(r["count"]) for r in counts)
+        rows_out += n
         commits += 1
         if n < want:
             break
