@@ -148,21 +148,21 @@ def ensure_autofaiss() -> Path:
 AUTOFAISS_SCRIPT = """
 import sys, json
 from autofaiss import build_index
-emb, out, budget = sys.argv[1], sys.argv[2], sys.argv[3]
+emb, out, budget, key = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] or None
 build_index(embeddings=emb, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
             max_index_memory_usage=budget, current_memory_available="16G", metric_type="ip",
-            make_direct_map=False, should_be_memory_mappable=True, nb_cores=2)
+            make_direct_map=False, should_be_memory_mappable=True, nb_cores=2, index_key=key)
 """
 
 
-def bench_autofaiss(work: Path, budget_mb: int) -> dict:
+def bench_autofaiss(work: Path, budget_mb: int, key: str = "") -> dict:
     import faiss
 
     py = ensure_autofaiss()
     out = work / "autofaiss"
     out.mkdir(exist_ok=True)
     secs, peak, _ = run_measured(
-        [str(py), "-c", AUTOFAISS_SCRIPT, str(work / "emb"), str(out), f"{budget_mb}MB"]
+        [str(py), "-c", AUTOFAISS_SCRIPT, str(work / "emb"), str(out), f"{budget_mb}MB", key]
     )
     infos = json.loads((out / "infos.json").read_text())
     index = faiss.read_index(str(out / "knn.index"), faiss.IO_FLAG_MMAP)
@@ -276,6 +276,13 @@ def main() -> None:
         "--work", default=os.path.join(tempfile.gettempdir(), "laion_spark_bench_index")
     )
     ap.add_argument("--ours-worker", metavar="WORK")
+    ap.add_argument(
+        "--autofaiss-key",
+        default="",
+        help="force autofaiss's index_key (e.g. ours' nlist): its own choice at 1M is "
+        "IVF16384 trained on every vector, hours of k-means on 2 cores",
+    )
+    ap.add_argument("--only", choices=("ours", "autofaiss"), help="run one tool only")
     a = ap.parse_args()
     if a.ours_worker:
         return ours_worker(a.ours_worker, a.budget_mb, a.partitions)
@@ -305,8 +312,10 @@ def main() -> None:
     res = {}
     for name, fn in (
         ("ours", lambda: bench_ours(work, a.budget_mb, a.partitions, a.n)),
-        ("autofaiss", lambda: bench_autofaiss(work, a.budget_mb)),
+        ("autofaiss", lambda: bench_autofaiss(work, a.budget_mb, a.autofaiss_key)),
     ):
+        if a.only and name != a.only:
+            continue
         try:
             r = fn()
             r.update(evaluate(r.pop("index"), q, truth, r.pop("to_rows", None)))

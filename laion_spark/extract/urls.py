@@ -178,11 +178,15 @@ def resolve_image_url(
         return None, path  # path carries the reason
     if len(url) > max_chars:
         return None, URL_TOO_LONG
-    if drop_ext:
-        seg = path.rsplit("/", 1)[-1]
-        if "." in seg and seg.rsplit(".", 1)[-1].lower() in drop_ext:
-            return None, BAD_EXTENSION
+    if drop_ext and has_dropped_extension(path, drop_ext):
+        return None, BAD_EXTENSION
     return url, None
+
+
+def has_dropped_extension(path: str, drop_ext: frozenset[str]) -> bool:
+    """The image type by the LAST path segment's extension (not a substring of the URL)."""
+    seg = path.rsplit("/", 1)[-1]
+    return "." in seg and seg.rsplit(".", 1)[-1].lower() in drop_ext
 
 
 _BAD_HOST_CHARS = frozenset(" <>\"'\\{}|^`")
@@ -338,10 +342,8 @@ def page_resolver(
                 url = f"{url}?{query}"
             if len(raw) > max_chars or len(url) > max_chars:
                 return None, URL_TOO_LONG
-            if drop_ext:
-                seg = path.rsplit("/", 1)[-1]
-                if "." in seg and seg.rsplit(".", 1)[-1].lower() in drop_ext:
-                    return None, BAD_EXTENSION
+            if drop_ext and has_dropped_extension(path, drop_ext):
+                return None, BAD_EXTENSION
             return url, None
         return resolve_image_url(raw, base, max_chars, drop_ext)
 
