@@ -105,7 +105,7 @@ def page_pairs(
     every pair.
 
     The per-image hot path of the extractor: judge_image's two rules inlined (URLs through a
-    per-page urls.page_resolver), the caption rule cached per distinct alt text
+    per-page urls.page_resolver), captions.clean_caption cached per distinct alt text
     (`Rules.caption_cache`), language id cached per distinct caption
     (language.detect_clean); output identical to calling judge_image and ids.sample_id per
     image (tests/test_extract_fast.py).
@@ -131,15 +131,7 @@ def page_pairs(
             continue
         got = cache.get(alt)
         if got is None:
-            if alt.isascii() and alt.isprintable() and len(alt) <= max_c:
-                # clean_caption's path for plain ASCII, inlined (the common case)
-                text = " ".join(alt.split())
-                if len(text) >= min_c:
-                    got = (text, None)
-                else:
-                    got = (None, captions.NO_ALT if not text else captions.CAPTION_TOO_SHORT)
-            else:
-                got = clean(alt, min_c, max_c, fix)
+            got = clean(alt, min_c, max_c, fix)
             if len(alt) <= CACHE_MAX_CHARS:  # long alts rarely repeat; bounds the memory
                 if len(cache) >= CAPTION_CACHE_MAX:
                     cache.clear()
