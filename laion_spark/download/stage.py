@@ -71,11 +71,11 @@ def run(
     sha_f, md5_f = frozenset(sha), frozenset(md5)
     partitions = dc.partitions or max(1, 2 * spark.sparkContext.defaultParallelism)
     by_status: dict[str, int] = {}
-    rows_in = rows_out = commits = 0
+    rows = commits = 0  # every sample taken gets exactly one row: rows in == rows out
     fetch_s = merge_s = 0.0
     retried: set[str] = set()
-    while limit is None or rows_in < limit:
-        want = dc.rows_per_commit if limit is None else min(dc.rows_per_commit, limit - rows_in)
+    while limit is None or rows < limit:
+        want = dc.rows_per_commit if limit is None else min(dc.rows_per_commit, limit - rows)
         chunk = todo(tables, retry_failed)
         if retried:
             # a retried sample that failed again must not be picked up again in this run
@@ -105,15 +105,14 @@ def run(
             retried.update(r["sample_id"] for r in out.select("sample_id").collect())
             if len(retried) >= 10_000:
                 retry_failed = False  # big retry sets: one pass over the failures is enough
-        rows_in += n
-        rows_out += n
+        rows += n
         commits += 1
         if n < want:
             break
     return StageResult(
         "download",
-        rows_in=rows_in,
-        rows_out=rows_out,
+        rows_in=rows,
+        rows_out=rows,
         by_status=by_status,
         seconds=time.time() - t0,
         notes={
