@@ -146,7 +146,9 @@ from laion_spark.extract.reader import iter_file, FileStats
 # one-time per worker (a Spark Python worker keeps them for all its files): the fastText
 # model and ftfy's tables; timed separately, not part of the per-file time
 language._model()
+language._native_model()
 captions.gated_fix_text("\u00e9")
+captions.unescape_entities("&amp;")
 load_s = time.perf_counter() - t0
 path, out, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 t = time.perf_counter()

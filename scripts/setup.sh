@@ -2,6 +2,7 @@
 # One-shot, idempotent environment setup for laion_spark.
 #  - checks Java (Spark 4 needs 17+) and Maven
 #  - creates .venv and installs the package with its dev extras (pip cache keeps torch)
+#  - builds laion-spark-native, the compiled WAT extractor (Rust, native/), into .venv
 #  - fetches the Delta Lake jars from Maven Central into a local cache, so later runs are offline
 #  - installs Chromium + chromedriver (Debian) for the web page's browser test
 set -euo pipefail
@@ -31,6 +32,15 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   touch "$stamp"
 else
   say "$VENV up to date"
+fi
+
+# the compiled extract path (Rust, native/): rebuilt when its sources change
+command -v cargo >/dev/null || die "Rust's cargo not found; it builds laion-spark-native, the compiled WAT extractor in native/ (https://rustup.rs, or Debian: apt-get install cargo)."
+native_stamp="$VENV/.laion-spark-native-installed"
+if [ ! -f "$native_stamp" ] || [ -n "$(find native -newer "$native_stamp" -not -path 'native/target*' -print -quit)" ]; then
+  say "building laion-spark-native (Rust, first time fetches its crates from crates.io)"
+  "$VENV/bin/pip" install -q ./native || die "could not build native/ (see the cargo output above)"
+  touch "$native_stamp"
 fi
 
 mkdir -p "$JAR_DIR"

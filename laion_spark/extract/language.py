@@ -60,11 +60,51 @@ def detect_clean(text: str) -> tuple[str | None, float]:
     # one line of text, "\n"-terminated, as fastText's own wrapper passes it
     pred = _model().f.predict(text + "\n", 1, 0.0, "strict")
     out = (pred[0][1].replace("__label__", ""), min(1.0, pred[0][0])) if pred else (None, 0.0)
+    _remember(text, out)
+    return out
+
+
+_NATIVE: object = None  # laion_spark_native.LanguageId, False when not installed
+
+
+def _native_model():
+    """The compiled lid.176 (laion_spark_native.LanguageId: fastText's scores bit for bit,
+    about 5x faster per caption), or None when the package is not installed."""
+    global _NATIVE
+    if _NATIVE is None:
+        with _LOCK:
+            if _NATIVE is None:
+                try:
+                    import laion_spark_native
+                except ImportError:
+                    _NATIVE = False
+                else:
+                    _NATIVE = laion_spark_native.LanguageId(model_path())
+    return _NATIVE or None
+
+
+def detect_many(texts: list[str], native: bool = True) -> list[tuple[str | None, float]]:
+    """detect_clean of each text (already whitespace-collapsed), the cache misses sent to
+    the compiled model in one call when it is installed and `native` is on."""
+    model = _native_model() if native else None
+    if model is None:
+        return [detect_clean(t) for t in texts]
+    out = [_CACHE.get(t) for t in texts]
+    miss = [i for i, got in enumerate(out) if got is None and texts[i]]
+    if miss:
+        found = model.predict_batch([texts[i] for i in miss])
+        for i, (label, prob) in zip(miss, found, strict=True):
+            got = (label, min(1.0, prob)) if label is not None else (None, 0.0)
+            out[i] = got
+            _remember(texts[i], got)
+    return [got if got is not None else (None, 0.0) for got in out]
+
+
+def _remember(text: str, got: tuple[str | None, float]) -> None:
     if len(text) <= CACHE_MAX_CHARS:  # long captions rarely repeat; bounds the memory
         if len(_CACHE) >= CACHE_MAX:
             _CACHE.clear()
-        _CACHE[text] = out
-    return out
+        _CACHE[text] = got
 
 
 def language_group(

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 from laion_spark.extract.html import HtmlError, parse_html
 from laion_spark.extract.pairs import Page, Pair, Rules, fill_language, page_pairs
 from laion_spark.extract.wat import WatError, parse_wat_json
+from laion_spark.extract.wat_native import WatExtractor, wat_extractor
 
 # error reasons (keys of extract_stats.errors)
 OPEN_FAILED = "open_failed"
@@ -139,6 +140,7 @@ def extract_records(
     src = _CountingReader(stream)
     it = ArchiveIterator(src, record_types=wanted, parse_http=True, max_content_length=None)
     batch: list[tuple[Pair, int]] = []  # pairs waiting for language id (fill_language)
+    native = wat_extractor(rules)
     while True:
         if len(batch) >= LANGUAGE_BATCH:
             fill_language([p for p, _ in batch], rules)
@@ -157,9 +159,13 @@ def extract_records(
         offset = record.stream_pos
         n0 = len(batch)
         try:
-            page = _record_page(record, offset, rules, stats)
+            page = _record_page(record, offset, rules, stats, native)
             if page is not None:
-                found = page_pairs(page, rules, stats.rejected, True, stats.crawl_id)
+                found = (
+                    page
+                    if isinstance(page, list)  # pairs from the compiled WAT extractor
+                    else page_pairs(page, rules, stats.rejected, True, stats.crawl_id)
+                )
                 batch.extend(zip(found, repeat(offset)))
         except BaseException as e:  # never let one record kill the file
             if isinstance(e, _PASS_THROUGH):
@@ -173,9 +179,12 @@ def extract_records(
         stats.error(STREAM_ERROR, f"reading stopped at byte {src.pos} before end of file")
 
 
-def _record_page(record, offset: int, rules: Rules, stats: FileStats) -> Page | None:
+def _record_page(
+    record, offset: int, rules: Rules, stats: FileStats, native: WatExtractor | None = None
+) -> Page | list[Pair] | None:
     """The Page of a WAT metadata or WARC response record (None for other records and bad
-    ones, which are counted in stats)."""
+    ones, which are counted in stats); for a WAT record the compiled extractor (`native`)
+    handles, its pairs instead."""
     from fastwarc.warc import WarcRecordType
 
     rtype = record.record_type
@@ -202,8 +211,17 @@ def _record_page(record, offset: int, rules: Rules, stats: FileStats) -> Page | 
             if b'"HTML-Metadata"' in data:
                 stats.pages += 1
             return None
+        record_url = record.headers.get("WARC-Target-URI")
+        if native is not None:
+            got = native(data, record_url, stats.rejected, stats.crawl_id)
+            if got is False:
+                return None  # not an HTML response (request, non-HTML metadata)
+            if got is not None:
+                stats.pages += 1
+                return got
+            # None: a shape the compiled path leaves to Python (errors are counted there)
         try:
-            page = parse_wat_json(data, record.headers.get("WARC-Target-URI"))
+            page = parse_wat_json(data, record_url)
         except WatError as e:
             stats.error(e.reason, f"offset {offset}: {e}")
             return None

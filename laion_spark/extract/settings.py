@@ -37,6 +37,10 @@ class ExtractConfig:
     max_page_bytes: int = 5_000_000
     max_wat_record_bytes: int = 5_000_000
     max_images_per_page: int = 2000
+    # --- speed ---
+    # WAT records through the compiled extractor (package laion-spark-native, built from
+    # native/ by scripts/setup.sh) when it is installed; same pairs as the Python path
+    native: bool = True
     # --- provenance ---
     crawl_id: str | None = None
     # which languages count as `en` for the en / multi / nolang split

@@ -68,7 +68,7 @@ def resolve_base(page_url: str, base_href: str | None) -> str:
 
 
 @lru_cache(maxsize=256)
-def _base_parts(base: str) -> tuple[str, str, str] | None:
+def base_parts(base: str) -> tuple[str, str, str] | None:
     """(scheme, 'scheme://netloc', 'scheme://netloc/dir/') of a page URL, once per page."""
     try:
         scheme, netloc, path, _, _ = urlsplit(base)
@@ -87,7 +87,7 @@ def join_url(base: str, raw: str) -> str:
     fragment or colon are joined directly (urljoin's own cost dominated extraction); anything
     else goes through urljoin. A fuzz test checks the two agree.
     """
-    parts = _base_parts(base)
+    parts = base_parts(base)
     if parts is not None and raw[:1] == ".":
         joined = _join_dot_segments(parts, raw)
         if joined is not None:
@@ -298,6 +298,17 @@ _RAW_REL = re.compile(
 Resolver = Callable[[str | None], tuple[str | None, str | None]]
 
 
+def page_origin(parts: tuple[str, str, str] | None) -> tuple[str, str] | None:
+    """(lower-cased 'scheme://host', directory path) of a base split by base_parts, when
+    it has the plain shape relative `src` values can be concatenated onto; else None."""
+    if parts is None:
+        return None
+    m = _SIMPLE_URL.fullmatch(parts[2])
+    if m is None or m.group(4) is not None or "//" in (m.group(3) or ""):
+        return None
+    return f"{m.group(1)}://{m.group(2).lower()}", m.group(3) or "/"
+
+
 def page_resolver(
     base: str, max_chars: int = 2048, drop_ext: frozenset[str] = frozenset()
 ) -> Resolver:
@@ -307,13 +318,8 @@ def page_resolver(
     same-site relative paths of plain printable ASCII) are resolved by one regex match and
     string concatenation, everything else by resolve_image_url. Same results (fuzz-tested).
     """
-    origin = directory = None
-    parts = _base_parts(base)
-    if parts is not None:
-        m = _SIMPLE_URL.fullmatch(parts[2])
-        if m is not None and m.group(4) is None and "//" not in (m.group(3) or ""):
-            origin = f"{m.group(1)}://{m.group(2).lower()}"
-            directory = m.group(3) or "/"
+    parts = base_parts(base)
+    origin, directory = page_origin(parts) or (None, None)
 
     def resolve(raw: str | None) -> tuple[str | None, str | None]:
         if raw:

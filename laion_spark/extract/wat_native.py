@@ -1,0 +1,104 @@
+"""WAT records through the compiled extractor (package `laion-spark-native`, built from
+`native/` by scripts/setup.sh), with the Python rules as its reference and fallback.
+
+The Rust core parses the record's JSON, walks its links and applies the URL and caption
+rules for the common shapes; whatever it does not handle itself it either calls back into
+(the functions below: entities, non-ASCII captions, URLs that need urljoin/IDNA) or hands
+back whole (unusual JSON shapes), and `wat.parse_wat_json` + `pairs.page_pairs` do it.
+Same pairs, same counts either way (tests/test_extract_native.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from laion_spark.extract import urls
+from laion_spark.extract.captions import unescape_entities
+from laion_spark.extract.license import page_license
+from laion_spark.extract.pairs import Pair, Rules
+from laion_spark.ids import normalize_caption
+
+log = logging.getLogger(__name__)
+_WARNED = False
+
+# the result of one record: None = Python must do it, False = no HTML page in it
+NativeResult = list[Pair] | bool | None
+# (payload, record_url, rejected counter, crawl_id) -> NativeResult
+WatExtractor = Callable[[bytes, str | None, Counter, str | None], NativeResult]
+
+
+def available() -> bool:
+    try:
+        import laion_spark_native  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def wat_extractor(rules: Rules) -> WatExtractor | None:
+    """A function (payload, record_url, rejected, crawl_id) -> NativeResult for these rules;
+    None when the rules turn it off or the compiled package is not installed."""
+    global _WARNED
+    if not rules.native:
+        return None
+    try:
+        import laion_spark_native
+    except ImportError:
+        if not _WARNED:
+            _WARNED = True
+            log.warning(
+                "laion-spark-native is not installed: extracting WAT records in pure Python "
+                "(same pairs, about 2-3x slower); scripts/setup.sh builds it from native/"
+            )
+        return None
+
+    def clean_alt(alt: str) -> tuple[str | None, str | None, str | None]:
+        alt = unescape_entities(alt)
+        got = rules.caption_cache.get(alt)
+        text, why = got if got is not None else rules.clean_caption(alt)
+        if why:
+            return None, why, None
+        assert text is not None
+        return text, None, text if text.isascii() else normalize_caption(text)
+
+    def page_setup(page_url: str, base_href: str | None) -> tuple[Any, Any, str]:
+        href = unescape_entities(base_href) if isinstance(base_href, str) else None
+        base = urls.resolve_base(page_url, href)
+        parts = urls.base_parts(base)
+        return parts, urls.page_origin(parts), base
+
+    def resolve_url(raw: str, base: str) -> tuple[str | None, str | None]:
+        return urls.resolve_image_url(raw, base, rules.max_url_chars, rules.drop_extensions)
+
+    core = laion_spark_native.WatExtractor(
+        rules.min_caption_chars,
+        rules.max_caption_chars,
+        rules.max_url_chars,
+        sorted(rules.drop_extensions),
+        rules.max_images_per_page,
+        rules.dedup_by_url,
+        clean_alt,
+        unescape_entities,
+        page_setup,
+        resolve_url,
+    )
+
+    def extract(
+        payload: bytes, record_url: str | None, rejected: Counter, crawl_id: str | None
+    ) -> NativeResult:
+        got = core.record(payload, record_url)
+        if got is None or got is False:
+            return got
+        page_url, lic_links, found, counts = got
+        if counts:
+            rejected.update(counts)
+        lic = page_license(lic_links) if lic_links else None
+        return [
+            Pair(sid, url, text, page_url, None, 0.0, "", lic, crawl_id)
+            for sid, url, text in found
+        ]
+
+    return extract
