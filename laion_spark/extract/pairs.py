@@ -183,6 +183,8 @@ def fill_language(pairs: list[Pair], rules: Rules) -> None:
     """
     group_of = language.language_group
     min_score, english = rules.min_language_score, rules.english_codes
+    # pairs of the compiled WAT extractor arrive with their language set
+    pairs = [pair for pair in pairs if not pair.language_group]
     if rules.language_id:
         found = language.detect_many([pair.text for pair in pairs], rules.native)
         for pair, (code, score) in zip(pairs, found, strict=True):

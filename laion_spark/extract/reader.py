@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, BinaryIO
 
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
 from laion_spark.extract.html import HtmlError, parse_html
 from laion_spark.extract.pairs import Page, Pair, Rules, fill_language, page_pairs
 from laion_spark.extract.wat import WatError, parse_wat_json
@@ -134,8 +136,6 @@ def extract_records(
     stream: BinaryIO, source_file: str, rules: Rules, stats: FileStats
 ) -> Iterator[tuple[Pair, int]]:
     """(pair, record offset) for every pair in the stream; stats updated in place."""
-    from fastwarc.warc import ArchiveIterator, WarcRecordType
-
     wanted = WarcRecordType.warcinfo | WarcRecordType.response | WarcRecordType.metadata
     src = _CountingReader(stream)
     it = ArchiveIterator(src, record_types=wanted, parse_http=True, max_content_length=None)
@@ -172,6 +172,8 @@ def extract_records(
                 raise
             stats.error(RECORD_ERROR, f"offset {offset}: {e!r}"[:300])
         stats.pairs += len(batch) - n0  # what a failing page yielded before failing stays
+    if native is not None:
+        native.drain_rejected(stats.rejected)
     fill_language([p for p, _ in batch], rules)
     yield from batch
     if not src.eof and not stats.errors.get(STREAM_ERROR):
@@ -185,8 +187,6 @@ def _record_page(
     """The Page of a WAT metadata or WARC response record (None for other records and bad
     ones, which are counted in stats); for a WAT record the compiled extractor (`native`)
     handles, its pairs instead."""
-    from fastwarc.warc import WarcRecordType
-
     rtype = record.record_type
     if rtype == WarcRecordType.warcinfo:
         if stats.crawl_id is None:
@@ -213,7 +213,7 @@ def _record_page(
             return None
         record_url = record.headers.get("WARC-Target-URI")
         if native is not None:
-            got = native(data, record_url, stats.rejected, stats.crawl_id)
+            got = native(data, record_url, stats.crawl_id)
             if got is False:
                 return None  # not an HTML response (request, non-HTML metadata)
             if got is not None:

@@ -21,7 +21,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyList, PyTuple};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -502,6 +502,12 @@ struct WatExtractor {
     page_setup: PyObject,
     // (raw src, base) -> (url | None, reason | None): urls.resolve_image_url with the rules
     resolve_url: PyObject,
+    // rejection counts of the records so far (take_rejected hands them over)
+    rejected: HashMap<Cow<'static, str>, u64>,
+    // language id of the kept captions (None: language_id off, every pair `nolang`)
+    language: Option<Py<LanguageId>>,
+    min_language_score: f64,
+    english_codes: HashSet<String>,
 }
 
 impl WatExtractor {
@@ -598,6 +604,31 @@ impl WatExtractor {
         Ok(Ok(url))
     }
 
+    /// language.detect_clean + language.language_group of a clean caption:
+    /// (code | None, min(1.0, probability), "en" | "multi" | "nolang").
+    fn language_of(
+        &self,
+        model: Option<&lid::LidModel>,
+        text: &str,
+    ) -> (Option<String>, f64, &'static str) {
+        let found = match model {
+            Some(m) if !text.is_empty() => m.predict(text),
+            _ => None,
+        };
+        let Some((code, prob)) = found else {
+            return (None, 0.0, "nolang");
+        };
+        let score = (prob as f64).min(1.0);
+        let group = if score < self.min_language_score {
+            "nolang"
+        } else if self.english_codes.contains(code) {
+            "en"
+        } else {
+            "multi"
+        };
+        (Some(code.to_string()), score, group)
+    }
+
     /// captions.clean_caption (+ the sample_id form of the caption) of one alt.
     fn caption(
         &self,
@@ -621,6 +652,11 @@ impl WatExtractor {
 #[pymethods]
 impl WatExtractor {
     #[new]
+    #[pyo3(signature = (
+        min_caption_chars, max_caption_chars, max_url_chars, drop_extensions,
+        max_images_per_page, dedup_by_url, clean_alt, unescape, page_setup, resolve_url,
+        language, min_language_score, english_codes
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         min_caption_chars: usize,
@@ -633,6 +669,9 @@ impl WatExtractor {
         unescape: PyObject,
         page_setup: PyObject,
         resolve_url: PyObject,
+        language: Option<Py<LanguageId>>,
+        min_language_score: f64,
+        english_codes: Vec<String>,
     ) -> Self {
         WatExtractor {
             min_caption_chars,
@@ -645,17 +684,27 @@ impl WatExtractor {
             unescape,
             page_setup,
             resolve_url,
+            rejected: HashMap::new(),
+            language,
+            min_language_score,
+            english_codes: english_codes.into_iter().collect(),
         }
+    }
+
+    /// {rejection reason: count} of the records since the last call (then cleared).
+    fn take_rejected(&mut self) -> HashMap<String, u64> {
+        self.rejected.drain().map(|(k, v)| (k.into_owned(), v)).collect()
     }
 
     /// Pairs of one WAT JSON record.
     ///
     /// None: Python must do this record (unusual shape or invalid JSON); False: no HTML page
-    /// in it; else (page_url, license links [(href, rel)], [(sample_id, url, text)],
-    /// {rejection reason: count}).
+    /// in it; else (page_url, license links [(href, rel)], [(sample_id, url, text, language,
+    /// language_score, language_group)]). The images it rejects are counted by reason
+    /// (take_rejected).
     #[pyo3(signature = (data, record_url=None))]
     fn record(
-        &self,
+        &mut self,
         py: Python<'_>,
         data: &[u8],
         record_url: Option<&str>,
@@ -672,11 +721,10 @@ impl WatExtractor {
             Parsed::NotHtml => return Ok(false.into_py(py)),
             Parsed::Page(p) => p,
         };
-        let mut rejected: HashMap<Cow<'static, str>, u64> = HashMap::new();
         let mut images = page.images;
         if images.len() > self.max_images_per_page {
             let extra = images.len() - self.max_images_per_page;
-            *rejected.entry(TOO_MANY_IMAGES.into()).or_default() += extra as u64;
+            *self.rejected.entry(TOO_MANY_IMAGES.into()).or_default() += extra as u64;
             images.truncate(self.max_images_per_page);
         }
         let simple = if page.base.is_none() { simple_page_base(&page.url) } else { None };
@@ -699,13 +747,13 @@ impl WatExtractor {
         let mut seen_urls: HashSet<String> = HashSet::new();
         for (src, alt) in images {
             let Some(alt) = alt else {
-                *rejected.entry(NO_ALT.into()).or_default() += 1;
+                *self.rejected.entry(NO_ALT.into()).or_default() += 1;
                 continue;
             };
             let (text, key) = match self.caption(py, &alt)? {
                 Ok(t) => t,
                 Err(reason) => {
-                    *rejected.entry(reason).or_default() += 1;
+                    *self.rejected.entry(reason).or_default() += 1;
                     continue;
                 }
             };
@@ -722,7 +770,7 @@ impl WatExtractor {
             let url = match url {
                 Ok(u) => u,
                 Err(reason) => {
-                    *rejected.entry(reason).or_default() += 1;
+                    *self.rejected.entry(reason).or_default() += 1;
                     continue;
                 }
             };
@@ -733,11 +781,11 @@ impl WatExtractor {
             let digest: [u8; 32] = h.finalize().into();
             let head: [u8; 16] = digest[..16].try_into().expect("16 bytes");
             if !seen_ids.insert(head) {
-                *rejected.entry(DUPLICATE_IN_PAGE.into()).or_default() += 1;
+                *self.rejected.entry(DUPLICATE_IN_PAGE.into()).or_default() += 1;
                 continue;
             }
             if self.dedup_by_url && !seen_urls.insert(url.clone()) {
-                *rejected.entry(DUPLICATE_URL_IN_PAGE.into()).or_default() += 1;
+                *self.rejected.entry(DUPLICATE_URL_IN_PAGE.into()).or_default() += 1;
                 continue;
             }
             kept.push((hex(&head), url, text));
@@ -747,14 +795,12 @@ impl WatExtractor {
             lic.append((href.as_ref(), rel.as_deref()))?;
         }
         let pairs = PyList::empty_bound(py);
+        let model = self.language.as_ref().map(|m| &m.get().model);
         for (sid, url, text) in kept {
-            pairs.append((sid, url, text))?;
+            let (code, score, group) = self.language_of(model, &text);
+            pairs.append((sid, url, text, code, score, group))?;
         }
-        let counts = PyDict::new_bound(py);
-        for (reason, n) in rejected {
-            counts.set_item(reason.as_ref(), n)?;
-        }
-        Ok(PyTuple::new_bound(py, [page.url.into_py(py), lic.into_py(py), pairs.into_py(py), counts.into_py(py)])
+        Ok(PyTuple::new_bound(py, [page.url.into_py(py), lic.into_py(py), pairs.into_py(py)])
             .into_py(py))
     }
 }
