@@ -248,3 +248,15 @@ def test_native_language_id_equals_fasttext(texts):
     assert language._native_model() is not None
     # same labels and the same float scores, bit for bit (the score is stored)
     assert native == python
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["&amp;lt; tag", "&#39;quoted&#x27; text", "&#0000039;zeros", "del &#127; gone", "tilde &#x7E;",
+     "&AMP; upper", "&amp no semicolon", "a&b;c d e", "&#12345678; big", "&quot;&apos;&nbsp;x",
+     "x&#32;y z w", "&#x1F600; smile", "&eacute;t&eacute;", "&#9; tab", "&lt;&gt;&amp;&amp;"],
+)
+def test_entities_decode_like_python(text):
+    links = [{"path": "IMG@/src", "url": f"/i.jpg?a=1{text[:6]}", "alt": text}]
+    data = json.dumps(_wat_doc("http://h.example/p/q.html", links)).encode()
+    assert _same(data, {"min_caption_chars": 1})

@@ -211,9 +211,9 @@ def _record_page(
             if b'"HTML-Metadata"' in data:
                 stats.pages += 1
             return None
-        record_url = record.headers.get("WARC-Target-URI")
         if native is not None:
-            got = native(data, record_url, stats.crawl_id)
+            # WAT JSON names its page; without it the core hands the record back (below)
+            got = native(data, None, stats.crawl_id)
             if got is False:
                 return None  # not an HTML response (request, non-HTML metadata)
             if got is not None:
@@ -221,7 +221,7 @@ def _record_page(
                 return got
             # None: a shape the compiled path leaves to Python (errors are counted there)
         try:
-            page = parse_wat_json(data, record_url)
+            page = parse_wat_json(data, record.headers.get("WARC-Target-URI"))
         except WatError as e:
             stats.error(e.reason, f"offset {offset}: {e}")
             return None

@@ -320,20 +320,69 @@ fn is_url_blank(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b' | '\0')
 }
 
-/// Whether captions.unescape_entities would change `s`: an `&` starting one of its
-/// entities (`&#123;`, `&#x1F;`, `&name;` with a 2-32 character name), each with its ';'.
-fn has_entity(s: &str) -> bool {
+/// The entity of captions.unescape_entities at the start of `rest` (just after an `&`):
+/// `#123;`, `#x1F;` or `name;` with a 2-32 character name, each with its ';'. Returns
+/// (bytes up to and including the ';', the part between `&` and ';').
+fn entity_at(rest: &[u8]) -> Option<(usize, &[u8])> {
+    let run = |from: usize, ok: fn(&u8) -> bool| rest[from..].iter().take_while(|c| ok(c)).count();
+    let (start, n, lo, hi) = match rest {
+        [b'#', b'x' | b'X', ..] => (2, run(2, u8::is_ascii_hexdigit), 1, 6),
+        [b'#', ..] => (1, run(1, u8::is_ascii_digit), 1, 7),
+        [c, ..] if c.is_ascii_alphabetic() => (0, run(0, u8::is_ascii_alphanumeric), 2, 32),
+        _ => return None,
+    };
+    ((lo..=hi).contains(&n) && rest.get(start + n) == Some(&b';'))
+        .then(|| (start + n + 1, &rest[..start + n]))
+}
+
+/// What html.unescape gives for an entity body, for the ones that decode to printable
+/// ASCII (`amp`, `lt`, `gt`, `quot`, `apos`, and numeric references to U+0020..U+007E);
+/// None for every other one (Python decodes those).
+fn simple_entity(body: &[u8]) -> Option<u8> {
+    let code = match body {
+        b"amp" => return Some(b'&'),
+        b"lt" => return Some(b'<'),
+        b"gt" => return Some(b'>'),
+        b"quot" => return Some(b'"'),
+        b"apos" => return Some(b'\''),
+        [b'#', b'x' | b'X', hex @ ..] => u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?,
+        [b'#', dec @ ..] => std::str::from_utf8(dec).ok()?.parse::<u32>().ok()?,
+        _ => return None,
+    };
+    u8::try_from(code).ok().filter(|c| (0x20..=0x7e).contains(c))
+}
+
+/// captions.unescape_entities(s) when every entity in `s` is a simple one (the text is
+/// unchanged when it has none); None when Python has to decode it.
+fn unescape_simple(s: &str) -> Option<Cow<'_, str>> {
     let b = s.as_bytes();
-    memchr::memchr_iter(b'&', b).any(|at| {
-        let rest = &b[at + 1..];
-        let run = |from: usize, ok: fn(&u8) -> bool| rest[from..].iter().take_while(|c| ok(c)).count();
-        let (start, n, lo, hi) = match rest {
-            [b'#', b'x' | b'X', ..] => (2, run(2, u8::is_ascii_hexdigit), 1, 6),
-            [b'#', ..] => (1, run(1, u8::is_ascii_digit), 1, 7),
-            [c, ..] if c.is_ascii_alphabetic() => (0, run(0, u8::is_ascii_alphanumeric), 2, 32),
-            _ => return false,
-        };
-        (lo..=hi).contains(&n) && rest.get(start + n) == Some(&b';')
+    let Some(first) = memchr::memchr(b'&', b) else {
+        return Some(Cow::Borrowed(s));
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = first;
+    let mut copied = 0; // bytes of `s` already in `out`
+    while let Some(k) = memchr::memchr(b'&', &b[i..]) {
+        let at = i + k;
+        match entity_at(&b[at + 1..]) {
+            Some((len, body)) => {
+                let c = simple_entity(body)?;
+                let o = out.get_or_insert_with(|| Vec::with_capacity(b.len()));
+                o.extend_from_slice(&b[copied..at]);
+                o.push(c);
+                copied = at + 1 + len;
+                i = copied;
+            }
+            None => i = at + 1,
+        }
+    }
+    Some(match out {
+        None => Cow::Borrowed(s),
+        Some(mut o) => {
+            o.extend_from_slice(&b[copied..]);
+            // only ASCII bytes were put in place of whole entities: still UTF-8
+            Cow::Owned(String::from_utf8(o).expect("ASCII replaced ASCII"))
+        }
     })
 }
 
@@ -635,10 +684,12 @@ impl WatExtractor {
         py: Python<'_>,
         alt: &str,
     ) -> PyResult<Result<(String, Option<String>), Cow<'static, str>>> {
-        if alt.is_ascii() && !has_entity(alt) {
-            return Ok(clean_ascii(alt, self.min_caption_chars, self.max_caption_chars)
-                .map(|t| (t, None))
-                .map_err(Cow::Borrowed));
+        if alt.is_ascii() {
+            if let Some(alt) = unescape_simple(alt) {
+                return Ok(clean_ascii(&alt, self.min_caption_chars, self.max_caption_chars)
+                    .map(|t| (t, None))
+                    .map_err(Cow::Borrowed));
+            }
         }
         let got: (Option<String>, Option<String>, Option<String>) =
             self.clean_alt.call1(py, (alt,))?.extract(py)?;
@@ -758,10 +809,12 @@ impl WatExtractor {
                 }
             };
             let src = match src {
-                Some(s) if has_entity(&s) => {
-                    Some(Cow::Owned(self.unescape.call1(py, (s.as_ref(),))?.extract(py)?))
-                }
-                other => other,
+                Some(s) => match unescape_simple(&s) {
+                    Some(Cow::Owned(decoded)) => Some(Cow::Owned(decoded)),
+                    Some(Cow::Borrowed(_)) => Some(s),
+                    None => Some(Cow::Owned(self.unescape.call1(py, (s.as_ref(),))?.extract(py)?)),
+                },
+                None => None,
             };
             let url = match src.as_deref() {
                 None | Some("") => Err(Cow::Borrowed(EMPTY_URL)),
