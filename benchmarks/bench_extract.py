@@ -11,7 +11,9 @@ URLs, svg/gif/data: junk). cc2dataset is installed in its own venv
 that function over files). Ours: the function one Spark task runs,
 `laion_spark.extract.reader.iter_file`, twice: with the default (LAION-5B) rules, and with
 cc2dataset's rules (min caption 1 char, svg/gif kept, no language id) so that pair counts
-compare like for like. Runs are interleaved, best of --repeat each. Optional `--spark` also
+compare like for like. Ours runs the compiled WAT path (laion-spark-native, built by
+scripts/setup.sh) unless `--no-native` (the pure-Python path, same output). Runs are
+interleaved, best of --repeat each. Optional `--spark` also
 times the whole stage on local[1] into Delta. Prints one `result:` line at the end:
 `ratio` = pairs/s ours / cc2dataset, `file_speed_ratio` = cc2dataset seconds / ours on the
 same file, `*_same_rules` the same with cc2dataset's rules, `distinct_caption_share` = how
@@ -249,6 +251,9 @@ def main() -> None:
     ap.add_argument("--links", type=int, default=60, help="<a> links per page")
     ap.add_argument("--repeat", type=int, default=3, help="best of N timed runs")
     ap.add_argument("--spark", action="store_true", help="also time the Spark stage (local[1])")
+    ap.add_argument(
+        "--no-native", action="store_true", help="ours on the pure-Python path (extract.native=false)"
+    )
     args = ap.parse_args()
 
     sys.path.insert(0, ROOT)
@@ -267,7 +272,7 @@ def main() -> None:
     )
 
     err = ensure_peer_venv()
-    default_opts = ExtractConfig().to_options()
+    default_opts = dict(ExtractConfig().to_options(), native=not args.no_native)
     same_opts = dict(default_opts, **SAME_RULES)
     ours_out = os.path.join(work, "ours.jsonl")
     same_out = os.path.join(work, "ours_same_rules.jsonl")
@@ -340,7 +345,8 @@ def main() -> None:
         f"ours_pairs={ours['pairs']} ours_same_rules_pairs={same['pairs']} "
         f"cc2dataset_pairs={peer['pairs']} ours_s={ours['seconds']:.3f} "
         f"ours_same_rules_s={same['seconds']:.3f} cc2dataset_s={peer['seconds']:.3f} "
-        f"distinct_caption_share={rep['distinct_share']:.4f} wat_mb={size / 1e6:.1f}" + extra
+        f"distinct_caption_share={rep['distinct_share']:.4f} wat_mb={size / 1e6:.1f} "
+        f"native={int(not args.no_native)}" + extra
     )
 
 

@@ -61,6 +61,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
 }
 
 type Str<'a> = Option<Cow<'a, str>>;
+/// A rejection reason: one of the constants above, or one Python returned.
+type Reason = Cow<'static, str>;
+/// What urls.base_parts / urls.page_origin / urls.resolve_base give for a page (Python).
+type PageSetup = (
+    Option<(String, String, String)>,
+    Option<(String, String)>,
+    String,
+);
 
 #[derive(Deserialize)]
 struct Doc<'a> {
@@ -209,7 +217,12 @@ fn orjson_may_reject(b: &[u8]) -> bool {
                 if matches!(b.get(j), Some(b'+' | b'-')) {
                     j += 1;
                 }
-                if b[j.min(b.len())..].iter().take_while(|d| d.is_ascii_digit()).count() >= 3 {
+                if b[j.min(b.len())..]
+                    .iter()
+                    .take_while(|d| d.is_ascii_digit())
+                    .count()
+                    >= 3
+                {
                     return true;
                 }
             }
@@ -233,7 +246,10 @@ fn parse_record<'a>(text: &'a str, has_cc: bool, record_url: Option<&'a str>) ->
     let Some(Obj(meta)) = meta else {
         return Parsed::NotHtml;
     };
-    let uri = env.warc.and_then(|w| w.0.target_uri).filter(|u| !u.is_empty());
+    let uri = env
+        .warc
+        .and_then(|w| w.0.target_uri)
+        .filter(|u| !u.is_empty());
     let url = match uri {
         Some(u) => u,
         None => match record_url {
@@ -272,7 +288,12 @@ fn parse_record<'a>(text: &'a str, has_cc: bool, record_url: Option<&'a str>) ->
             lic_links.push((u, hl.rel));
         }
     }
-    Parsed::Page(Page { url, images, base, lic_links })
+    Parsed::Page(Page {
+        url,
+        images,
+        base,
+        lic_links,
+    })
 }
 
 /// captions.clean_caption for ASCII text without entities.
@@ -297,7 +318,11 @@ fn clean_ascii(alt: &str, min_c: usize, max_c: usize) -> Result<String, &'static
     if out.len() < min_c {
         // Python: NO_ALT if the alt was only whitespace (str.strip), else too short
         let blank = alt.bytes().all(|b| matches!(b, 9..=13 | 0x1c..=0x20));
-        return Err(if out.is_empty() && blank { NO_ALT } else { CAPTION_TOO_SHORT });
+        return Err(if out.is_empty() && blank {
+            NO_ALT
+        } else {
+            CAPTION_TOO_SHORT
+        });
     }
     if out.len() > max_c {
         return Err(CAPTION_TOO_LONG);
@@ -345,11 +370,15 @@ fn simple_entity(body: &[u8]) -> Option<u8> {
         b"gt" => return Some(b'>'),
         b"quot" => return Some(b'"'),
         b"apos" => return Some(b'\''),
-        [b'#', b'x' | b'X', hex @ ..] => u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?,
+        [b'#', b'x' | b'X', hex @ ..] => {
+            u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?
+        }
         [b'#', dec @ ..] => std::str::from_utf8(dec).ok()?.parse::<u32>().ok()?,
         _ => return None,
     };
-    u8::try_from(code).ok().filter(|c| (0x20..=0x7e).contains(c))
+    u8::try_from(code)
+        .ok()
+        .filter(|c| (0x20..=0x7e).contains(c))
 }
 
 /// captions.unescape_entities(s) when every entity in `s` is a simple one (the text is
@@ -492,7 +521,11 @@ fn join_dot_segments(origin: &str, directory: &str, raw: &str) -> Option<String>
         return None;
     }
     let segs: Vec<&str> = dpath.split('/').collect();
-    let segs = if segs.len() >= 2 { &segs[1..segs.len() - 1] } else { &segs[0..0] };
+    let segs = if segs.len() >= 2 {
+        &segs[1..segs.len() - 1]
+    } else {
+        &segs[0..0]
+    };
     let keep = &segs[..segs.len().saturating_sub(up)];
     let mut out = String::with_capacity(origin.len() + rest.len() + 64);
     out.push_str(origin);
@@ -528,11 +561,19 @@ fn simple_page_base(page_url: &str) -> Option<PageBase> {
             Some(k) => &path[..=k],
             None => "/",
         };
-        let origin = (!dir.contains("//"))
-            .then(|| (format!("{scheme}://{}", host.to_ascii_lowercase()), dir.to_string()));
+        let origin = (!dir.contains("//")).then(|| {
+            (
+                format!("{scheme}://{}", host.to_ascii_lowercase()),
+                dir.to_string(),
+            )
+        });
         (Some((netloc.clone(), format!("{netloc}{dir}"))), origin)
     };
-    Some(PageBase { parts, origin, base: page_url.to_string() })
+    Some(PageBase {
+        parts,
+        origin,
+        base: page_url.to_string(),
+    })
 }
 
 #[pyclass(module = "laion_spark_native")]
@@ -552,7 +593,7 @@ struct WatExtractor {
     // (raw src, base) -> (url | None, reason | None): urls.resolve_image_url with the rules
     resolve_url: PyObject,
     // rejection counts of the records so far (take_rejected hands them over)
-    rejected: HashMap<Cow<'static, str>, u64>,
+    rejected: HashMap<Reason, u64>,
     // language id of the kept captions (None: language_id off, every pair `nolang`)
     language: Option<Py<LanguageId>>,
     min_language_score: f64,
@@ -576,15 +617,24 @@ impl WatExtractor {
         let n = if cleaned.len() <= self.max_url_chars {
             0 // at most as many characters as bytes
         } else {
-            cleaned.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).count()
+            cleaned
+                .chars()
+                .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+                .count()
         };
-        Some(if n > self.max_url_chars { URL_TOO_LONG } else { reason })
+        Some(if n > self.max_url_chars {
+            URL_TOO_LONG
+        } else {
+            reason
+        })
     }
 
     fn has_dropped_extension(&self, path: &str) -> bool {
         let seg = path.rsplit('/').next().unwrap_or("");
         match seg.rfind('.') {
-            Some(k) => self.drop_extensions.contains(&seg[k + 1..].to_ascii_lowercase()),
+            Some(k) => self
+                .drop_extensions
+                .contains(&seg[k + 1..].to_ascii_lowercase()),
             None => false,
         }
     }
@@ -595,7 +645,7 @@ impl WatExtractor {
         py: Python<'_>,
         page: &PageBase,
         raw: &str,
-    ) -> PyResult<Result<String, Cow<'static, str>>> {
+    ) -> PyResult<Result<String, Reason>> {
         if let Some(reason) = self.scheme_rejection(raw) {
             return Ok(Err(Cow::Borrowed(reason)));
         }
@@ -618,7 +668,9 @@ impl WatExtractor {
             }
             (url, ps)
         } else if let (Some((origin, directory)), Some((path, query))) = (
-            page.origin.as_ref().filter(|_| !raw.contains("/.") && !raw.contains("//")),
+            page.origin
+                .as_ref()
+                .filter(|_| !raw.contains("/.") && !raw.contains("//")),
             match_rel(raw),
         ) {
             let mut url = String::with_capacity(origin.len() + directory.len() + raw.len());
@@ -634,19 +686,28 @@ impl WatExtractor {
             }
             (url, ps)
         } else {
-            let got: (Option<String>, Option<String>) =
-                self.resolve_url.call1(py, (raw, page.base.as_str()))?.extract(py)?;
+            let got: (Option<String>, Option<String>) = self
+                .resolve_url
+                .call1(py, (raw, page.base.as_str()))?
+                .extract(py)?;
             return Ok(match got {
                 (Some(url), None) => Ok(url),
                 (_, reason) => Err(reason.map_or(Cow::Borrowed(EMPTY_URL), Cow::Owned)),
             });
         };
-        let raw_chars = if raw.len() > self.max_url_chars { raw.chars().count() } else { 0 };
+        let raw_chars = if raw.len() > self.max_url_chars {
+            raw.chars().count()
+        } else {
+            0
+        };
         if raw_chars > self.max_url_chars || url.len() > self.max_url_chars {
             return Ok(Err(Cow::Borrowed(URL_TOO_LONG)));
         }
-        let path_end = url[path_start..].find('?').map_or(url.len(), |k| path_start + k);
-        if !self.drop_extensions.is_empty() && self.has_dropped_extension(&url[path_start..path_end])
+        let path_end = url[path_start..]
+            .find('?')
+            .map_or(url.len(), |k| path_start + k);
+        if !self.drop_extensions.is_empty()
+            && self.has_dropped_extension(&url[path_start..path_end])
         {
             return Ok(Err(Cow::Borrowed(BAD_EXTENSION)));
         }
@@ -683,12 +744,14 @@ impl WatExtractor {
         &self,
         py: Python<'_>,
         alt: &str,
-    ) -> PyResult<Result<(String, Option<String>), Cow<'static, str>>> {
+    ) -> PyResult<Result<(String, Option<String>), Reason>> {
         if alt.is_ascii() {
             if let Some(alt) = unescape_simple(alt) {
-                return Ok(clean_ascii(&alt, self.min_caption_chars, self.max_caption_chars)
-                    .map(|t| (t, None))
-                    .map_err(Cow::Borrowed));
+                return Ok(
+                    clean_ascii(&alt, self.min_caption_chars, self.max_caption_chars)
+                        .map(|t| (t, None))
+                        .map_err(Cow::Borrowed),
+                );
             }
         }
         let got: (Option<String>, Option<String>, Option<String>) =
@@ -744,7 +807,10 @@ impl WatExtractor {
 
     /// {rejection reason: count} of the records since the last call (then cleared).
     fn take_rejected(&mut self) -> HashMap<String, u64> {
-        self.rejected.drain().map(|(k, v)| (k.into_owned(), v)).collect()
+        self.rejected
+            .drain()
+            .map(|(k, v)| (k.into_owned(), v))
+            .collect()
     }
 
     /// Pairs of one WAT JSON record.
@@ -778,14 +844,18 @@ impl WatExtractor {
             *self.rejected.entry(TOO_MANY_IMAGES.into()).or_default() += extra as u64;
             images.truncate(self.max_images_per_page);
         }
-        let simple = if page.base.is_none() { simple_page_base(&page.url) } else { None };
+        let simple = if page.base.is_none() {
+            simple_page_base(&page.url)
+        } else {
+            None
+        };
         let base = match simple {
             Some(b) => b,
             None => {
-                let setup: (Option<(String, String, String)>, Option<(String, String)>, String) =
-                    self.page_setup
-                        .call1(py, (page.url.as_ref(), page.base.as_deref()))?
-                        .extract(py)?;
+                let setup: PageSetup = self
+                    .page_setup
+                    .call1(py, (page.url.as_ref(), page.base.as_deref()))?
+                    .extract(py)?;
                 PageBase {
                     parts: setup.0.map(|(_, origin, directory)| (origin, directory)),
                     origin: setup.1,
@@ -812,7 +882,9 @@ impl WatExtractor {
                 Some(s) => match unescape_simple(&s) {
                     Some(Cow::Owned(decoded)) => Some(Cow::Owned(decoded)),
                     Some(Cow::Borrowed(_)) => Some(s),
-                    None => Some(Cow::Owned(self.unescape.call1(py, (s.as_ref(),))?.extract(py)?)),
+                    None => Some(Cow::Owned(
+                        self.unescape.call1(py, (s.as_ref(),))?.extract(py)?,
+                    )),
                 },
                 None => None,
             };
@@ -838,7 +910,10 @@ impl WatExtractor {
                 continue;
             }
             if self.dedup_by_url && !seen_urls.insert(url.clone()) {
-                *self.rejected.entry(DUPLICATE_URL_IN_PAGE.into()).or_default() += 1;
+                *self
+                    .rejected
+                    .entry(DUPLICATE_URL_IN_PAGE.into())
+                    .or_default() += 1;
                 continue;
             }
             kept.push((hex(&head), url, text));
@@ -853,8 +928,11 @@ impl WatExtractor {
             let (code, score, group) = self.language_of(model, &text);
             pairs.append((sid, url, text, code, score, group))?;
         }
-        Ok(PyTuple::new_bound(py, [page.url.into_py(py), lic.into_py(py), pairs.into_py(py)])
-            .into_py(py))
+        Ok(PyTuple::new_bound(
+            py,
+            [page.url.into_py(py), lic.into_py(py), pairs.into_py(py)],
+        )
+        .into_py(py))
     }
 }
 

@@ -121,16 +121,26 @@ impl Pq {
             return Err("bad product quantizer header".into());
         }
         let centroids = r.f32_vec(dim as usize * KSUB)?;
-        Ok(Pq { nsubq: nsubq as usize, dsub: dsub as usize, lastdsub: lastdsub as usize, centroids })
+        Ok(Pq {
+            nsubq: nsubq as usize,
+            dsub: dsub as usize,
+            lastdsub: lastdsub as usize,
+            centroids,
+        })
     }
     /// `ProductQuantizer::get_centroids`: the last sub-quantizer is laid out with `lastdsub`.
     fn centroid(&self, m: usize, i: u8) -> Result<&[f32], String> {
         let (start, d) = if m == self.nsubq - 1 {
-            (m * KSUB * self.dsub + i as usize * self.lastdsub, self.lastdsub)
+            (
+                m * KSUB * self.dsub + i as usize * self.lastdsub,
+                self.lastdsub,
+            )
         } else {
             ((m * KSUB + i as usize) * self.dsub, self.dsub)
         };
-        self.centroids.get(start..start + d).ok_or_else(|| "centroid index out of range".to_string())
+        self.centroids
+            .get(start..start + d)
+            .ok_or_else(|| "centroid index out of range".to_string())
     }
 }
 
@@ -145,7 +155,11 @@ fn load_matrix(r: &mut Reader, quant: bool, norm_into_rows: bool) -> Result<Rows
         }
         let (m, n) = (m as usize, n as usize);
         let data = r.f32_vec(m.checked_mul(n).ok_or("matrix too large")?)?;
-        return Ok(Rows { dim: n, data, norms: vec![1.0; m] });
+        return Ok(Rows {
+            dim: n,
+            data,
+            norms: vec![1.0; m],
+        });
     }
     let qnorm = r.u8()? != 0;
     let m = r.i64()?;
@@ -184,7 +198,11 @@ fn load_matrix(r: &mut Reader, quant: bool, norm_into_rows: bool) -> Result<Rows
     if norm_into_rows {
         norms = vec![1.0; m];
     }
-    Ok(Rows { dim: n, data, norms })
+    Ok(Rows {
+        dim: n,
+        data,
+        norms,
+    })
 }
 
 impl Rows {
@@ -215,7 +233,10 @@ struct IntMap {
 impl IntMap {
     fn new(pairs: &[(i32, i32)]) -> IntMap {
         let cap = (pairs.len() * 2 + 1).next_power_of_two().max(16);
-        let mut m = IntMap { mask: cap - 1, slots: vec![(-1, 0); cap] };
+        let mut m = IntMap {
+            mask: cap - 1,
+            slots: vec![(-1, 0); cap],
+        };
         for &(k, v) in pairs {
             if k < 0 {
                 continue; // never looked up: pushHash returns early for id < 0
@@ -319,7 +340,9 @@ impl LidModel {
         }
         // lid.176's shape; other losses and word n-grams are not implemented (untested)
         if loss != LOSS_HS {
-            return Err(format!("unsupported loss {loss} (only hierarchical softmax)"));
+            return Err(format!(
+                "unsupported loss {loss} (only hierarchical softmax)"
+            ));
         }
         if word_ngrams > 1 {
             return Err(format!("unsupported wordNgrams {word_ngrams} (only 1)"));
@@ -370,8 +393,16 @@ impl LidModel {
             sub_ids: Vec::new(),
             pruneidx_size,
             pruneidx: IntMap::new(&pairs),
-            input: Rows { dim: 0, data: vec![], norms: vec![] },
-            output: Rows { dim: 0, data: vec![], norms: vec![] },
+            input: Rows {
+                dim: 0,
+                data: vec![],
+                norms: vec![],
+            },
+            output: Rows {
+                dim: 0,
+                data: vec![],
+                norms: vec![],
+            },
             tree: Vec::new(),
             osz: nlabels,
         };
@@ -406,7 +437,9 @@ impl LidModel {
         let quant_input = r.u8()? != 0;
         m.input = load_matrix(&mut r, quant_input, true)?;
         if !quant_input && pruneidx_size >= 0 {
-            return Err("invalid model: pruned dictionary with a non-quantized input matrix".into());
+            return Err(
+                "invalid model: pruned dictionary with a non-quantized input matrix".into(),
+            );
         }
         let qout = r.u8()? != 0;
         m.output = load_matrix(&mut r, quant_input && qout, false)?;
@@ -430,7 +463,16 @@ impl LidModel {
     /// HierarchicalSoftmaxLoss::buildTree (Huffman tree over label counts).
     fn build_tree(&mut self, counts: &[i64]) {
         let osz = self.osz as usize;
-        let mut tree = vec![Node { parent: -1, left: -1, right: -1, count: 1e15 as i64, binary: false }; 2 * osz - 1];
+        let mut tree = vec![
+            Node {
+                parent: -1,
+                left: -1,
+                right: -1,
+                count: 1e15 as i64,
+                binary: false
+            };
+            2 * osz - 1
+        ];
         for i in 0..osz {
             tree[i].count = counts[i];
         }
@@ -535,11 +577,18 @@ impl LidModel {
         let mut scratch = Vec::with_capacity(64);
         let is_ws = |c: u8| matches!(c, b' ' | b'\n' | b'\r' | b'\t' | 0x0b | 0x0c | 0);
         // Tokens of the line, then the EOS produced by the terminating "\n".
-        let tokens = line.split(|&c| is_ws(c)).filter(|t| !t.is_empty()).chain(std::iter::once(EOS));
+        let tokens = line
+            .split(|&c| is_ws(c))
+            .filter(|t| !t.is_empty())
+            .chain(std::iter::once(EOS));
         for token in tokens {
             let h = fnv_hash(token);
             let wid = self.word2int[self.find(token, h)];
-            let is_label = if wid < 0 { token.starts_with(LABEL_PREFIX) } else { self.is_label[wid as usize] };
+            let is_label = if wid < 0 {
+                token.starts_with(LABEL_PREFIX)
+            } else {
+                self.is_label[wid as usize]
+            };
             if is_label {
                 continue; // labels in the input only fill `labels`, unused by predict
             }
@@ -551,7 +600,10 @@ impl LidModel {
             } else if self.maxn == 0 {
                 out(wid);
             } else {
-                let (a, b) = (self.sub_start[wid as usize] as usize, self.sub_start[wid as usize + 1] as usize);
+                let (a, b) = (
+                    self.sub_start[wid as usize] as usize,
+                    self.sub_start[wid as usize + 1] as usize,
+                );
                 for &id in &self.sub_ids[a..b] {
                     out(id);
                 }
@@ -586,7 +638,14 @@ impl LidModel {
 
     /// HierarchicalSoftmaxLoss::dfs specialised to k = 1. `best` is the heap of
     /// size <= 1: (score, node).
-    fn dfs(&self, threshold_log: f32, node: usize, score: f32, best: &mut Option<(f32, usize)>, hidden: &[f32]) {
+    fn dfs(
+        &self,
+        threshold_log: f32,
+        node: usize,
+        score: f32,
+        best: &mut Option<(f32, usize)>,
+        hidden: &[f32],
+    ) {
         if score < threshold_log {
             return;
         }
@@ -606,8 +665,20 @@ impl LidModel {
         // float, the division is double, the result is stored as float.
         let f = (1.0f64 / ((1.0f32 + (-f).exp()) as f64)) as f32;
         // std_log(1.0 - f): the double 1.0 - f is converted to float (parameter type).
-        self.dfs(threshold_log, nd.left as usize, score + std_log((1.0f64 - f as f64) as f32), best, hidden);
-        self.dfs(threshold_log, nd.right as usize, score + std_log(f), best, hidden);
+        self.dfs(
+            threshold_log,
+            nd.left as usize,
+            score + std_log((1.0f64 - f as f64) as f32),
+            best,
+            hidden,
+        );
+        self.dfs(
+            threshold_log,
+            nd.right as usize,
+            score + std_log(f),
+            best,
+            hidden,
+        );
     }
 
     /// Top-1 prediction for `text` exactly as fastText's predict of `text + "\n"` with
@@ -616,7 +687,13 @@ impl LidModel {
         let hidden = self.hidden(text)?;
         let threshold: f32 = 0.0;
         let mut best = None;
-        self.dfs(std_log(threshold), 2 * self.osz as usize - 2, 0.0, &mut best, &hidden);
+        self.dfs(
+            std_log(threshold),
+            2 * self.osz as usize - 2,
+            0.0,
+            &mut best,
+            &hidden,
+        );
         let (score, idx) = best?;
         // predictLine: `std::exp(p.first)` on a float -> expf
         Some((self.labels[idx].as_str(), score.exp()))
