@@ -252,7 +252,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of N timed runs")
     ap.add_argument("--spark", action="store_true", help="also time the Spark stage (local[1])")
     ap.add_argument(
-        "--no-native", action="store_true", help="ours on the pure-Python path (extract.native=false)"
+        "--no-native",
+        action="store_true",
+        help="ours on the pure-Python path (extract.native=false)",
     )
     args = ap.parse_args()
 

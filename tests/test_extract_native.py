@@ -119,7 +119,11 @@ def test_synthetic_crawl_file_same_pairs_and_stats(tmp_path, rules_kw):
 def test_license_base_href_and_entities():
     links = [
         {"path": "A@/href", "url": "https://CreativeCommons.org/licenses/by-sa/4.0/"},
-        {"path": "A@/href", "url": "https://creativecommons.org/licenses/by/2.0/", "rel": "license"},
+        {
+            "path": "A@/href",
+            "url": "https://creativecommons.org/licenses/by/2.0/",
+            "rel": "license",
+        },
         {"path": "BASE@/href", "url": "http://cdn.example/base/&amp;x/"},
         {"path": "IMG@/src", "url": "img/a.jpg?x=1&amp;y=2", "alt": "Tom &amp; Jerry &copy; 2024"},
         {"path": "IMG@/src", "url": "b.jpg?x=1&y=2", "alt": "cats & dogs &nbsp"},
@@ -139,7 +143,10 @@ def test_license_base_href_and_entities():
     assert [p.text for p in pairs][:2] == ["Tom & Jerry © 2024", "cats & dogs &nbsp"]
     assert rejected == {"data_url": 1, "javascript_url": 1}
     # a <head><base href> beats a BASE link; head <link rel=license> counts too
-    head = {"Base": "https://other.example/x/", "Link": [{"url": "https://creativecommons.org/publicdomain/zero/1.0/", "rel": "license"}]}  # noqa: E501
+    head = {
+        "Base": "https://other.example/x/",
+        "Link": [{"url": "https://creativecommons.org/publicdomain/zero/1.0/", "rel": "license"}],
+    }
     data = json.dumps(_wat_doc("http://page.example/a/b.html", links, head)).encode()
     assert _same(data, {})
 
@@ -206,7 +213,9 @@ _page_url = st.sampled_from(
     st.one_of(st.none(), st.sampled_from(["/b/", "http://base.example/x/y", "", "&amp;/z/"])),
     st.sampled_from(RULE_SETS),
 )
-@example("http://h.example/a/", [{"path": "IMG@/src", "url": "x.jpg", "alt": "&#x41;bcdef"}], None, {})  # noqa: E501
+@example(
+    "http://h.example/a/", [{"path": "IMG@/src", "url": "x.jpg", "alt": "&#x41;bcdef"}], None, {}
+)
 def test_fuzz_native_equals_python_on_wat_records(page_url, links, head_base, rules_kw):
     head = {} if head_base is None else {"Base": head_base}
     data = json.dumps(_wat_doc(page_url, links, head), ensure_ascii=bool(len(links) % 2)).encode()
@@ -231,7 +240,9 @@ def test_fuzz_mutated_records_agree_or_go_back(links, rnd: random.Random):
 
 # --- language id: the compiled lid.176 == fastText ----------------------------------------
 
-_SCRIPTS = "abcxyzäöüßéèçñ абвгдежз αβγδε אבגד ابتث 日本語の文 한국어 हिन्दी ไทย 🙂🎉 0123456789 .,!?-'"
+_SCRIPTS = (
+    "abcxyzäöüßéèçñ абвгдежз αβγδε אבגד ابتث 日本語の文 한국어 हिन्दी ไทย 🙂🎉 0123456789 .,!?-'"
+)
 
 
 @settings(max_examples=300, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
@@ -252,9 +263,23 @@ def test_native_language_id_equals_fasttext(texts):
 
 @pytest.mark.parametrize(
     "text",
-    ["&amp;lt; tag", "&#39;quoted&#x27; text", "&#0000039;zeros", "del &#127; gone", "tilde &#x7E;",
-     "&AMP; upper", "&amp no semicolon", "a&b;c d e", "&#12345678; big", "&quot;&apos;&nbsp;x",
-     "x&#32;y z w", "&#x1F600; smile", "&eacute;t&eacute;", "&#9; tab", "&lt;&gt;&amp;&amp;"],
+    [
+        "&amp;lt; tag",
+        "&#39;quoted&#x27; text",
+        "&#0000039;zeros",
+        "del &#127; gone",
+        "tilde &#x7E;",
+        "&AMP; upper",
+        "&amp no semicolon",
+        "a&b;c d e",
+        "&#12345678; big",
+        "&quot;&apos;&nbsp;x",
+        "x&#32;y z w",
+        "&#x1F600; smile",
+        "&eacute;t&eacute;",
+        "&#9; tab",
+        "&lt;&gt;&amp;&amp;",
+    ],
 )
 def test_entities_decode_like_python(text):
     links = [{"path": "IMG@/src", "url": f"/i.jpg?a=1{text[:6]}", "alt": text}]

@@ -1,10 +1,11 @@
 """WAT records through the compiled extractor (package `laion-spark-native`, built from
 `native/` by scripts/setup.sh), with the Python rules as its reference and fallback.
 
-The Rust core parses the record's JSON, walks its links, applies the URL and caption
-rules for the common shapes and identifies the language of the pairs it keeps (lid.176); whatever it does not handle itself it either calls back into
-(the functions below: entities, non-ASCII captions, URLs that need urljoin/IDNA) or hands
-back whole (unusual JSON shapes), and `wat.parse_wat_json` + `pairs.page_pairs` do it.
+The Rust core parses the record's JSON, walks its links, applies the URL and caption rules
+for the common shapes and identifies the language of the pairs it keeps (lid.176). What it
+does not handle itself it either calls back into (the functions below: entities, non-ASCII
+captions, URLs that need urljoin/IDNA) or hands back whole (unusual JSON shapes), and
+`wat.parse_wat_json` + `pairs.page_pairs` do it.
 Same pairs, same counts either way (tests/test_extract_native.py).
 """
 
@@ -27,21 +28,15 @@ _WARNED = False
 NativeResult = list[Pair] | bool | None
 
 
-def available() -> bool:
-    try:
-        import laion_spark_native  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class WatExtractor:
     """WAT records -> pairs through the compiled core, for one task's rules."""
 
     def __init__(self, core: Any):
         self._core = core
 
-    def __call__(self, payload: bytes, record_url: str | None, crawl_id: str | None) -> NativeResult:
+    def __call__(
+        self, payload: bytes, record_url: str | None, crawl_id: str | None
+    ) -> NativeResult:
         got = self._core.record(payload, record_url)
         if got is None or got is False:
             return got
