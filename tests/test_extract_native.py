@@ -285,3 +285,74 @@ def test_entities_decode_like_python(text):
     links = [{"path": "IMG@/src", "url": f"/i.jpg?a=1{text[:6]}", "alt": text}]
     data = json.dumps(_wat_doc("http://h.example/p/q.html", links)).encode()
     assert _same(data, {"min_caption_chars": 1})
+
+
+def test_stage_rows_same_on_both_paths(tmp_path):
+    """The rows a Spark task emits (stage.file_rows): built by the core on the compiled path,
+    from Pair objects on the Python path; identical apart from the timing column."""
+    from laion_spark.extract import language
+    from laion_spark.extract.stage import ROW_SCHEMA, file_rows
+
+    paths = write_synthetic_crawl(str(tmp_path), _crawl_pages(40))
+    seconds = ROW_SCHEMA.fieldNames().index("seconds")
+    got = {}
+    for native in (True, False):
+        language._CACHE.clear()
+        rows = list(file_rows(paths["wat"], {"native": native}))
+        got[native] = [r[:seconds] + r[seconds + 1 :] for r in rows]
+    assert got[True] == got[False]
+    assert len(got[True]) > 100 and got[True][-1][0] == "stats"
+    assert all(len(r) == len(ROW_SCHEMA.fieldNames()) - 1 for r in got[True])
+
+
+# --- non-ASCII captions in the core: ftfy's mojibake test and the safe characters ----------
+
+# characters of ftfy's badness patterns, mojibake pieces, scripts, combining marks, spaces
+_MOJIBAKE_ALPHABET = (
+    "ÃÂâ€™œžÐ¿Ñ‚ÎºÏ„Ä…Å¡ÄŸÂ©Â®Â°Â±Â½Ã©Ã¨Ã¼Ã¶ÄËœ¦¤¨¬¯¸ƒˆˇ˘˛˜†‡‰⌐◊�ªº‚„•‹›€"
+    "éèüößçñ Красивый дом Ein schönes Haus αβγ 日本語 한국어 ไทย عربى"
+    "\u0301\u0308\u00a0\u3000\u2028\t\x01\x7f&;.,!?-' aZ_9"
+)
+
+
+@settings(max_examples=500, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=_MOJIBAKE_ALPHABET, max_size=30))
+@example("CafÃ© sign")
+@example("Ã ")  # branch with the start-of-text anchor
+@example("  Ã ")
+@example("â€™s")
+def test_core_mojibake_test_equals_ftfy(text):
+    from ftfy.badness import is_bad
+
+    extract = wat_extractor(Rules())
+    assert extract._core.is_bad(text) == is_bad(text)
+
+
+@settings(max_examples=300, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.text(alphabet=_MOJIBAKE_ALPHABET, max_size=40), min_size=1, max_size=8),
+    st.sampled_from(RULE_SETS),
+)
+def test_fuzz_non_ascii_captions_equal_python(alts, rules_kw):
+    links = [{"path": "IMG@/src", "url": f"/i/{i}.jpg", "alt": a} for i, a in enumerate(alts)]
+    data = json.dumps(_wat_doc("http://h.example/p/q.html", links)).encode()
+    assert _same(data, rules_kw)
+
+
+def test_plain_non_ascii_captions_stay_in_the_core():
+    alts = [
+        "Красивый дом у озера",
+        "Ein schönes Haus am See",
+        "湖のほとりの美しい家",
+        "Ελληνικό σπίτι",
+        "مرحبا بالعالم",
+        "Une belle maison près du lac",
+    ]
+    links = [{"path": "IMG@/src", "url": f"/i/{i}.jpg", "alt": a} for i, a in enumerate(alts)]
+    links.append({"path": "IMG@/src", "url": "/m.jpg", "alt": "CafÃ© mojibake"})
+    data = json.dumps(_wat_doc("http://h.example/p/q.html", links)).encode()
+    extract = wat_extractor(Rules())
+    pairs = extract(data, None, None)
+    assert [p.text for p in pairs][:6] == alts and pairs[6].text == "Café mojibake"
+    assert extract._core.python_captions() == 1  # only the mojibake went to ftfy
+    assert _same(data, {})

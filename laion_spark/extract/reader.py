@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, BinaryIO
@@ -132,10 +132,45 @@ def crawl_id_from(path: str, configured: str | None) -> str | None:
     return m.group(0) if m else None
 
 
+@dataclass(frozen=True)
+class RowFormat:
+    """Pairs as the caller's row tuples: `prefix` + the Pair fields up to `license` +
+    `suffix(offset, crawl_id)`. The compiled WAT path builds these tuples itself, so no
+    Pair object is made per pair (the extract stage's rows, see stage.row_format)."""
+
+    prefix: tuple
+    suffix: Callable[[int, str | None], tuple]
+
+    def row(self, p: Pair, offset: int) -> tuple:
+        return (
+            *self.prefix,
+            p.sample_id,
+            p.url,
+            p.text,
+            p.page_url,
+            p.language,
+            p.language_score,
+            p.language_group,
+            p.license,
+            *self.suffix(offset, p.crawl_id),
+        )
+
+
+def _finished(batch: list[tuple[Pair, int]], rules: Rules, rows: RowFormat | None) -> list:
+    """The batch with language id done: (pair, offset) items, or their rows."""
+    fill_language([p for p, _ in batch], rules)
+    return batch if rows is None else [rows.row(p, offset) for p, offset in batch]
+
+
 def extract_records(
-    stream: BinaryIO, source_file: str, rules: Rules, stats: FileStats
-) -> Iterator[tuple[Pair, int]]:
-    """(pair, record offset) for every pair in the stream; stats updated in place."""
+    stream: BinaryIO,
+    source_file: str,
+    rules: Rules,
+    stats: FileStats,
+    rows: RowFormat | None = None,
+) -> Iterator[tuple]:
+    """(pair, record offset) for every pair in the stream, or each pair's row when `rows`
+    is given, in stream order; stats updated in place."""
     wanted = WarcRecordType.warcinfo | WarcRecordType.response | WarcRecordType.metadata
     src = _CountingReader(stream)
     it = ArchiveIterator(src, record_types=wanted, parse_http=True, max_content_length=None)
@@ -143,8 +178,7 @@ def extract_records(
     native = wat_extractor(rules)
     while True:
         if len(batch) >= LANGUAGE_BATCH:
-            fill_language([p for p, _ in batch], rules)
-            yield from batch
+            yield from _finished(batch, rules, rows)
             batch = []
         try:
             record = next(it)
@@ -157,13 +191,15 @@ def extract_records(
             break
         stats.records += 1
         offset = record.stream_pos
-        n0 = len(batch)
+        n0, ready = len(batch), None
         try:
-            page = _record_page(record, offset, rules, stats, native)
-            if page is not None:
+            page = _record_page(record, offset, rules, stats, native, rows)
+            if page.__class__ is list and rows is not None:
+                ready = page  # rows of the compiled WAT path, language set
+            elif page is not None:
                 found = (
                     page
-                    if isinstance(page, list)  # pairs from the compiled WAT extractor
+                    if page.__class__ is list  # pairs of the compiled WAT path
                     else page_pairs(page, rules, stats.rejected, True, stats.crawl_id)
                 )
                 batch.extend(zip(found, repeat(offset)))
@@ -172,21 +208,31 @@ def extract_records(
                 raise
             stats.error(RECORD_ERROR, f"offset {offset}: {e!r}"[:300])
         stats.pairs += len(batch) - n0  # what a failing page yielded before failing stays
+        if ready:
+            stats.pairs += len(ready)
+            if batch:  # earlier pairs first: the output keeps the stream's order
+                yield from _finished(batch, rules, rows)
+                batch = []
+            yield from ready
     if native is not None:
         native.drain_rejected(stats.rejected)
-    fill_language([p for p, _ in batch], rules)
-    yield from batch
+    yield from _finished(batch, rules, rows)
     if not src.eof and not stats.errors.get(STREAM_ERROR):
         # fastwarc stopped before the end of the file: garbage or a broken gzip member
         stats.error(STREAM_ERROR, f"reading stopped at byte {src.pos} before end of file")
 
 
 def _record_page(
-    record, offset: int, rules: Rules, stats: FileStats, native: WatExtractor | None = None
-) -> Page | list[Pair] | None:
+    record,
+    offset: int,
+    rules: Rules,
+    stats: FileStats,
+    native: WatExtractor | None = None,
+    rows: RowFormat | None = None,
+) -> Page | list | None:
     """The Page of a WAT metadata or WARC response record (None for other records and bad
     ones, which are counted in stats); for a WAT record the compiled extractor (`native`)
-    handles, its pairs instead."""
+    handles, its pairs instead (as rows when `rows` is given)."""
     rtype = record.record_type
     if rtype == WarcRecordType.warcinfo:
         if stats.crawl_id is None:
@@ -213,7 +259,11 @@ def _record_page(
             return None
         if native is not None:
             # WAT JSON names its page; without it the core hands the record back (below)
-            got = native(data, None, stats.crawl_id)
+            got = (
+                native(data, None, stats.crawl_id)
+                if rows is None
+                else native.rows(data, rows.prefix, rows.suffix(offset, stats.crawl_id))
+            )
             if got is False:
                 return None  # not an HTML response (request, non-HTML metadata)
             if got is not None:
@@ -294,8 +344,11 @@ def extract_file(
     return pairs, stats
 
 
-def iter_file(path: str, options: dict | None = None) -> Iterator[tuple[Pair, int] | FileStats]:
-    """Streams (pair, offset) for one file, then its FileStats last. Never raises."""
+def iter_file(
+    path: str, options: dict | None = None, rows: RowFormat | None = None
+) -> Iterator[tuple | FileStats]:
+    """Streams (pair, offset) for one file (or each pair's row, see RowFormat), then its
+    FileStats last. Never raises."""
     rules = Rules.from_options(options)
     t0 = time.perf_counter()
     stats = FileStats(source_file=path)
@@ -310,7 +363,7 @@ def iter_file(path: str, options: dict | None = None) -> Iterator[tuple[Pair, in
     # config or file path first; else the warcinfo record's isPartOf (read when seen)
     stats.crawl_id = crawl_id_from(path, (options or {}).get("crawl_id"))
     try:
-        yield from extract_records(stream, path, rules, stats)
+        yield from extract_records(stream, path, rules, stats, rows)
     except BaseException as e:  # last resort (e.g. the iterator cannot even start)
         if isinstance(e, _PASS_THROUGH):
             raise

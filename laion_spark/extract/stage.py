@@ -87,13 +87,21 @@ def _format_of(path: str) -> str:
     return "wat" if ".wat" in path.rsplit("/", 1)[-1] else "warc"
 
 
+def row_format(path: str):
+    """The pair rows of one file in ROW_SCHEMA order (reader.RowFormat)."""
+    from laion_spark.extract.reader import RowFormat
+
+    fmt = _format_of(path)
+    pad = (None,) * _N_PAIR_PAD
+    return RowFormat(("pair",), lambda offset, crawl_id: (path, offset, crawl_id, fmt, *pad))
+
+
 def file_rows(path: str, options: dict):
     """Rows (tuples in ROW_SCHEMA order) for one file: its pairs, then its stats row."""
     from laion_spark.extract.reader import FileStats, iter_file
 
     fmt = _format_of(path)
-    pad = (None,) * _N_PAIR_PAD
-    for item in iter_file(path, options):
+    for item in iter_file(path, options, row_format(path)):
         if isinstance(item, FileStats):
             d = item.as_dict()
             yield (
@@ -104,22 +112,7 @@ def file_rows(path: str, options: dict):
                 + tuple(d[k] for k in STATS_COLS[1:-1])
             )
         else:
-            p, offset = item
-            yield (
-                "pair",
-                p.sample_id,
-                p.url,
-                p.text,
-                p.page_url,
-                p.language,
-                p.language_score,
-                p.language_group,
-                p.license,
-                path,
-                offset,
-                p.crawl_id,
-                fmt,
-            ) + pad
+            yield item
 
 
 def _done_files(tables: Tables) -> set[str]:

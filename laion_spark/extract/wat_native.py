@@ -11,11 +11,13 @@ Same pairs, same counts either way (tests/test_extract_native.py).
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from collections import Counter
 from typing import Any
 
-from laion_spark.extract import language, urls
+from laion_spark.extract import captions, language, urls
 from laion_spark.extract.captions import unescape_entities
 from laion_spark.extract.license import page_license
 from laion_spark.extract.pairs import Pair, Rules
@@ -28,6 +30,113 @@ _WARNED = False
 NativeResult = list[Pair] | bool | None
 
 
+@functools.cache
+def caption_tables() -> tuple | None:
+    """What the core needs to clean non-ASCII alt texts itself, built from this Python's own
+    unicodedata and ftfy so the two paths agree by construction (native/src/caption.rs):
+    the BMP characters the Python rule leaves alone, \\w and \\s as Python defines them, the
+    ASCII characters of the ftfy gate, and ftfy's BADNESS_RE as sets and branches. None when
+    that regex has a shape not translated here (then Python cleans every non-ASCII alt).
+    About 0.1 s, once per process."""
+    import re._constants as sre_c
+    import re._parser as sre_parse
+    import unicodedata as ud
+
+    from ftfy.badness import BADNESS_RE
+
+    program = _badness_program(BADNESS_RE, sre_parse, sre_c)
+    if program is None:
+        return None
+    gate = captions._ftfy_gate()
+    # second characters of canonical compositions (NFC may merge them); planes 2+ hold no
+    # two-character canonical decomposition
+    seconds = set()
+    for cp in range(0x20000):
+        d = ud.decomposition(chr(cp))
+        if d and d[0] != "<" and len(parts := d.split()) == 2:
+            seconds.add(int(parts[1], 16))
+    safe, word = bytearray(0x10000), bytearray(0x10000)
+    for cp in range(0x10000):
+        c = chr(cp)
+        word[cp] = c.isalnum() or c == "_"
+        safe[cp] = not (
+            cp < 0x80
+            or cp in seconds
+            or ud.category(c)[0] in "CZ"
+            or ud.combining(c)
+            or not c.isprintable()
+            or gate.match(c)
+            or ud.normalize("NFC", c) != c
+        )
+    space = [cp for cp in range(0x10000) if chr(cp).isspace()]
+    ascii_gate = [cp for cp in range(0x80) if gate.match(chr(cp)) and ud.category(chr(cp)) != "Cc"]
+    return bytes(safe), bytes(word), space, ascii_gate, *program
+
+
+def _badness_program(pattern, sre_parse, sre_c) -> tuple[list, list] | None:
+    """ftfy's BADNESS_RE as (sets, branches) for caption.rs: every branch a sequence of
+    single-character matchers. None if any part is something else."""
+    sets: list[tuple[list[tuple[int, int]], bool, bool, bool]] = []
+    index: dict = {}
+
+    def set_of(items) -> int | None:
+        ranges, space, word, negate = [], False, False, False
+        for i, (op, av) in enumerate(items):
+            if op is sre_c.NEGATE and i == 0:
+                negate = True
+            elif op is sre_c.LITERAL:
+                ranges.append((av, av))
+            elif op is sre_c.RANGE:
+                ranges.append(av)
+            elif op is sre_c.CATEGORY and av is sre_c.CATEGORY_SPACE:
+                space = True
+            elif op is sre_c.CATEGORY and av is sre_c.CATEGORY_WORD:
+                word = True
+            else:
+                return None
+        key = (tuple(ranges), space, word, negate)
+        if key not in index:
+            index[key] = len(sets)
+            sets.append((ranges, space, word, negate))
+        return index[key]
+
+    if pattern.flags & ~(re.VERBOSE | re.UNICODE):
+        return None
+    tree = list(sre_parse.parse(pattern.pattern, pattern.flags))
+    if len(tree) != 1 or tree[0][0] is not sre_c.BRANCH:
+        return None
+    branches = []
+    for branch in tree[0][1][1]:
+        items: list[tuple[int, int]] = []
+        for op, av in branch.data:
+            if op is sre_c.LITERAL:
+                k, s = 0, set_of([(op, av)])
+            elif op is sre_c.IN:
+                k, s = 0, set_of(av)
+            elif op is sre_c.ANY:
+                k, s = 1, 0
+            elif op is sre_c.AT and av is sre_c.AT_BEGINNING:
+                k, s = 3, 0
+            elif op is sre_c.MAX_REPEAT and av[:2] == (0, 1) and len(av[2].data) == 1:
+                sub_op, sub_av = av[2].data[0]
+                k = 2
+                s = set_of(sub_av if sub_op is sre_c.IN else [(sub_op, sub_av)])
+            else:
+                return None
+            if s is None:
+                return None
+            items.append((k, s))
+        # caption.rs skips the search when no non-ASCII character of an explicit set is in
+        # the text: so every branch must need one
+        if not any(
+            k == 0 and not any(sets[s][1:]) and all(lo >= 0x80 for lo, _ in sets[s][0])
+            for k, s in items
+        ):
+            return None
+        branches.append(items)
+    return sets, branches
+
+
 class WatExtractor:
     """WAT records -> pairs through the compiled core, for one task's rules."""
 
@@ -37,15 +146,15 @@ class WatExtractor:
     def __call__(
         self, payload: bytes, record_url: str | None, crawl_id: str | None
     ) -> NativeResult:
-        got = self._core.record(payload, record_url)
+        got = self._core.record(payload, record_url, (), (crawl_id,))
         if got is None or got is False:
             return got
-        page_url, lic_links, found = got
-        lic = page_license(lic_links) if lic_links else None
-        return [
-            Pair(sid, url, text, page_url, code, score, group, lic, crawl_id)
-            for sid, url, text, code, score, group in found
-        ]
+        return [Pair(*fields) for fields in got]  # the core's tuples are in Pair's order
+
+    def rows(self, payload: bytes, prefix: tuple, suffix: tuple) -> list[tuple] | bool | None:
+        """Like calling it, with each pair as the tuple prefix + Pair fields up to license +
+        suffix (reader.RowFormat), built by the core: no Pair objects."""
+        return self._core.record(payload, None, prefix, suffix)
 
     def drain_rejected(self, rejected: Counter) -> None:
         """Add the images rejected so far (counted in the core, by reason) to `rejected`."""
@@ -99,8 +208,11 @@ def wat_extractor(rules: Rules) -> WatExtractor | None:
             unescape_entities,
             page_setup,
             resolve_url,
+            page_license,
             language._native_model() if rules.language_id else None,
             rules.min_language_score,
             sorted(rules.english_codes),
+            caption_tables(),
+            rules.fix_text,
         )
     )

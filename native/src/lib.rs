@@ -13,9 +13,11 @@
 //! Python stays the reference: tests/test_extract_native.py runs both on the real Common
 //! Crawl record, the benchmark file and fuzzed records and asserts identical output.
 
+mod caption;
 mod lid;
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
@@ -61,6 +63,15 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
 }
 
 type Str<'a> = Option<Cow<'a, str>>;
+/// caption::CaptionTables::new's arguments, as wat_native.caption_tables builds them.
+type CaptionTablesArg = (
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u32>,
+    Vec<u32>,
+    Vec<caption::SetSpec>,
+    Vec<Vec<(u8, usize)>>,
+);
 /// A rejection reason: one of the constants above, or one Python returned.
 type Reason = Cow<'static, str>;
 /// What urls.base_parts / urls.page_origin / urls.resolve_base give for a page (Python).
@@ -592,12 +603,19 @@ struct WatExtractor {
     page_setup: PyObject,
     // (raw src, base) -> (url | None, reason | None): urls.resolve_image_url with the rules
     resolve_url: PyObject,
+    // [(href, rel)] -> license | None: license.page_license
+    license_of: PyObject,
     // rejection counts of the records so far (take_rejected hands them over)
     rejected: HashMap<Reason, u64>,
     // language id of the kept captions (None: language_id off, every pair `nolang`)
     language: Option<Py<LanguageId>>,
     min_language_score: f64,
     english_codes: HashSet<String>,
+    // non-ASCII captions in the core (None: every one goes to clean_alt)
+    caption_tables: Option<caption::CaptionTables>,
+    fix_text: bool,
+    // alt texts handed to clean_alt (tests check what stays in the core)
+    python_captions: Cell<u64>,
 }
 
 impl WatExtractor {
@@ -745,15 +763,20 @@ impl WatExtractor {
         py: Python<'_>,
         alt: &str,
     ) -> PyResult<Result<(String, Option<String>), Reason>> {
-        if alt.is_ascii() {
-            if let Some(alt) = unescape_simple(alt) {
-                return Ok(
-                    clean_ascii(&alt, self.min_caption_chars, self.max_caption_chars)
-                        .map(|t| (t, None))
-                        .map_err(Cow::Borrowed),
-                );
+        if let Some(text) = unescape_simple(alt) {
+            let (min_c, max_c) = (self.min_caption_chars, self.max_caption_chars);
+            let done = if text.is_ascii() {
+                Some(clean_ascii(&text, min_c, max_c))
+            } else {
+                self.caption_tables
+                    .as_ref()
+                    .and_then(|t| t.clean(&text, min_c, max_c, self.fix_text))
+            };
+            if let Some(done) = done {
+                return Ok(done.map(|t| (t, None)).map_err(Cow::Borrowed));
             }
         }
+        self.python_captions.set(self.python_captions.get() + 1);
         let got: (Option<String>, Option<String>, Option<String>) =
             self.clean_alt.call1(py, (alt,))?.extract(py)?;
         Ok(match got {
@@ -769,7 +792,7 @@ impl WatExtractor {
     #[pyo3(signature = (
         min_caption_chars, max_caption_chars, max_url_chars, drop_extensions,
         max_images_per_page, dedup_by_url, clean_alt, unescape, page_setup, resolve_url,
-        language, min_language_score, english_codes
+        license_of, language, min_language_score, english_codes, caption_tables, fix_text
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -783,11 +806,21 @@ impl WatExtractor {
         unescape: PyObject,
         page_setup: PyObject,
         resolve_url: PyObject,
+        license_of: PyObject,
         language: Option<Py<LanguageId>>,
         min_language_score: f64,
         english_codes: Vec<String>,
-    ) -> Self {
-        WatExtractor {
+        caption_tables: Option<CaptionTablesArg>,
+        fix_text: bool,
+    ) -> PyResult<Self> {
+        let caption_tables = match caption_tables {
+            None => None,
+            Some((safe, word, space, gate, sets, branches)) => Some(
+                caption::CaptionTables::new(safe, word, space, gate, sets, branches)
+                    .map_err(pyo3::exceptions::PyValueError::new_err)?,
+            ),
+        };
+        Ok(WatExtractor {
             min_caption_chars,
             max_caption_chars,
             max_url_chars,
@@ -798,11 +831,27 @@ impl WatExtractor {
             unescape,
             page_setup,
             resolve_url,
+            license_of,
             rejected: HashMap::new(),
             language,
             min_language_score,
             english_codes: english_codes.into_iter().collect(),
-        }
+            caption_tables,
+            fix_text,
+            python_captions: Cell::new(0),
+        })
+    }
+
+    /// ftfy.badness.is_bad(text) as the core computes it (None without caption tables);
+    /// for the tests that compare it with ftfy's regex.
+    fn is_bad(&self, text: &str) -> Option<bool> {
+        let chars: Vec<char> = text.chars().collect();
+        self.caption_tables.as_ref().map(|t| t.is_bad(&chars))
+    }
+
+    /// How many alt texts went to Python (clean_alt) so far.
+    fn python_captions(&self) -> u64 {
+        self.python_captions.get()
     }
 
     /// {rejection reason: count} of the records since the last call (then cleared).
@@ -813,18 +862,19 @@ impl WatExtractor {
             .collect()
     }
 
-    /// Pairs of one WAT JSON record.
-    ///
-    /// None: Python must do this record (unusual shape or invalid JSON); False: no HTML page
-    /// in it; else (page_url, license links [(href, rel)], [(sample_id, url, text, language,
-    /// language_score, language_group)]). The images it rejects are counted by reason
-    /// (take_rejected).
-    #[pyo3(signature = (data, record_url=None))]
+    /// Pairs of one WAT JSON record, each as the tuple `prefix + (sample_id, url, text,
+    /// page_url, language, language_score, language_group, license) + suffix` (with
+    /// suffix = (crawl_id,) that is pairs.Pair's field order; the extract stage asks for its
+    /// row layout directly). None: Python must do this record (unusual shape or invalid
+    /// JSON); False: no HTML page in it. Rejected images are counted (take_rejected).
+    #[pyo3(signature = (data, record_url, prefix, suffix))]
     fn record(
         &mut self,
         py: Python<'_>,
         data: &[u8],
         record_url: Option<&str>,
+        prefix: &Bound<'_, PyTuple>,
+        suffix: &Bound<'_, PyTuple>,
     ) -> PyResult<PyObject> {
         let Ok(text) = std::str::from_utf8(data) else {
             return Ok(py.None());
@@ -918,21 +968,38 @@ impl WatExtractor {
             }
             kept.push((hex(&head), url, text));
         }
-        let lic = PyList::empty_bound(py);
-        for (href, rel) in &page.lic_links {
-            lic.append((href.as_ref(), rel.as_deref()))?;
-        }
-        let pairs = PyList::empty_bound(py);
+        // license of the page: pairs.page_license over its CC and head links (Python, rare)
+        let license: PyObject = if page.lic_links.is_empty() || kept.is_empty() {
+            py.None()
+        } else {
+            let links = PyList::empty_bound(py);
+            for (href, rel) in &page.lic_links {
+                links.append((href.as_ref(), rel.as_deref()))?;
+            }
+            self.license_of.call1(py, (links,))?
+        };
+        let page_url = page.url.into_py(py);
         let model = self.language.as_ref().map(|m| &m.get().model);
+        let rows = PyList::empty_bound(py);
+        let mut fields: Vec<PyObject> = Vec::with_capacity(prefix.len() + 8 + suffix.len());
         for (sid, url, text) in kept {
             let (code, score, group) = self.language_of(model, &text);
-            pairs.append((sid, url, text, code, score, group))?;
+            fields.clear();
+            fields.extend(prefix.iter().map(|x| x.unbind()));
+            fields.extend([
+                sid.into_py(py),
+                url.into_py(py),
+                text.into_py(py),
+                page_url.clone_ref(py),
+                code.into_py(py),
+                score.into_py(py),
+                group.into_py(py),
+                license.clone_ref(py),
+            ]);
+            fields.extend(suffix.iter().map(|x| x.unbind()));
+            rows.append(PyTuple::new_bound(py, fields.drain(..)))?;
         }
-        Ok(PyTuple::new_bound(
-            py,
-            [page.url.into_py(py), lic.into_py(py), pairs.into_py(py)],
-        )
-        .into_py(py))
+        Ok(rows.into_py(py))
     }
 }
 
