@@ -35,6 +35,9 @@ pub struct CaptionTables {
     word_sets: u128,
     negated_sets: u128,
     branches: Vec<Vec<Item>>,
+    // the set each branch must match first (None: it starts with something else)
+    first_sets: Vec<Option<u32>>,
+    first_union: u128,
 }
 
 /// (set ranges, holds \s, holds \w, negated) per set; branches as (kind, set index): kind
@@ -64,6 +67,8 @@ impl CaptionTables {
             word_sets: 0,
             negated_sets: 0,
             branches: Vec::new(),
+            first_sets: Vec::new(),
+            first_union: 0,
         };
         for c in ascii_gate.into_iter().filter(|&c| c < 128) {
             t.ascii_gate[c as usize] = true;
@@ -105,6 +110,12 @@ impl CaptionTables {
                     _ => return Err("unknown badness item".into()),
                 });
             }
+            let first = match items.first() {
+                Some(Item::Set(s)) => Some(*s),
+                _ => None,
+            };
+            t.first_union |= first.map_or(0, |s| 1u128 << s);
+            t.first_sets.push(first);
             t.branches.push(items);
         }
         Ok(t)
@@ -165,10 +176,19 @@ impl CaptionTables {
             return false;
         }
         let masks: Vec<u128> = text.iter().map(|&c| self.mask(c)).collect();
+        let other_starts = self.first_sets.iter().any(Option::is_none);
         (0..=text.len()).any(|p| {
+            let m = masks.get(p).copied().unwrap_or(0);
+            if !other_starts && m & self.first_union == 0 {
+                return false; // no branch can start here
+            }
             self.branches
                 .iter()
-                .any(|br| self.matches_at(br, text, &masks, p))
+                .zip(&self.first_sets)
+                .any(|(br, first)| match first {
+                    Some(s) if m >> s & 1 == 0 => false,
+                    _ => self.matches_at(br, text, &masks, p),
+                })
         })
     }
 
