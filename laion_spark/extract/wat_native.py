@@ -174,7 +174,7 @@ def wat_extractor(rules: Rules) -> WatExtractor | None:
             _WARNED = True
             log.warning(
                 "laion-spark-native is not installed: extracting WAT records in pure Python "
-                "(same pairs, about 2-3x slower); scripts/setup.sh builds it from native/"
+                "(same pairs, about 3x slower); scripts/setup.sh builds it from native/"
             )
         return None
 
