@@ -38,14 +38,23 @@ def caption_tables() -> tuple | None:
     ASCII characters of the ftfy gate, and ftfy's BADNESS_RE as sets and branches. None when
     that regex has a shape not translated here (then Python cleans every non-ASCII alt).
     About 0.1 s, once per process."""
-    import re._constants as sre_c
-    import re._parser as sre_parse
     import unicodedata as ud
 
     from ftfy.badness import BADNESS_RE
 
-    program = _badness_program(BADNESS_RE, sre_parse, sre_c)
+    try:
+        try:  # the regex parser's modules: re._parser since Python 3.11, sre_parse before
+            import re._constants as sre_c
+            import re._parser as sre_parse
+        except ImportError:  # pragma: no cover (Python 3.10)
+            import sre_constants as sre_c  # type: ignore[no-redef]
+            import sre_parse  # type: ignore[no-redef]
+        program = _badness_program(BADNESS_RE, sre_parse, sre_c)
+    except Exception as e:  # pragma: no cover (a Python or ftfy this was not written for)
+        log.warning("ftfy's BADNESS_RE not translated (%r): non-ASCII captions in Python", e)
+        return None
     if program is None:
+        log.warning("ftfy's BADNESS_RE has a new shape: non-ASCII captions in Python")
         return None
     gate = captions._ftfy_gate()
     # second characters of canonical compositions (NFC may merge them); planes 2+ hold no
