@@ -56,6 +56,9 @@ class Rules:
 
     def clean_caption(self, alt: str) -> tuple[str | None, str | None]:
         """captions.clean_caption(alt) with these rules, kept in `caption_cache`."""
+        got = self.caption_cache.get(alt)
+        if got is not None:
+            return got
         got = captions.clean_caption(
             alt, self.min_caption_chars, self.max_caption_chars, self.fix_text
         )
@@ -86,6 +89,12 @@ class Pair:
     language_group: str
     license: str | None
     crawl_id: str | None = None  # set by the reader (config, file path or warcinfo)
+
+
+def id_caption(text: str) -> str:
+    """A clean caption as ids.sample_id hashes it (ids.normalize_caption), skipping the
+    call for ASCII text: a clean caption is whitespace-collapsed, and ASCII is NFC."""
+    return text if text.isascii() else normalize_caption(text)
 
 
 def judge_image(
@@ -129,7 +138,6 @@ def page_pairs(
     if len(images) > rules.max_images_per_page:
         rejected[TOO_MANY_IMAGES] += len(images) - rules.max_images_per_page
         images = images[: rules.max_images_per_page]
-    cache = rules.caption_cache
     # == urls.resolve_image_url(src, base, max_url_chars, drop_extensions)
     resolve = urls.page_resolver(base, rules.max_url_chars, rules.drop_extensions)
     sha256 = hashlib.sha256
@@ -140,8 +148,7 @@ def page_pairs(
         if alt is None:
             rejected[captions.NO_ALT] += 1
             continue
-        got = cache.get(alt)
-        text, why = got if got is not None else rules.clean_caption(alt)
+        text, why = rules.clean_caption(alt)
         if why:
             rejected[why] += 1
             continue
@@ -150,8 +157,7 @@ def page_pairs(
             rejected[why] += 1
             continue
         # == laion_spark.ids.sample_id(url, text): the URL is already normalised (urls.py)
-        # and a clean caption is NFC and whitespace-collapsed (ASCII: normalize_caption no-op)
-        key = f"{url}\t{text if text.isascii() else normalize_caption(text)}"
+        key = f"{url}\t{id_caption(text)}"
         sid = sha256(key.encode()).hexdigest()[:32]
         if sid in seen:
             rejected[DUPLICATE_IN_PAGE] += 1

@@ -43,7 +43,8 @@ def _get(d: Any, *keys: str) -> Any:
     return d
 
 
-def _text(v: Any) -> str | None:
+def decoded_text(v: Any) -> str | None:
+    """A WAT string value with its HTML entities decoded; None for anything else."""
     return unescape_entities(v) if isinstance(v, str) else None
 
 
@@ -98,7 +99,7 @@ def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page 
                 if u.__class__ is str and a.__class__ is str and "&" not in u and "&" not in a:
                     images.append((u, a))
                 else:
-                    images.append((_text(u), _text(a)))
+                    images.append((decoded_text(u), decoded_text(a)))
             elif base is None:
                 base = link.get("url")
         links = ()
@@ -107,7 +108,7 @@ def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page 
             continue
         path = link.get("path")
         if path == "IMG@/src":
-            images.append((_text(link.get("url")), _text(link.get("alt"))))
+            images.append((decoded_text(link.get("url")), decoded_text(link.get("alt"))))
         elif not maybe_cc or not isinstance(path, str):
             if path == "BASE@/href" and base is None:
                 base = link.get("url")
@@ -127,6 +128,6 @@ def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page 
     return Page(
         url=page_url,
         images=images,
-        base_href=_text(base),
+        base_href=decoded_text(base),
         license=page_license(lic_links) if lic_links else None,
     )

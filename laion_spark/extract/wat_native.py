@@ -20,8 +20,8 @@ from typing import Any
 from laion_spark.extract import captions, language, urls
 from laion_spark.extract.captions import unescape_entities
 from laion_spark.extract.license import page_license
-from laion_spark.extract.pairs import Pair, Rules
-from laion_spark.ids import normalize_caption
+from laion_spark.extract.pairs import Pair, Rules, id_caption
+from laion_spark.extract.wat import decoded_text
 
 log = logging.getLogger(__name__)
 _WARNED = False
@@ -189,16 +189,14 @@ def wat_extractor(rules: Rules) -> WatExtractor | None:
 
     def clean_alt(alt: str) -> tuple[str | None, str | None, str | None]:
         alt = unescape_entities(alt)
-        got = rules.caption_cache.get(alt)
-        text, why = got if got is not None else rules.clean_caption(alt)
+        text, why = rules.clean_caption(alt)
         if why:
             return None, why, None
         assert text is not None
-        return text, None, text if text.isascii() else normalize_caption(text)
+        return text, None, id_caption(text)
 
     def page_setup(page_url: str, base_href: str | None) -> tuple[Any, Any, str]:
-        href = unescape_entities(base_href) if isinstance(base_href, str) else None
-        base = urls.resolve_base(page_url, href)
+        base = urls.resolve_base(page_url, decoded_text(base_href))
         parts = urls.base_parts(base)
         return parts, urls.page_origin(parts), base
 

@@ -11,9 +11,55 @@
 
 use std::collections::HashMap;
 
-const CAPTION_TOO_SHORT: &str = "caption_too_short";
-const CAPTION_TOO_LONG: &str = "caption_too_long";
-const NO_ALT: &str = "no_alt";
+// rejection reasons of laion_spark.extract.captions
+pub const NO_ALT: &str = "no_alt";
+pub const CAPTION_TOO_SHORT: &str = "caption_too_short";
+pub const CAPTION_TOO_LONG: &str = "caption_too_long";
+
+/// captions.clean_caption's bound on absurd input, checked before any per-character pass.
+pub fn too_long_to_clean(n_chars: usize, max_c: usize) -> bool {
+    n_chars > 4 * max_c + 64
+}
+
+/// The end of captions.clean_caption: whitespace runs collapse (str.split / join; controls
+/// count as whitespace, the rule turns them into spaces first), then the length bounds.
+/// `alt` is the caption before cleaning (for the no_alt / too_short distinction).
+pub fn collapse_and_bound(
+    chars: impl Iterator<Item = char>,
+    alt: &str,
+    min_c: usize,
+    max_c: usize,
+) -> Result<String, &'static str> {
+    let mut out = String::with_capacity(alt.len());
+    let mut count = 0;
+    let mut gap = false;
+    for ch in chars {
+        if ch <= ' ' || ch == '\x7f' {
+            gap = count > 0;
+            continue;
+        }
+        if gap {
+            out.push(' ');
+            count += 1;
+            gap = false;
+        }
+        out.push(ch);
+        count += 1;
+    }
+    if count < min_c {
+        // Python: NO_ALT if the alt was only whitespace (str.strip), else too short
+        let blank = alt.bytes().all(|b| matches!(b, 9..=13 | 0x1c..=0x20));
+        return Err(if count == 0 && blank {
+            NO_ALT
+        } else {
+            CAPTION_TOO_SHORT
+        });
+    }
+    if count > max_c {
+        return Err(CAPTION_TOO_LONG);
+    }
+    Ok(out)
+}
 
 #[derive(Clone, Copy)]
 enum Item {
@@ -38,6 +84,8 @@ pub struct CaptionTables {
     // the set each branch must match first (None: it starts with something else)
     first_sets: Vec<Option<u32>>,
     first_union: u128,
+    // some branch starts with something other than a set (then no position is skipped)
+    other_starts: bool,
 }
 
 /// (set ranges, holds \s, holds \w, negated) per set; branches as (kind, set index): kind
@@ -69,6 +117,7 @@ impl CaptionTables {
             branches: Vec::new(),
             first_sets: Vec::new(),
             first_union: 0,
+            other_starts: false,
         };
         for c in ascii_gate.into_iter().filter(|&c| c < 128) {
             t.ascii_gate[c as usize] = true;
@@ -115,6 +164,7 @@ impl CaptionTables {
                 _ => None,
             };
             t.first_union |= first.map_or(0, |s| 1u128 << s);
+            t.other_starts |= first.is_none();
             t.first_sets.push(first);
             t.branches.push(items);
         }
@@ -176,10 +226,9 @@ impl CaptionTables {
             return false;
         }
         let masks: Vec<u128> = text.iter().map(|&c| self.mask(c)).collect();
-        let other_starts = self.first_sets.iter().any(Option::is_none);
         (0..=text.len()).any(|p| {
             let m = masks.get(p).copied().unwrap_or(0);
-            if !other_starts && m & self.first_union == 0 {
+            if !self.other_starts && m & self.first_union == 0 {
                 return false; // no branch can start here
             }
             self.branches
@@ -203,7 +252,7 @@ impl CaptionTables {
         fix_text: bool,
     ) -> Option<Result<String, &'static str>> {
         let n = alt.chars().count();
-        if n > 4 * max_c + 64 {
+        if too_long_to_clean(n, max_c) {
             return Some(Err(CAPTION_TOO_LONG));
         }
         // control characters -> space (captions._strip_controls on printable-but-Cc text)
@@ -226,34 +275,7 @@ impl CaptionTables {
         if fix_text && self.is_bad(&stripped) {
             return None;
         }
-        // NFC changes nothing (safe characters); whitespace runs collapse (str.split/join)
-        let mut out = String::with_capacity(alt.len());
-        let mut count = 0;
-        let mut gap = false;
-        for &ch in &stripped {
-            if ch == ' ' {
-                gap = !out.is_empty();
-                continue;
-            }
-            if gap {
-                out.push(' ');
-                count += 1;
-                gap = false;
-            }
-            out.push(ch);
-            count += 1;
-        }
-        if count < min_c {
-            let blank = alt.bytes().all(|b| matches!(b, 9..=13 | 0x1c..=0x20));
-            return Some(Err(if out.is_empty() && blank {
-                NO_ALT
-            } else {
-                CAPTION_TOO_SHORT
-            }));
-        }
-        if count > max_c {
-            return Some(Err(CAPTION_TOO_LONG));
-        }
-        Some(Ok(out))
+        // NFC changes nothing (safe characters)
+        Some(collapse_and_bound(stripped.into_iter(), alt, min_c, max_c))
     }
 }

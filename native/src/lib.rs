@@ -29,10 +29,8 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-// rejection reasons: the strings of laion_spark.extract.{captions,urls,pairs}
-const NO_ALT: &str = "no_alt";
-const CAPTION_TOO_SHORT: &str = "caption_too_short";
-const CAPTION_TOO_LONG: &str = "caption_too_long";
+// rejection reasons: the strings of laion_spark.extract.{urls,pairs} (captions: caption.rs)
+use caption::{CAPTION_TOO_LONG, NO_ALT};
 const EMPTY_URL: &str = "empty_url";
 const URL_TOO_LONG: &str = "url_too_long";
 const DATA_URL: &str = "data_url";
@@ -307,38 +305,12 @@ fn parse_record<'a>(text: &'a str, has_cc: bool, record_url: Option<&'a str>) ->
     })
 }
 
-/// captions.clean_caption for ASCII text without entities.
+/// captions.clean_caption for ASCII text without entities (no ftfy, no NFC: ASCII).
 fn clean_ascii(alt: &str, min_c: usize, max_c: usize) -> Result<String, &'static str> {
-    if alt.len() > 4 * max_c + 64 {
+    if caption::too_long_to_clean(alt.len(), max_c) {
         return Err(CAPTION_TOO_LONG);
     }
-    // control characters become spaces, then whitespace runs collapse (str.split / join)
-    let mut out = String::with_capacity(alt.len());
-    let mut gap = false;
-    for b in alt.bytes() {
-        if b <= 0x20 || b == 0x7f {
-            gap = !out.is_empty();
-        } else {
-            if gap {
-                out.push(' ');
-                gap = false;
-            }
-            out.push(b as char);
-        }
-    }
-    if out.len() < min_c {
-        // Python: NO_ALT if the alt was only whitespace (str.strip), else too short
-        let blank = alt.bytes().all(|b| matches!(b, 9..=13 | 0x1c..=0x20));
-        return Err(if out.is_empty() && blank {
-            NO_ALT
-        } else {
-            CAPTION_TOO_SHORT
-        });
-    }
-    if out.len() > max_c {
-        return Err(CAPTION_TOO_LONG);
-    }
-    Ok(out)
+    caption::collapse_and_bound(alt.chars(), alt, min_c, max_c)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -675,16 +647,12 @@ impl WatExtractor {
                 abs = joined.as_deref().and_then(match_abs);
             }
         }
-        let (url, path_start) = if let Some((scheme, host, path, query)) = abs {
-            let path = path.unwrap_or("/");
+        // the URL up to its path (path_start..: the path), then its query if not empty
+        let (mut url, path_start, query) = if let Some((scheme, host, path, query)) = abs {
             let mut url = format!("{scheme}://{}", host.to_ascii_lowercase());
             let ps = url.len();
-            url.push_str(path);
-            if let Some(q) = query.filter(|q| !q.is_empty()) {
-                url.push('?');
-                url.push_str(q);
-            }
-            (url, ps)
+            url.push_str(path.unwrap_or("/"));
+            (url, ps, query)
         } else if let (Some((origin, directory)), Some((path, query))) = (
             page.origin
                 .as_ref()
@@ -698,11 +666,7 @@ impl WatExtractor {
                 url.push_str(directory);
             }
             url.push_str(path);
-            if let Some(q) = query.filter(|q| !q.is_empty()) {
-                url.push('?');
-                url.push_str(q);
-            }
-            (url, ps)
+            (url, ps, query)
         } else {
             let got: (Option<String>, Option<String>) = self
                 .resolve_url
@@ -713,6 +677,11 @@ impl WatExtractor {
                 (_, reason) => Err(reason.map_or(Cow::Borrowed(EMPTY_URL), Cow::Owned)),
             });
         };
+        let path_end = url.len();
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            url.push('?');
+            url.push_str(q);
+        }
         let raw_chars = if raw.len() > self.max_url_chars {
             raw.chars().count()
         } else {
@@ -721,9 +690,6 @@ impl WatExtractor {
         if raw_chars > self.max_url_chars || url.len() > self.max_url_chars {
             return Ok(Err(Cow::Borrowed(URL_TOO_LONG)));
         }
-        let path_end = url[path_start..]
-            .find('?')
-            .map_or(url.len(), |k| path_start + k);
         if !self.drop_extensions.is_empty()
             && self.has_dropped_extension(&url[path_start..path_end])
         {
