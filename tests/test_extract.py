@@ -9,7 +9,7 @@ import os
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from shared_data import WHIRLWIND_WARC, WHIRLWIND_WAT
 
@@ -513,6 +513,9 @@ _url_part = st.sampled_from(
 
 @_FUZZ
 @given(st.lists(st.one_of(_url_part, st.text(max_size=6)), max_size=10))
+@example(["http://", ":", "@", "http://"])  # empty user and password
+@example(["http://u:@h.example/x.jpg"])  # empty password
+@example(["http://:p@h.example/x.jpg"])  # empty user
 def test_fuzz_url_resolution_is_normalised(parts):
     from laion_spark.ids import normalize_url, sample_id
 

@@ -245,7 +245,12 @@ def _normalize_general(url: str) -> tuple[str | None, str]:
     if not host.isascii():
         host = host.encode("idna").decode("ascii")  # IDN -> punycode, as browsers send it
     if userinfo:
-        host = f"{userinfo}@{host}"
+        # as ids.normalize_url: user[:password], an empty password dropped, and nothing at
+        # all for an empty user and password ("http://:@h/" is "http://h/")
+        user, _, password = userinfo.partition(":")
+        cred = f"{user}:{password}" if password else user
+        if cred:
+            host = f"{cred}@{host}"
     if port:
         host = f"{host}:{port}"
     path, query = _encode(path, query)
