@@ -200,10 +200,10 @@ def run_ours(urls: list[str], cores: int, threads: int, work: Path) -> dict:
 # ---------------------------------------------------------------- threads vs asyncio (no Spark)
 def threads_rate(urls: list[str], threads: int, resize: bool = True) -> float:
     from laion_spark.download.fetch import Fetcher
-    from laion_spark.download.settings import DownloadConfig
+    from laion_spark.download.settings import DownloadSettings
     from laion_spark.download.worker import download_rows, run_concurrently
 
-    cfg = DownloadConfig(threads=threads, retries=0, allow_networks=["127.0.0.1/32"])
+    cfg = DownloadSettings(threads=threads, retries=0, allow_networks=["127.0.0.1/32"])
     t0 = time.time()
     if resize:
         out = list(download_rows([(str(i), u) for i, u in enumerate(urls)], cfg))
@@ -228,9 +228,9 @@ async def _async_fetch_all(urls: list[str], conns: int, offload: bool) -> int:
     from urllib.parse import urlsplit
 
     from laion_spark.download.resize import process_image
-    from laion_spark.download.settings import DownloadConfig
+    from laion_spark.download.settings import DownloadSettings
 
-    cfg = DownloadConfig()
+    cfg = DownloadSettings()
     queue: asyncio.Queue = asyncio.Queue()
     for u in urls:
         queue.put_nowait(u)

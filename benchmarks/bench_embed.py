@@ -7,7 +7,7 @@
 All three runs see the same JPEG bytes and captions and the same weights:
 1. plain loop: one process, decode + preprocess + encode images and captions in batches
    (all cores as torch threads) -- the raw limit; efficiency = stage / plain loop;
-2. the stage: `laion_spark.clip.stage.run` over Delta tables (images + candidates), end to
+2. the stage: `laion_spark.embed.stage.run` over Delta tables (images + candidates), end to
    end including the Delta MERGE; also its compute part alone (same mapInArrow -> noop sink),
    and the same work through an iterator pandas UDF (mapInPandas) for the API choice;
 3. clip-retrieval `clip_inference` on the same images written as a webdataset tar, same
@@ -79,8 +79,8 @@ def write_tables(spark, tables, samples, jpegs):
 
 
 def stage_numbers(cfg, jpegs, samples) -> dict:
-    from laion_spark.clip import stage
-    from laion_spark.clip.model import load_clip
+    from laion_spark.embed import stage
+    from laion_spark.models.clip import load_clip
     from laion_spark.session import get_spark
     from laion_spark.tables import Tables
 
@@ -88,11 +88,11 @@ def stage_numbers(cfg, jpegs, samples) -> dict:
     tables = Tables(spark, cfg)
     write_tables(spark, tables, samples, jpegs)
     n = len(jpegs)
-    clip = load_clip(cfg.clip)
-    conf = stage.worker_config(cfg.clip, clip)
+    clip = load_clip(cfg.embed)
+    conf = stage.worker_config(cfg.embed, clip)
     src = stage.source_rows(tables).repartition(spark.sparkContext.defaultParallelism).cache()
     src.count()
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.clip.arrow_batch_size))
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.embed.arrow_batch_size))
     par = spark.sparkContext.defaultParallelism
     arrow_fn = stage._embed_partition(conf, clip.model_id)
 
@@ -294,10 +294,10 @@ def main() -> None:
     ap.add_argument("--skip-peer", action="store_true")
     args = ap.parse_args()
 
-    from laion_spark.clip import tiny
-    from laion_spark.clip.model import load_clip
     from laion_spark.config import load_config
     from laion_spark.demo.synthetic import make_samples
+    from laion_spark.models import tiny_clip as tiny
+    from laion_spark.models.clip import load_clip
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
     overrides = [
@@ -309,7 +309,7 @@ def main() -> None:
     if args.pretrained:
         overrides.append(f"clip.pretrained={args.pretrained}")
     cfg = load_config("local", overrides)
-    clip = load_clip(cfg.clip)
+    clip = load_clip(cfg.embed)
     ckpt = args.pretrained or tiny.ensure_tiny_clip()
     samples = make_samples(args.n, seed=77)
     jpegs = [s.jpeg(64) for s in samples]

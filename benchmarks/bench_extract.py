@@ -268,7 +268,7 @@ def main() -> None:
 
     sys.path.insert(0, ROOT)
     from laion_spark.demo.crawl import write_synthetic_crawl
-    from laion_spark.extract.settings import ExtractConfig
+    from laion_spark.extract.settings import ExtractSettings
 
     work = tempfile.mkdtemp(prefix="bench_extract_")
     t = time.perf_counter()
@@ -282,7 +282,7 @@ def main() -> None:
     )
 
     err = ensure_peer_venv()
-    default_opts = dict(ExtractConfig().to_options(), native=not args.no_native)
+    default_opts = dict(ExtractSettings().to_options(), native=not args.no_native)
     same_opts = dict(default_opts, **SAME_RULES)
     ours_out = os.path.join(work, "ours.jsonl")
     same_out = os.path.join(work, "ours_same_rules.jsonl")

@@ -8,12 +8,17 @@ Delta jars that scripts/setup.sh cached (offline afterwards).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
 from laion_spark.config import Config
+
+log = logging.getLogger(__name__)
 
 DELTA_VERSION = "4.3.1"
 DELTA_PACKAGE = f"io.delta:delta-spark_4.1_2.13:{DELTA_VERSION}"
@@ -60,10 +65,11 @@ def spark_settings(cfg: Config, local: bool = True) -> dict[str, str]:
         if jars:
             out["spark.jars"] = ",".join(jars)
         else:
-            print(
-                f"[laion_spark] Delta jars not found in {s.jars_dir}; resolving {DELTA_PACKAGE} "
-                "with Ivy (run scripts/setup.sh to cache them for offline use)",
-                file=sys.stderr,
+            log.warning(
+                "Delta jars not found in %s; resolving %s with Ivy "
+                "(run scripts/setup.sh to cache them for offline use)",
+                s.jars_dir,
+                DELTA_PACKAGE,
             )
             out["spark.jars.packages"] = DELTA_PACKAGE
     elif s.delta_from == "packages":
@@ -108,3 +114,23 @@ def submit_args(cfg: Config) -> list[str]:
     for k, v in settings.items():
         out += ["--conf", f"{k}={v}"]
     return out
+
+
+ARROW_BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set SQL settings for the duration of a block, then put the previous values back
+    (the session is shared by every stage of a run)."""
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, str(v))
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)

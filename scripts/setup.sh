@@ -25,10 +25,10 @@ $PY -c 'import sys; assert sys.version_info >= (3, 10)' || die "Python 3.10+ nee
 
 stamp="$VENV/.laion-spark-installed"
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-  say "creating $VENV and installing laion_spark[dev] (first time downloads torch; pip caches it)"
+  say "creating $VENV and installing laion_spark[all,dev] (first time downloads torch; pip caches it)"
   [ -x "$VENV/bin/python" ] || $PY -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
-  "$VENV/bin/pip" install -q -e ".[dev]"
+  "$VENV/bin/pip" install -q -e ".[all,dev]"
   touch "$stamp"
 else
   say "$VENV up to date"

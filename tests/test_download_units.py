@@ -10,7 +10,7 @@ import test_download_data as data
 from laion_spark.demo.image_server import ImageServer
 from laion_spark.download.fetch import Fetcher, is_opted_out, user_agent
 from laion_spark.download.resize import process_image
-from laion_spark.download.settings import DownloadConfig
+from laion_spark.download.settings import DownloadSettings
 from laion_spark.download.ssrf import check_address, check_host, parse_networks
 from laion_spark.download.worker import download_rows
 from laion_spark.settings import ConfigError
@@ -94,8 +94,8 @@ def test_user_agent_names_our_token_only():
 # ---------------- resize / decode ----------------
 
 
-def _cfg(**kw) -> DownloadConfig:
-    return DownloadConfig(**kw)
+def _cfg(**kw) -> DownloadSettings:
+    return DownloadSettings(**kw)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 Image tower: MLP over 20x20 RGB pixels; text tower: mean of word embeddings (hashed
 vocabulary) + linear. Contrastive (symmetric InfoNCE, learnable temperature). It is
-deliberately far smaller than tiny-clip (laion_spark.clip.tiny) so that 8 subsets x
+deliberately far smaller than tiny-clip (laion_spark.models.tiny_clip) so that 8 subsets x
 several seeds train in seconds each on 2 shared CPU cores.
 """
 

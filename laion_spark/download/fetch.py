@@ -19,7 +19,7 @@ import urllib.robotparser
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from laion_spark.download.settings import DownloadConfig
+from laion_spark.download.settings import DownloadSettings
 from laion_spark.download.ssrf import check_host, parse_networks
 
 REDIRECT_CODES = {301, 302, 303, 307, 308}
@@ -137,7 +137,7 @@ class _HostState:
 class Fetcher:
     """Fetches URLs; one instance per Spark task, shared by its threads (thread-safe)."""
 
-    def __init__(self, cfg: DownloadConfig):
+    def __init__(self, cfg: DownloadSettings):
         self.cfg = cfg
         self.ua = user_agent(cfg.user_agent_token)
         self.allow = parse_networks(cfg.allow_networks)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from laion_spark.download.settings import DownloadConfig
+from laion_spark.download.settings import DownloadSettings
 
 cv2.setNumThreads(1)  # many fetch threads already run in parallel; no nested thread pools
 
@@ -40,7 +40,7 @@ class ResizeResult:
     error: str | None = None
 
 
-def encode_params(cfg: DownloadConfig) -> list[int]:
+def encode_params(cfg: DownloadSettings) -> list[int]:
     if cfg.encode_format == "jpg":
         return [int(cv2.IMWRITE_JPEG_QUALITY), cfg.encode_quality]
     if cfg.encode_format == "png":
@@ -94,7 +94,7 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _decode(
-    data: bytes, fmt: str, mode: str, w: int, h: int, cfg: DownloadConfig
+    data: bytes, fmt: str, mode: str, w: int, h: int, cfg: DownloadSettings
 ) -> tuple[np.ndarray, bool]:
     """BGR uint8 image and whether it differs from the source bytes' pixels (alpha, depth)."""
     buf = np.frombuffer(data, np.uint8)
@@ -141,14 +141,14 @@ def _decode(
     return img, changed
 
 
-def _side_for_mode(w: int, h: int, cfg: DownloadConfig) -> int:
+def _side_for_mode(w: int, h: int, cfg: DownloadSettings) -> int:
     """The side the resize mode compares with image_size."""
     if cfg.resize_mode in ("keep_ratio", "center_crop"):
         return min(w, h)
     return max(w, h)
 
 
-def _needed_side(w: int, h: int, cfg: DownloadConfig) -> int | None:
+def _needed_side(w: int, h: int, cfg: DownloadSettings) -> int | None:
     """Smallest decoded side that still lets the resize only shrink (None: no reduction)."""
     side = _side_for_mode(w, h, cfg)
     if side <= cfg.image_size:
@@ -185,7 +185,7 @@ def _pad(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_image(
-    img: np.ndarray, cfg: DownloadConfig, orig_w: int, orig_h: int
+    img: np.ndarray, cfg: DownloadSettings, orig_w: int, orig_h: int
 ) -> tuple[np.ndarray, bool]:
     """img2dataset's geometry for each mode; (image, resized?). Down/up is judged on the
     ORIGINAL size so a fast reduced JPEG decode never changes which branch is taken."""
@@ -212,7 +212,7 @@ def resize_image(
     return img, True
 
 
-def process_image(data: bytes, cfg: DownloadConfig) -> ResizeResult:
+def process_image(data: bytes, cfg: DownloadSettings) -> ResizeResult:
     """Bytes from the web -> a ResizeResult with the encoded image or a failure status."""
     try:
         fmt, w, h, mode, orientation = _header(data)

@@ -10,7 +10,7 @@ LANGUAGE_GROUPS = ("en", "multi", "nolang")
 
 
 @dataclass
-class ExtractConfig:
+class ExtractSettings:
     # WAT/WARC files or listings (local paths, s3://, https://; *.paths.gz listings expand)
     inputs: list[str] = field(default_factory=list)
     # prefix for relative entries of a *.paths listing (Common Crawl's lists are relative)

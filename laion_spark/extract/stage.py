@@ -20,7 +20,7 @@ from laion_spark.config import Config
 from laion_spark.extract.inputs import expand_inputs
 from laion_spark.stage import StageResult
 from laion_spark.tables import Tables
-from laion_spark.takedowns import exclude_taken_down
+from laion_spark.takedown.rules import exclude_taken_down
 
 _S, _L, _F, _D = T.StringType(), T.LongType(), T.FloatType(), T.DoubleType()
 # what one task emits: pair rows (kind="pair") and one stats row per file (kind="stats")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from laion_spark.safety.heads import KINDS, save_head, train_mlp
+from laion_spark.models.heads import KINDS, save_head, train_mlp
 
 
 def _holdout(ids: list[str], frac: float = 0.2) -> np.ndarray:
@@ -72,7 +72,7 @@ def train_arrays(
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
     m = train_mlp(kind, x[~test], y[~test], **fit)
-    from laion_spark.safety.heads import Head
+    from laion_spark.models.heads import Head
 
     h = Head(kind, m)
     metrics: dict[str, Any] = {
@@ -113,9 +113,9 @@ def train_head(
         df = lab.select("sample_id", F.col("label").cast("double"), F.col("embedding"))
         used_model = model_id or "given"
     else:
-        from laion_spark.safety.stage import resolve_model_id
+        from laion_spark.models.clip import embedding_model_id
 
-        used_model = resolve_model_id(cfg, tables, model_id)
+        used_model = embedding_model_id(cfg, tables, model_id, "--model-id")
         emb = tables.read("embeddings").where(F.col("model_id") == used_model)
         df = lab.select("sample_id", F.col("label").cast("double")).join(
             emb.select("sample_id", F.col(col).alias("embedding")), "sample_id"

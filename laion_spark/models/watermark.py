@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from laion_spark.safety.heads import file_digest
+from laion_spark.models.heads import file_digest
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

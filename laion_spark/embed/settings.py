@@ -1,4 +1,4 @@
-"""Settings of the embed stage (section `clip:` in conf/*.yaml)."""
+"""Settings of the embed stage (section `embed:` in conf/*.yaml; `clip:` is the deprecated name)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from laion_spark.settings import require
 
 
 @dataclass
-class ClipConfig:
+class EmbedSettings:
     # open_clip architecture name, or "tiny-clip" (the project's own small model)
     model: str = "tiny-clip"
     # hub tag (e.g. "laion2b_s34b_b79k") or a local checkpoint file/dir; None = tiny-clip cache
@@ -21,14 +21,9 @@ class ClipConfig:
     # torch threads per task on CPU; 0 = spark.task.cpus (the task's cores)
     cpu_threads: int = 0
     max_image_pixels: int = 64_000_000  # refuse larger images (decompression bombs)
-    # CLIP filter thresholds per language group; None = the model's default (LAION: 0.28 en and
-    # 0.26 multilingual for ViT-B/32; tiny-clip stores its own, calibrated when it is trained)
-    threshold_en: float | None = None
-    threshold_multi: float | None = None
-    subset: str = "clip_filter"  # subset name the filter writes
 
     def validate(self, prefix: str) -> None:
-        p = prefix or "clip"
+        p = prefix or "embed"
         require(bool(self.model), f"{p}.model", "must name an open_clip architecture or tiny-clip")
         dev = self.device
         require(
@@ -46,7 +41,3 @@ class ClipConfig:
         require(self.decode_threads >= 1, f"{p}.decode_threads", "must be >= 1")
         require(self.cpu_threads >= 0, f"{p}.cpu_threads", "must be >= 0")
         require(self.max_image_pixels >= 1, f"{p}.max_image_pixels", "must be >= 1")
-        for name in ("threshold_en", "threshold_multi"):
-            v = getattr(self, name)
-            require(v is None or -1.0 <= v <= 1.0, f"{p}.{name}", "must be a cosine in [-1, 1]")
-        require(bool(self.subset), f"{p}.subset", "must not be empty")

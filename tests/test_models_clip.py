@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from laion_spark.clip import tiny
-from laion_spark.clip.model import ImageDecodeError, load_clip
-from laion_spark.clip.settings import ClipConfig
 from laion_spark.demo.synthetic import make_samples
+from laion_spark.embed.settings import EmbedSettings
+from laion_spark.models import tiny_clip as tiny
+from laion_spark.models.clip import ImageDecodeError, load_clip
 from laion_spark.settings import ConfigError
 
 
 @pytest.fixture(scope="module")
 def clip():
-    return load_clip(ClipConfig())
+    return load_clip(EmbedSettings())
 
 
 def test_tiny_clip_ranks_true_caption_first(clip):
@@ -73,8 +73,8 @@ def test_local_checkpoint_file_and_dir_load_through_the_same_code(tmp_path, clip
     d.mkdir()
     torch.save({"state_dict": model.state_dict()}, d / "open_clip_pytorch_model.bin")
 
-    a = load_clip(ClipConfig(model="tiny-clip", pretrained=str(f)))
-    b = load_clip(ClipConfig(model="tiny-clip", pretrained=str(d)))
+    a = load_clip(EmbedSettings(model="tiny-clip", pretrained=str(f)))
+    b = load_clip(EmbedSettings(model="tiny-clip", pretrained=str(d)))
     assert a.model_id == b.model_id != clip.model_id  # id = architecture + weights digest
     jpeg = make_samples(3, seed=5)[0].jpeg(64)
     with torch.inference_mode():
@@ -89,10 +89,10 @@ def test_local_checkpoint_file_and_dir_load_through_the_same_code(tmp_path, clip
 
 
 def test_errors_name_the_problem(tmp_path, clip):
-    with pytest.raises(ConfigError, match="clip.pretrained"):
-        load_clip(ClipConfig(model="ViT-B-32", pretrained=None))
+    with pytest.raises(ConfigError, match="embed.pretrained"):
+        load_clip(EmbedSettings(model="ViT-B-32", pretrained=None))
     with pytest.raises(ConfigError, match="does not exist"):
-        load_clip(ClipConfig(model="tiny-clip", pretrained=str(tmp_path / "nope.pt")))
+        load_clip(EmbedSettings(model="tiny-clip", pretrained=str(tmp_path / "nope.pt")))
     with pytest.raises(ImageDecodeError, match="cannot decode"):
         clip.encode_images([b"definitely not an image"])
     with pytest.raises(ImageDecodeError, match="empty"):
@@ -104,7 +104,7 @@ def test_too_many_pixels_refused():
 
     from PIL import Image
 
-    small = load_clip(ClipConfig(max_image_pixels=1000))
+    small = load_clip(EmbedSettings(max_image_pixels=1000))
     buf = io.BytesIO()
     Image.new("RGB", (100, 100)).save(buf, format="PNG")
     with pytest.raises(ImageDecodeError, match="too large"):
@@ -114,10 +114,10 @@ def test_too_many_pixels_refused():
 @pytest.mark.parametrize(
     "override,key",
     [
-        ("clip.device=tpu", "clip.device"),
-        ("clip.precision=int4", "clip.precision"),
-        ("clip.batch_size=0", "clip.batch_size"),
-        ("clip.threshold_en=2", "clip.threshold_en"),
+        ("embed.device=tpu", "embed.device"),
+        ("embed.precision=int4", "embed.precision"),
+        ("embed.batch_size=0", "embed.batch_size"),
+        ("curate.clip_thresholds.en=2", "curate.clip_thresholds.en"),
     ],
 )
 def test_bad_config_fails_fast(override, key):
@@ -132,6 +132,6 @@ def test_gpu_fp16_matches_cpu(clip):
     import torch
 
     assert torch.cuda.is_available()
-    g = load_clip(ClipConfig(device="cuda", precision="fp16"))
+    g = load_clip(EmbedSettings(device="cuda", precision="fp16"))
     jpegs = [s.jpeg(64) for s in make_samples(8, seed=3)]
     np.testing.assert_allclose(g.encode_images(jpegs), clip.encode_images(jpegs), atol=2e-2)

@@ -20,9 +20,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from laion_spark.config import Config
-from laion_spark.safety.heads import load_head
-from laion_spark.safety.scoring import ABSENT, Models, ScorePlan, resolve_device, score_batch
-from laion_spark.safety.zeroshot import (
+from laion_spark.models.clip import embedding_model_id
+from laion_spark.models.device import resolve_device
+from laion_spark.models.heads import load_head
+from laion_spark.score.scoring import ABSENT, Models, ScorePlan, score_batch
+from laion_spark.score.zeroshot import (
     PromptEmbeddings,
     encode_prompts,
     lists_digest,
@@ -30,38 +32,13 @@ from laion_spark.safety.zeroshot import (
     prompts_dir,
     read_list,
 )
+from laion_spark.session import ARROW_BATCH_ROWS, session_conf
 from laion_spark.stage import StageResult
 from laion_spark.tables import SPECS, Tables
 
 OUT_SCHEMA = T.StructType(
     [f for f in SPECS["scores"].schema.fields if f.name not in ("scored_at",)]
 )
-
-
-def resolve_model_id(cfg: Config, tables: Tables, model_id: str | None = None, clip=None) -> str:
-    """The embedding model to score: given, the loaded CLIP's, or the configured CLIP's.
-
-    Falls back to the only model in `embeddings` when the configured CLIP cannot load
-    (e.g. a driver without its weights), and says so when that is ambiguous.
-    """
-    if model_id:
-        return model_id
-    if clip is not None:
-        return clip.model_id
-    try:
-        from laion_spark.clip.model import load_clip
-
-        return load_clip(cfg.clip).model_id
-    except Exception as e:  # weights not on this driver: use the table if unambiguous
-        ids = [
-            r[0] for r in tables.read("embeddings").select("model_id").distinct().limit(3).collect()
-        ]
-        if len(ids) == 1:
-            return ids[0]
-        raise ValueError(
-            f"cannot tell which embeddings to score: clip model failed to load ({e}) and "
-            f"embeddings holds models {ids}; pass model_id"
-        ) from e
 
 
 def _prompts(
@@ -77,9 +54,9 @@ def _prompts(
         return given, ref
     try:
         if clip is None:
-            from laion_spark.clip.model import load_clip
+            from laion_spark.models.clip import load_clip
 
-            clip = load_clip(cfg.clip)
+            clip = load_clip(cfg.embed)
     except Exception as e:
         return None, f"{ABSENT}: clip model did not load ({type(e).__name__}: {e})"[:300]
     if clip.model_id != model_id:
@@ -119,7 +96,7 @@ def build_plan(
             )
         refs[kind] = head.model_ref
     if sc.watermark_image_model:
-        from laion_spark.safety.watermark import load_watermark_model
+        from laion_spark.models.watermark import load_watermark_model
 
         try:
             refs["watermark"] = load_watermark_model(
@@ -175,7 +152,7 @@ def pending_embeddings(tables: Tables, model_id: str, rescore: bool = False) -> 
         (F.col("model_id") == model_id) & F.col("image_embedding").isNotNull()
     )
     if not rescore:
-        emb = tables.pending(emb, "scores", where=f"model_id = '{model_id.replace(chr(39), '')}'")
+        emb = tables.pending(emb, "scores", where=F.col("model_id") == F.lit(model_id))
     return emb.select("sample_id", "image_embedding", "text_embedding")
 
 
@@ -191,20 +168,17 @@ def run(
 ) -> StageResult:
     """Score every embedding of the model that has no score yet; returns counts per flag."""
     t0 = time.time()
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, str(cfg.score.batch_rows))  # rows per model call; restored below
-    try:
+    # rows per Arrow batch = rows per model call
+    with session_conf(spark, {ARROW_BATCH_ROWS: cfg.score.batch_rows}):
         return _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, limit)
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
 
 
 def _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, limit) -> StageResult:
-    model_id = resolve_model_id(cfg, tables, model_id, clip)
+    model_id = embedding_model_id(
+        cfg, tables, model_id or (clip.model_id if clip is not None else None), "score model_id"
+    )
+    if model_id is None:
+        return StageResult("score", 0, 0, {}, time.time() - t0, {"model_id": None})
     src = pending_embeddings(tables, model_id, rescore)
     if limit:
         src = src.limit(int(limit))

@@ -1,6 +1,6 @@
 """Takedown rules every stage respects: a removed URL, domain or sample never comes back.
 
-The `takedowns` table (written by `laion-spark takedown`, laion_spark.safety.takedown) holds
+The `takedowns` table (written by `laion-spark takedown`, laion_spark.takedown.request) holds
 rows of (kind, value) with kind in url | domain | sample_id | sha256 | md5. Extract and
 download call `exclude_taken_down` on what they are about to write; download also drops
 images whose hash is listed (`taken_down_hashes`). Takedown lists are small (thousands),

@@ -1,6 +1,6 @@
 """Load a CLIP model in ONE way, whatever the weights are: hub tag, local file/dir, tiny-clip.
 
-    clip = load_clip(cfg.clip)                 # tiny-clip (trained once, cached) by default
+    clip = load_clip(cfg.embed)                 # tiny-clip (trained once, cached) by default
     img = clip.encode_images([jpeg_bytes, ...])  # (n, dim) float32, L2-normalised
     txt = clip.encode_text(["a red circle"])     # (n, dim) float32, L2-normalised
 
@@ -15,14 +15,14 @@ import hashlib
 import io
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from laion_spark.clip.settings import ClipConfig
+from laion_spark.embed.settings import EmbedSettings
+from laion_spark.models.device import cached, resolve_device, resolve_precision
 from laion_spark.settings import ConfigError
 
 # LAION-5B defaults (ViT-B/32 en, multilingual CLIP for the rest); tiny-clip overrides them
@@ -121,39 +121,6 @@ def _normalise(feats: Any) -> np.ndarray:
     return f.cpu().numpy().astype(np.float32, copy=False)
 
 
-# --- device ---------------------------------------------------------------------------------
-def resolve_device(wanted: str | None) -> str:
-    """auto -> the GPU Spark assigned this task (TaskContext resources), any GPU, or cpu."""
-    import torch
-
-    wanted = wanted or "auto"
-    if wanted != "auto":
-        if wanted.startswith("cuda") and not torch.cuda.is_available():
-            return "cpu"  # config asked for a GPU the executor does not have: fall back
-        return wanted
-    if not torch.cuda.is_available():
-        return "cpu"
-    try:
-        from pyspark import TaskContext
-
-        tc = TaskContext.get()
-        if tc is not None:
-            gpus = tc.resources().get("gpu")
-            if gpus is not None and gpus.addresses:
-                return f"cuda:{int(gpus.addresses[0])}"
-    except Exception:
-        pass
-    return "cuda"
-
-
-def _resolve_precision(precision: str, device: str) -> str:
-    if precision == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
-    if not device.startswith("cuda") and precision != "fp32":
-        return "fp32"  # half precision matmuls on CPU are slow; keep fp32 there
-    return precision
-
-
 # --- weights --------------------------------------------------------------------------------
 def is_local_weights(pretrained: str | None) -> bool:
     if not pretrained:
@@ -179,9 +146,9 @@ def checkpoint_file(path: str) -> str:
         if len(found) == 1:
             return str(found[0])
         raise ConfigError(
-            f"clip.pretrained: directory {p} has {len(found)} checkpoint files; name one"
+            f"embed.pretrained: directory {p} has {len(found)} checkpoint files; name one"
         )
-    raise ConfigError(f"clip.pretrained: checkpoint {p} does not exist")
+    raise ConfigError(f"embed.pretrained: checkpoint {p} does not exist")
 
 
 def weights_digest(model: Any) -> str:
@@ -205,24 +172,17 @@ def _read_meta(ckpt: str) -> dict[str, Any]:
     return {}
 
 
-_CACHE: dict[tuple, LoadedClip] = {}
-_LOCK = threading.Lock()
-
-
-def load_clip(clip_cfg: ClipConfig, device: str | None = None) -> LoadedClip:
+def load_clip(clip_cfg: EmbedSettings, device: str | None = None) -> LoadedClip:
     """Load (once per process) the model `clip_cfg` names, on `device` (default clip_cfg.device).
 
     - model="tiny-clip", pretrained=None: the project's model (trained once, cached on disk);
     - pretrained=<local file or dir>: torch.load(weights_only=True) through open_clip;
     - pretrained=<hub tag>: open_clip's pretrained registry (hub cache; needs network once).
     """
-    import open_clip
-    import torch
-
-    from laion_spark.clip import tiny
+    from laion_spark.models import tiny_clip as tiny
 
     dev = resolve_device(device or clip_cfg.device)
-    prec = _resolve_precision(clip_cfg.precision, dev)
+    prec = resolve_precision(clip_cfg.precision, dev)
     pretrained = clip_cfg.pretrained
     if clip_cfg.model == tiny.TINY_NAME:
         tiny.register()
@@ -230,60 +190,77 @@ def load_clip(clip_cfg: ClipConfig, device: str | None = None) -> LoadedClip:
             pretrained = tiny.ensure_tiny_clip()
     elif not pretrained:
         raise ConfigError(
-            f"clip.pretrained: model {clip_cfg.model!r} needs a hub tag or a local checkpoint path"
+            f"embed.pretrained: model {clip_cfg.model!r} needs a hub tag or a local checkpoint path"
         )
-    key = (clip_cfg.model, pretrained, dev, prec, clip_cfg.max_image_pixels)
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        meta: dict[str, Any] = {}
-        if is_local_weights(pretrained):
-            ckpt = checkpoint_file(pretrained)
-            meta = _read_meta(ckpt)
-            model = open_clip.create_model(clip_cfg.model, pretrained=None, device="cpu")
-            # open_clip's loader: torch.load(weights_only=True) or safetensors, strips
-            # "module." prefixes, resizes position embeddings; the same path as hub weights
-            open_clip.load_checkpoint(model, ckpt, weights_only=True)
-        else:
-            model = open_clip.create_model(
-                clip_cfg.model, pretrained=pretrained, device="cpu", require_pretrained=True
-            )
-        model.eval()
-        digest = weights_digest(model)
-        model = model.to(dev)
-        preprocess = open_clip.image_transform(
-            model.visual.image_size,
-            is_train=False,
-            mean=getattr(model.visual, "image_mean", None),
-            std=getattr(model.visual, "image_std", None),
-        )
-        tokenizer = open_clip.get_tokenizer(clip_cfg.model)
-        with torch.inference_mode():
-            dim = int(model.encode_text(tokenizer(["x"]).to(dev)).shape[-1])
-        thresholds = dict(LAION_THRESHOLDS)
-        thresholds.update({k: float(v) for k, v in (meta.get("thresholds") or {}).items()})
-        loaded = LoadedClip(
-            model=model,
-            preprocess=preprocess,
-            tokenizer=tokenizer,
-            device=dev,
-            dim=dim,
-            model_id=f"{clip_cfg.model}@{digest}",
-            precision=prec,
-            thresholds=thresholds,
-            max_image_pixels=clip_cfg.max_image_pixels,
-        )
-        _CACHE[key] = loaded
-        return loaded
+    key = ("clip", clip_cfg.model, pretrained, dev, prec, clip_cfg.max_image_pixels)
+    return cached(key, lambda: _load(clip_cfg, pretrained, dev, prec))
 
 
-def filter_thresholds(clip_cfg: ClipConfig, loaded: LoadedClip) -> dict[str, float]:
-    """Effective CLIP-filter thresholds: config values where set, else the model's defaults."""
-    return {
-        "en": clip_cfg.threshold_en
-        if clip_cfg.threshold_en is not None
-        else loaded.thresholds["en"],
-        "multi": clip_cfg.threshold_multi
-        if clip_cfg.threshold_multi is not None
-        else loaded.thresholds["multi"],
-    }
+def _load(clip_cfg: EmbedSettings, pretrained: str, dev: str, prec: str) -> LoadedClip:
+    import open_clip
+    import torch
+
+    meta: dict[str, Any] = {}
+    if is_local_weights(pretrained):
+        ckpt = checkpoint_file(pretrained)
+        meta = _read_meta(ckpt)
+        model = open_clip.create_model(clip_cfg.model, pretrained=None, device="cpu")
+        # open_clip's loader: torch.load(weights_only=True) or safetensors, strips
+        # "module." prefixes, resizes position embeddings; the same path as hub weights
+        open_clip.load_checkpoint(model, ckpt, weights_only=True)
+    else:
+        model = open_clip.create_model(
+            clip_cfg.model, pretrained=pretrained, device="cpu", require_pretrained=True
+        )
+    model.eval()
+    digest = weights_digest(model)
+    model = model.to(dev)
+    preprocess = open_clip.image_transform(
+        model.visual.image_size,
+        is_train=False,
+        mean=getattr(model.visual, "image_mean", None),
+        std=getattr(model.visual, "image_std", None),
+    )
+    tokenizer = open_clip.get_tokenizer(clip_cfg.model)
+    with torch.inference_mode():
+        dim = int(model.encode_text(tokenizer(["x"]).to(dev)).shape[-1])
+    thresholds = dict(LAION_THRESHOLDS)
+    thresholds.update({k: float(v) for k, v in (meta.get("thresholds") or {}).items()})
+    return LoadedClip(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        device=dev,
+        dim=dim,
+        model_id=f"{clip_cfg.model}@{digest}",
+        precision=prec,
+        thresholds=thresholds,
+        max_image_pixels=clip_cfg.max_image_pixels,
+    )
+
+
+def embedding_model_id(
+    cfg: Any, tables: Any, explicit: str | None = None, key: str = ""
+) -> str | None:
+    """Which `embeddings` model a stage reads, by one rule for every stage.
+
+    `explicit` (a stage's setting or argument) wins; else the only model in the table; else,
+    with several, the configured `embed:` model's id when the table holds it (this loads the
+    model); else an error naming the models and the key to set. None when nothing is embedded.
+    """
+    if explicit:
+        return explicit
+    if not tables.exists("embeddings"):
+        return None
+    rows = tables.read("embeddings").select("model_id").distinct().collect()
+    models = sorted(r[0] for r in rows if r[0] is not None)
+    if len(models) <= 1:
+        return models[0] if models else None
+    try:
+        configured = load_clip(cfg.embed).model_id
+    except Exception:  # weights not on this driver: cannot tell which one was meant
+        configured = None
+    if configured in models:
+        return configured
+    where = f"set {key}" if key else "name one"
+    raise ConfigError(f"embeddings hold several models {models}; {where}")

@@ -8,7 +8,7 @@ workers), each task streams Arrow record batches in and out (no partition is mat
 and the image bytes reach Python as one Arrow binary buffer without a pandas object column
 (see docs/embed.md for the comparison with an iterator pandas UDF).
 
-Inside a task: rows are cut into model batches of `clip.batch_size`; JPEG decode +
+Inside a task: rows are cut into model batches of `embed.batch_size`; JPEG decode +
 preprocess of the NEXT batch runs on a small thread pool (PIL releases the GIL while
 decoding/resizing) while the model computes the current one. On a GPU executor the task
 uses the GPU Spark assigned it (TaskContext.resources()["gpu"]), fp16/bf16 autocast and
@@ -18,6 +18,7 @@ pinned-memory host->device copies; on CPU it uses the task's cores (spark.task.c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -26,9 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from laion_spark.clip.model import ImageDecodeError, LoadedClip, load_clip
-from laion_spark.clip.settings import ClipConfig
+from laion_spark.embed.settings import EmbedSettings
+from laion_spark.models.clip import ImageDecodeError, LoadedClip, load_clip
+from laion_spark.models.device import set_torch_threads
+from laion_spark.session import ARROW_BATCH_ROWS, session_conf
 from laion_spark.stage import StageResult
+from laion_spark.tables import SPECS, arrow_schema, spark_schema
 
 SUCCESS = "success"
 FAILED_DECODE = "failed_to_decode"  # bytes are not a decodable image (or too many pixels)
@@ -37,26 +41,14 @@ FAILED_EMBED = "failed_to_embed"  # the model failed on a batch (retried on the 
 FINAL_STATUSES = (SUCCESS, FAILED_DECODE)
 
 
-def _out_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("sample_id", pa.string()),
-            ("model_id", pa.string()),
-            ("image_embedding", pa.list_(pa.float32())),
-            ("text_embedding", pa.list_(pa.float32())),
-            ("similarity", pa.float32()),
-            ("status", pa.string()),
-            ("error_message", pa.string()),
-        ]
-    )
+# what the task yields: the embeddings columns but the commit time, added after the UDF
+OUT_COLUMNS = [f.name for f in SPECS["embeddings"].schema.fields if f.name != "embedded_at"]
+SPARK_OUT_SCHEMA = spark_schema("embeddings", OUT_COLUMNS)
 
 
-SPARK_OUT_SCHEMA = (
-    "sample_id string, model_id string, image_embedding array<float>, "
-    "text_embedding array<float>, similarity float, status string, error_message string"
-)
+@functools.cache
+def _arrow_out():
+    return arrow_schema("embeddings", OUT_COLUMNS)
 
 
 def _list_array(rows: np.ndarray, valid: np.ndarray):
@@ -73,28 +65,10 @@ def _list_array(rows: np.ndarray, valid: np.ndarray):
     return pa.ListArray.from_arrays(pa.array(offsets), arr.values, mask=mask)
 
 
-def _set_threads(clip_cfg: ClipConfig, device: str) -> None:
-    import torch
-
-    if not device.startswith("cpu"):
-        return
-    n = clip_cfg.cpu_threads
-    if n <= 0:
-        try:
-            from pyspark import TaskContext
-
-            tc = TaskContext.get()
-            n = tc.cpus() if tc is not None else 0
-        except Exception:
-            n = 0
-    if n > 0 and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
 class BatchEmbedder:
     """Streams (sample_id, image bytes, text) chunks through the model, decode overlapped."""
 
-    def __init__(self, clip: LoadedClip, clip_cfg: ClipConfig):
+    def __init__(self, clip: LoadedClip, clip_cfg: EmbedSettings):
         self.clip = clip
         self.cfg = clip_cfg
         self.pool = ThreadPoolExecutor(max(1, clip_cfg.decode_threads), "clip-decode")
@@ -158,7 +132,7 @@ class BatchEmbedder:
                 pa.array(status.tolist(), pa.string()),
                 pa.array(errors, pa.string()),
             ],
-            schema=_out_schema(),
+            schema=_arrow_out(),
         )
 
     def run(self, batches: Iterator[Any]) -> Iterator[Any]:
@@ -183,17 +157,17 @@ class BatchEmbedder:
 
 
 def _embed_partition(conf: dict, model_id: str):
-    """mapInArrow function; `conf` is the ClipConfig as a dict (pretrained path resolved)."""
+    """mapInArrow function; `conf` is the EmbedSettings as a dict (pretrained path resolved)."""
 
     def fn(batches):
-        clip_cfg = ClipConfig(**conf)
+        clip_cfg = EmbedSettings(**conf)
         clip = load_clip(clip_cfg)  # cached per Python worker process
         if clip.model_id != model_id:
             raise RuntimeError(
                 f"executor loaded {clip.model_id}, driver expected {model_id}: "
-                "point clip.pretrained at the same weights on every node"
+                "point embed.pretrained at the same weights on every node"
             )
-        _set_threads(clip_cfg, clip.device)
+        set_torch_threads(clip_cfg.cpu_threads, clip.device)
         emb = BatchEmbedder(clip, clip_cfg)
         try:
             yield from emb.run(batches)
@@ -203,9 +177,9 @@ def _embed_partition(conf: dict, model_id: str):
     return fn
 
 
-def worker_config(clip_cfg: ClipConfig, clip: LoadedClip | None = None) -> dict:
+def worker_config(clip_cfg: EmbedSettings) -> dict:
     """Config to ship to executors: tiny-clip's checkpoint path resolved on the driver."""
-    from laion_spark.clip import tiny
+    from laion_spark.models import tiny_clip as tiny
 
     conf = dataclasses.asdict(clip_cfg)
     if clip_cfg.model == tiny.TINY_NAME and not clip_cfg.pretrained:
@@ -215,7 +189,7 @@ def worker_config(clip_cfg: ClipConfig, clip: LoadedClip | None = None) -> dict:
 
 def source_rows(tables) -> Any:
     """images with status success, with their caption (candidates.text), minus takedowns."""
-    from laion_spark.takedowns import exclude_taken_down
+    from laion_spark.takedown.rules import exclude_taken_down
 
     imgs = tables.read("images").where("status = 'success'").select("sample_id", "url", "image")
     cands = tables.read("candidates").select("sample_id", "text")
@@ -224,17 +198,17 @@ def source_rows(tables) -> Any:
     return df.select("sample_id", "image", "text")
 
 
-def run(spark, cfg, tables, limit: int | None = None, **_: Any) -> StageResult:
+def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     """Embed every successfully downloaded image not yet embedded with this model."""
     from pyspark.sql import functions as F
 
     t0 = time.time()
-    clip_cfg: ClipConfig = cfg.clip
+    clip_cfg: EmbedSettings = cfg.embed
     clip = load_clip(clip_cfg)  # driver: model id, dim, tiny-clip trained/cached once
     mid = clip.model_id
-    conf = worker_config(clip_cfg, clip)
-    done_where = f"model_id = '{mid}' AND status IN ({', '.join(repr(s) for s in FINAL_STATUSES)})"
-    todo = tables.pending(source_rows(tables), "embeddings", where=done_where)
+    conf = worker_config(clip_cfg)
+    done = (F.col("model_id") == F.lit(mid)) & F.col("status").isin(*FINAL_STATUSES)
+    todo = tables.pending(source_rows(tables), "embeddings", where=done)
     if limit:
         todo = todo.limit(int(limit))
     rows_in = todo.count()
@@ -248,9 +222,6 @@ def run(spark, cfg, tables, limit: int | None = None, **_: Any) -> StageResult:
     out = todo.mapInArrow(_embed_partition(conf, mid), SPARK_OUT_SCHEMA).withColumn(
         "embedded_at", F.current_timestamp()
     )
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    old = spark.conf.get(key, None)
-    spark.conf.set(key, str(clip_cfg.arrow_batch_size))  # rows per Arrow batch into the task
     # rows to redo (a non-final status for this model) need an updating MERGE; when there
     # are none every pending row is new and an insert-only MERGE (anti-join + append) does
     redo = (
@@ -260,17 +231,12 @@ def run(spark, cfg, tables, limit: int | None = None, **_: Any) -> StageResult:
         .limit(1)
         .count()
     )
-    try:
+    # rows per Arrow batch into the task
+    with session_conf(spark, {ARROW_BATCH_ROWS: clip_cfg.arrow_batch_size}):
         # images and pending are unique per sample_id, and the UDF maps rows 1:1
         t_write = time.time()
         tables.upsert(out, "embeddings", update=bool(redo), dedup=False)
         write_s = time.time() - t_write
-    finally:
-        # the session is shared with other stages: put the setting back
-        if old is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, old)
     counts = (
         tables.read("embeddings")
         .where(F.col("model_id") == mid)

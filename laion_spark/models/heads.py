@@ -319,7 +319,7 @@ def convert_keras_npz(npz_path: str, out_path: str, kind: str = "nsfw") -> str:
     return save_head(out_path, kind, from_keras_weights(arrays, kind), threshold=0.5)
 
 
-if __name__ == "__main__":  # python -m laion_spark.safety.heads weights.npz nsfw.pt
+if __name__ == "__main__":  # python -m laion_spark.models.heads weights.npz nsfw.pt
     import sys
 
     print(convert_keras_npz(sys.argv[1], sys.argv[2], *(sys.argv[3:4] or ["nsfw"])))

@@ -6,7 +6,7 @@
 1. Each value is recorded in `takedowns` first (request_id = hash of kind + normalised
    value, so repeating a request is idempotent). Recording first means an interrupted
    takedown still blocks the sample: extract and download call
-   laion_spark.takedowns.exclude_taken_down / taken_down_hashes on everything they write,
+   laion_spark.takedown.rules.exclude_taken_down / taken_down_hashes on everything they write,
    and the index helper filters search results by this table.
 2. The values resolve to sample_ids: url/domain through the `url` of candidates and
    images, sha256/md5 through images (md5 computed from the stored bytes; sha256 too where
@@ -29,7 +29,7 @@ from pyspark.sql import types as T
 from laion_spark.config import Config
 from laion_spark.ids import normalize_url
 from laion_spark.tables import SPECS, Tables
-from laion_spark.takedowns import KINDS, domain_matches, host_of
+from laion_spark.takedown.rules import KINDS, domain_matches, host_of
 
 SAMPLE_TABLES = tuple(n for n, s in SPECS.items() if "sample_id" in s.schema.fieldNames())
 
@@ -154,7 +154,8 @@ def _delete(tables: Tables, name: str, hits: dict[str, set[str]]) -> dict[str, i
         present[r["sample_id"]] = int(r["count"])
     if not present:
         return {}
-    tables.delta(name).delete(F.col("sample_id").isin(sorted(present)))
+    ids_df = tables.spark.createDataFrame([(s,) for s in sorted(present)], "sample_id string")
+    tables.delete(name, ids_df)
     return {
         v: sum(present.get(s, 0) for s in sids) for v, sids in hits.items() if sids & present.keys()
     }

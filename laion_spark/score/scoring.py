@@ -1,22 +1,22 @@
 """The score plan (what models to run, built on the driver) and scoring of one batch.
 
 `ScorePlan` is small and picklable: file paths, thresholds, prompt embeddings and the word
-list. Each Python worker loads the heads once (`_cached`) and scores Arrow batches with
+list. Each Python worker loads the heads once (models.device.cached) and scores Arrow batches with
 `score_batch`, a pure function of a pandas batch, so it is testable without Spark.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from laion_spark.safety.heads import Head, load_head
-from laion_spark.safety.toxicity import WordListToxicity
-from laion_spark.safety.zeroshot import PromptEmbeddings, WordMatcher, zero_shot_tags
+from laion_spark.models.device import cached, file_key
+from laion_spark.models.heads import Head, load_head
+from laion_spark.score.toxicity import WordListToxicity
+from laion_spark.score.zeroshot import PromptEmbeddings, WordMatcher, zero_shot_tags
 
 ABSENT = "absent"
 SCORE_COLUMNS = ("punsafe", "pwatermark", "toxicity", "aesthetic")
@@ -51,51 +51,14 @@ class ScorePlan:
         return self.prompts is not None or self.toxic_words is not None
 
 
-_CACHE: dict[tuple, Any] = {}
-
-
-def _cached(key: tuple, make):
-    """One load per Python worker (Spark reuses workers), keyed by file path + mtime."""
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.path.getmtime(os.path.expanduser(path))
-    except OSError:
-        return -1.0
-
-
-def resolve_device(wanted: str) -> str:
-    """auto -> the GPU Spark assigned this task, else any GPU, else cpu."""
-    import torch
-
-    if wanted != "auto":
-        return wanted if not wanted.startswith("cuda") or torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available():
-        return "cpu"
-    try:
-        from pyspark import TaskContext
-
-        tc = TaskContext.get()
-        gpus = tc.resources().get("gpu") if tc is not None else None
-        if gpus is not None and gpus.addresses:
-            return f"cuda:{int(gpus.addresses[0])}"
-    except Exception:
-        pass
-    return "cuda"
-
-
 class Models:
-    """The heads a plan names, loaded (once per worker through `_cached`)."""
+    """The heads a plan names, loaded once per worker (laion_spark.models.device.cached)."""
 
     def __init__(self, plan: ScorePlan):
         def head(path: str | None, kind: str) -> Head | None:
             if not path:
                 return None
-            return _cached(("head", kind, path, _mtime(path)), lambda: load_head(path, kind))
+            return cached(("head", kind, *file_key(path)), lambda: load_head(path, kind))
 
         self.nsfw = head(plan.nsfw_head, "nsfw")
         self.watermark = head(plan.watermark_head, "watermark")
@@ -103,21 +66,21 @@ class Models:
         self.toxicity = head(plan.toxicity_head, "toxicity")
         self.watermark_image = None
         if plan.watermark_image_model:
-            from laion_spark.safety.watermark import load_watermark_model
+            from laion_spark.models.watermark import load_watermark_model
 
             p = plan.watermark_image_model
-            self.watermark_image = _cached(
-                ("wm-image", p, _mtime(p), plan.watermark_image_arch),
+            self.watermark_image = cached(
+                ("wm-image", *file_key(p), plan.watermark_image_arch),
                 lambda: load_watermark_model(
                     p, plan.watermark_image_arch, plan.watermark_image_size
                 ),
             )
         self.words = (
-            _cached(("words", tuple(plan.toxic_words)), lambda: WordListToxicity(plan.toxic_words))
+            cached(("words", tuple(plan.toxic_words)), lambda: WordListToxicity(plan.toxic_words))
             if plan.toxic_words is not None
             else None
         )
-        self.child = _cached(
+        self.child = cached(
             ("child", tuple(plan.child_words)), lambda: WordMatcher(plan.child_words)
         )
 

@@ -1,4 +1,4 @@
-"""EMBED stage + CLIP filter on real Spark/Delta with the real tiny-clip model.
+"""EMBED stage + the curate stage's CLIP filter on real Spark/Delta with the real tiny-clip model.
 
 The images table is built straight from generated samples (JPEG bytes), independent of the
 download stage; a fraction of the captions are deliberately wrong (mismatch_rate).
@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from laion_spark.clip.filter import clip_filter
-from laion_spark.clip.model import load_clip
-from laion_spark.clip.stage import FAILED_DECODE, SUCCESS, run
+from laion_spark.curate.stage import run as curate
 from laion_spark.demo.synthetic import make_samples
+from laion_spark.embed.stage import FAILED_DECODE, SUCCESS, run
 from laion_spark.ids import sample_id
+from laion_spark.models.clip import load_clip
 
 N = 160
 MISMATCH = 0.3
@@ -56,15 +56,15 @@ def _write_tables(spark, tables, samples, bad: int = 2):
 
 @pytest.fixture(scope="module")
 def clip():
-    from laion_spark.clip.settings import ClipConfig
+    from laion_spark.embed.settings import EmbedSettings
 
-    return load_clip(ClipConfig())
+    return load_clip(EmbedSettings())
 
 
 def test_embed_stage_matches_direct_model_and_filter_removes_mismatches(spark, make_cfg, clip):
     from laion_spark.tables import Tables
 
-    cfg = make_cfg(["clip.batch_size=32", "clip.arrow_batch_size=50"])
+    cfg = make_cfg(["embed.batch_size=32", "embed.arrow_batch_size=50"])
     tables = Tables(spark, cfg)
     samples = make_samples(N, seed=11, mismatch_rate=MISMATCH)
     by_id = _write_tables(spark, tables, samples)
@@ -98,12 +98,15 @@ def test_embed_stage_matches_direct_model_and_filter_removes_mismatches(spark, m
     assert tables.read("embeddings").count() == N + 2
 
     # CLIP filter with the model's calibrated threshold removes the mismatched captions
-    fres = clip_filter(spark, cfg, tables)
+    fres = curate(spark, cfg, tables, filters=["clip_filter"])
     kept = {
         r["sample_id"] for r in tables.read("subsets").where("subset = 'clip_filter'").collect()
     }
-    assert fres.by_status["kept"] == len(kept)
-    assert fres.by_status["kept"] + fres.by_status["removed"] == N
+    assert fres.by_status["clip_filter"] == len(kept)
+    notes = fres.notes
+    assert notes["clip_filter_kept_en"] + notes["clip_filter_kept_multi"] == len(kept)
+    assert sum(v for k, v in notes.items() if "_kept_" in k or "_removed_" in k) == N
+    assert notes["clip_filter_threshold_en"] == round(clip.thresholds["en"], 4)
     removed = {sid for sid in by_id if sid not in kept}
     mismatched = {sid for sid, s in by_id.items() if s.mismatched}
     assert len(mismatched) > 25
@@ -114,14 +117,16 @@ def test_embed_stage_matches_direct_model_and_filter_removes_mismatches(spark, m
     assert all(r["repeat"] == 1 for r in tables.read("subsets").collect())
 
     # re-running the filter changes nothing
-    again_f = clip_filter(spark, cfg, tables)
+    again_f = curate(spark, cfg, tables, filters=["clip_filter"])
     assert again_f.by_status == fres.by_status
     assert tables.read("subsets").count() == len(kept)
 
     # a stricter multilingual threshold drops the multi group from the subset (per-group rule)
-    strict = make_cfg(["clip.threshold_multi=1.0"], workdir=cfg.workdir)
-    sres = clip_filter(spark, strict, Tables(spark, strict))
-    assert sres.notes["kept_multi"] == 0 and sres.notes["kept_en"] == fres.notes["kept_en"]
+    thr_en = clip.thresholds["en"]
+    strict = make_cfg([f"curate.clip_thresholds={{en: {thr_en}, '*': 1.0}}"], workdir=cfg.workdir)
+    sres = curate(spark, strict, Tables(spark, strict), filters=["clip_filter"])
+    assert "clip_filter_kept_multi" not in sres.notes
+    assert sres.notes["clip_filter_kept_en"] == notes["clip_filter_kept_en"]
     kept2 = {r["sample_id"] for r in tables.read("subsets").collect()}
     assert kept2 == {sid for sid in kept if by_id[sid].index % 4}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from laion_spark.safety.zeroshot import WordMatcher, read_list
+from laion_spark.score.zeroshot import WordMatcher, read_list
 
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "@": "a", "$": "s"})
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from laion_spark.safety.toxicity import WordListToxicity
-from laion_spark.safety.zeroshot import (
+from laion_spark.score.toxicity import WordListToxicity
+from laion_spark.score.zeroshot import (
     NSFW,
     PROMPTS_DIR,
     UNLIKELY,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from laion_spark.safety.heads import (
+from laion_spark.models.heads import (
     Head,
     MLPHead,
     convert_keras_npz,
@@ -16,7 +16,7 @@ from laion_spark.safety.heads import (
     new_head,
     save_head,
 )
-from laion_spark.safety.train import train_arrays
+from laion_spark.score.train import train_arrays
 
 
 def hidden_direction_data(n: int, dim: int, seed: int, margin: float = 0.05):
@@ -139,7 +139,7 @@ def test_watermark_image_model_laion_head(tmp_path):
     import timm
     from PIL import Image
 
-    from laion_spark.safety.watermark import load_watermark_model
+    from laion_spark.models.watermark import load_watermark_model
 
     model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=2)
     feat = model.classifier.in_features

@@ -12,8 +12,8 @@ from laion_spark.settings import require
 
 
 @dataclass
-class ScoreConfig:
-    # heads over CLIP embeddings (laion_spark.safety.heads file format, see docs/score.md)
+class ScoreSettings:
+    # heads over CLIP embeddings (laion_spark.models.heads file format, see docs/score.md)
     nsfw_head: str | None = None  # punsafe MLP (LAION detector shape)
     watermark_head: str | None = None  # cheap pwatermark head over image embeddings
     aesthetic_head: str | None = None  # linear aesthetic predictor (or LAION's .pth)
@@ -23,7 +23,7 @@ class ScoreConfig:
     watermark_image_model: str | None = None
     watermark_image_arch: str = "efficientnet_b3a"
     watermark_image_size: int = 256
-    # zero-shot NSFW tags (LAION-400M); prompts are encoded with the `clip:` model
+    # zero-shot NSFW tags (LAION-400M); prompts are encoded with the `embed:` model
     zero_shot: bool = True
     prompts_dir: str | None = None  # default: conf/prompts
     toxic_words: str | None = None  # default: <prompts_dir>/toxic_words.txt

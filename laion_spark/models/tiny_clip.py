@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import random
 import tempfile
@@ -47,6 +48,8 @@ EVAL_SEED = 2_000_003
 STEPS = int(os.environ.get("LAION_SPARK_TINY_STEPS", "600"))
 BATCH = 128
 LR = 3e-3
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -150,7 +153,7 @@ def _train_and_save(ckpt: Path, log: bool = True) -> None:
         sched.step()
         if log and step % 50 == 0:
             el = time.time() - t0
-            print(f"[tiny-clip] step {step}/{STEPS} loss {loss.item():.3f} {el:.0f}s", flush=True)
+            log.info("tiny-clip: step %d/%d loss %.3f %.0fs", step, STEPS, loss.item(), el)
     torch.set_num_threads(threads)
     model.eval()
     stats = evaluate(model, preprocess, tokenizer)
@@ -170,7 +173,7 @@ def _train_and_save(ckpt: Path, log: bool = True) -> None:
     os.replace(str(tmp) + ".json", str(ckpt) + ".json")
     os.replace(tmp, ckpt)
     if log:
-        print(f"[tiny-clip] trained in {stats['train_seconds']}s: {stats}", flush=True)
+        log.info("tiny-clip: trained in %ss: %s", stats["train_seconds"], stats)
 
 
 def evaluate(model: Any, preprocess: Any, tokenizer: Any, n: int = 300) -> dict[str, float]:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from laion_spark.safety.stage import run
-from laion_spark.safety.train import train_head
-from laion_spark.safety.zeroshot import PromptEmbeddings
+from laion_spark.score.stage import run
+from laion_spark.score.train import train_head
+from laion_spark.score.zeroshot import PromptEmbeddings
 
 MODEL = "test-clip@0123456789ab"
 D = 16  # small width: the generic head shape, few rows suffice
@@ -226,7 +226,7 @@ def test_watermark_image_model_reads_image_bytes(spark, make_cfg, tmp_path):
 
 
 def test_head_of_wrong_width_fails_fast_naming_the_key(spark, make_cfg, tmp_path):
-    from laion_spark.safety.heads import new_head, save_head
+    from laion_spark.models.heads import new_head, save_head
     from laion_spark.tables import Tables
 
     p = str(tmp_path / "n768.pt")
