@@ -508,11 +508,20 @@ def crossover(small: dict, large: dict) -> dict:
         f"fixed + per-pair fit from {n1} and {n2} pairs: ours {fo:.1f} s + {po * 1000:.2f} ms/pair, "
         f"peers {fp:.1f} s + {pp * 1000:.2f} ms/pair"
     )
-    if po >= pp:
-        cross = "none" if fo > fp else "0"  # ours never catches up / is always ahead
+    if po <= 0 or pp <= 0:
+        cross = "unknown"  # a stack got faster with more pairs: timings too noisy to fit
+        print(
+            "crossover: unknown (a per-pair cost came out <= 0: noisy timings or sizes too close)"
+        )
+    elif po >= pp:
+        # ours costs as much or more per pair: ahead everywhere, or never catches up
+        cross = "0" if fo <= fp else "none"
+        print(
+            f"crossover: {'ours is ahead at every size' if cross == '0' else 'ours never catches up'}"
+        )
     else:
         cross = str(max(0, round((fo - fp) / (pp - po))))
-    print(f"crossover: ours is faster above {cross} pairs")
+        print(f"crossover: ours is faster above {cross} pairs")
     return {
         "crossover_pairs": cross,
         "ours_fixed_s": f"{fo:.1f}",
