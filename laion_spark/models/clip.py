@@ -11,9 +11,11 @@ one, so the embeddings table can hold several models side by side.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +206,8 @@ def _load(clip_cfg: EmbedSettings, pretrained: str, dev: str, prec: str) -> Load
     if is_local_weights(pretrained):
         ckpt = checkpoint_file(pretrained)
         meta = _read_meta(ckpt)
-        model = open_clip.create_model(clip_cfg.model, pretrained=None, device="cpu")
+        with _no_random_init_warning():  # the weights are loaded right below
+            model = open_clip.create_model(clip_cfg.model, pretrained=None, device="cpu")
         # open_clip's loader: torch.load(weights_only=True) or safetensors, strips
         # "module." prefixes, resizes position embeddings; the same path as hub weights
         open_clip.load_checkpoint(model, ckpt, weights_only=True)
@@ -237,6 +240,24 @@ def _load(clip_cfg: EmbedSettings, pretrained: str, dev: str, prec: str) -> Load
         thresholds=thresholds,
         max_image_pixels=clip_cfg.max_image_pixels,
     )
+
+
+class _DropRandomInit(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_random_init_warning():
+    """open_clip warns (on the root logger, once per worker) that a model built without a hub
+    tag is random, just before we load the local checkpoint into it: a false alarm."""
+    drop = _DropRandomInit()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def embedding_model_id(
