@@ -47,7 +47,11 @@ def cmd_run(args) -> int:
     opts = {"retry_failed": True} if getattr(args, "retry_failed", False) else {}
     if args.stage == "extract" and args.inputs:
         opts["inputs"] = args.inputs
-    print_summary([run_stage(args.stage, spark, cfg, tables, **opts)])
+    result = run_stage(args.stage, spark, cfg, tables, **opts)
+    print_summary([result])
+    if result.error:
+        print(f"[laion_spark] {args.stage} failed: {result.error}", file=sys.stderr)
+        return 1
     return 0
 
 

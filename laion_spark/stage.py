@@ -33,6 +33,7 @@ class StageResult:
     by_status: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # set when the stage did not do its job (the CLI exits 1)
 
     def line(self) -> str:
         status = ", ".join(f"{k}={v}" for k, v in sorted(self.by_status.items())) or "-"

@@ -186,7 +186,9 @@ def _gzip_starts_record(data: bytes) -> bool | None:
 
 
 def _plain_record_at(data: bytes, i: int) -> bool:
-    return data[i - 1 : i] == b"\n" and re.match(rb"WARC/1\.[01]\r?\n", data[i : i + 11]) is not None
+    return (
+        data[i - 1 : i] == b"\n" and re.match(rb"WARC/1\.[01]\r?\n", data[i : i + 11]) is not None
+    )
 
 
 def next_record_start(path: str, after: int, gz: bool) -> int | None:
@@ -422,9 +424,7 @@ def _record_page(
             wat.warcinfo = f"WARC-Filename: {name}\n{text}"
             if stats.crawl_id is None:
                 m = _IS_PART_OF.search(text) or _CRAWL_ID.search(text)
-                stats.crawl_id = (
-                    (m.group(1) if m.re is _IS_PART_OF else m.group(0)) if m else None
-                )
+                stats.crawl_id = (m.group(1) if m.re is _IS_PART_OF else m.group(0)) if m else None
         return None
     if rtype == WarcRecordType.metadata:
         ctype = (record.headers.get("Content-Type") or "").lower()

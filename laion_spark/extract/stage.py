@@ -2,8 +2,10 @@
 
 One Spark task per input file streams it with fastwarc (bounded memory), applies the
 LAION rules (laion_spark.extract.pairs) and yields pairs plus one stats row. Files that
-already have a non-failed `extract_stats` row are skipped (incremental); candidates are
-MERGEd on sample_id (idempotent: a re-run inserts nothing new).
+already have a non-failed `extract_stats` row are skipped (incremental; an ARC file's
+`unsupported_format` is final too); candidates are MERGEd on sample_id (idempotent: a re-run
+inserts nothing new). A run given no input, or whose every file failed, returns a
+StageResult with `error` set (the CLI exits 1).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pyspark.sql import types as T
 
 from laion_spark.config import Config
 from laion_spark.extract.inputs import expand_inputs
+from laion_spark.extract.reader import STATUS_UNSUPPORTED
 from laion_spark.stage import StageResult
 from laion_spark.tables import Tables
 from laion_spark.takedowns import exclude_taken_down
@@ -50,6 +53,7 @@ ROW_SCHEMA = T.StructType(
             ("seconds", _D),
             ("status", _S),
             ("error_message", _S),
+            ("wat_entities", _S),
         ]
     ]
 )
@@ -79,8 +83,9 @@ STATS_COLS = [
     "status",
     "error_message",
     "crawl_id",
+    "wat_entities",
 ]
-_N_PAIR_PAD = 9  # stats fields after the pair fields
+_N_PAIR_PAD = 10  # stats fields after the pair fields
 
 
 def _format_of(path: str) -> str:
@@ -109,7 +114,8 @@ def file_rows(path: str, options: dict):
                 + (None,) * 8
                 + (path, None, d["crawl_id"], fmt)
                 # STATS_COLS minus source_file (first) and crawl_id (placed above)
-                + tuple(d[k] for k in STATS_COLS[1:-1])
+                + tuple(d[k] for k in STATS_COLS[1:-2])
+                + (d["wat_entities"],)
             )
         else:
             yield item
@@ -142,15 +148,38 @@ def run(
     """Extract pairs from WAT/WARC files (default: cfg.extract.inputs) into `candidates`."""
     t0 = time.time()
     ex = cfg.extract
-    files = expand_inputs(list(inputs if inputs is not None else ex.inputs), ex.listing_prefix)
+    given = list(inputs if inputs is not None else ex.inputs)
+    if not given:
+        return StageResult(
+            "extract",
+            notes={"files": 0, "skipped_files": 0},
+            seconds=time.time() - t0,
+            error="no input files: set extract.inputs in the config (WAT/WARC files or "
+            "*.paths.gz listings) or pass them: laion-spark run extract --inputs FILE ...",
+        )
+    try:
+        files = expand_inputs(given, ex.listing_prefix)
+    except Exception as e:  # a listing that cannot be read: say which, do not crash
+        return StageResult(
+            "extract",
+            notes={"files": 0, "skipped_files": 0},
+            seconds=time.time() - t0,
+            error=f"cannot read an input listing: {type(e).__name__}: {e}"[:500],
+        )
     skipped = 0
     if not reprocess:
         done = _done_files(tables)
         skipped = sum(1 for f in files if f in done)
         files = [f for f in files if f not in done]
     if not files:
+        error = None
+        if not skipped:  # listings that expanded to nothing
+            error = f"the inputs name no file to extract (listings are empty): {given[:3]}"
         return StageResult(
-            "extract", notes={"files": 0, "skipped_files": skipped}, seconds=time.time() - t0
+            "extract",
+            notes={"files": 0, "skipped_files": skipped},
+            seconds=time.time() - t0,
+            error=error,
         )
     options = ex.to_options()
     rdd = spark.sparkContext.parallelize(files, len(files)).flatMap(lambda p: file_rows(p, options))
@@ -179,6 +208,15 @@ def run(
             by_status[f"error:{k}"] += v
     by_status["inserted"] = after - before
     by_status["not_inserted"] = n_pairs - (after - before)
+    failed = [r for r in stat_rows if r["status"] in ("failed", STATUS_UNSUPPORTED)]
+    error = None
+    if failed and len(failed) == len(stat_rows):
+        first = failed[0]
+        error = (
+            f"all {len(failed)} input file(s) failed, none was read; first: "
+            f"{first['source_file']}: {first['error_message']} (details per file in the "
+            "extract_stats table)"
+        )[:1000]
     return StageResult(
         "extract",
         rows_in=n_pairs,
@@ -189,8 +227,10 @@ def run(
             "files": len(files),
             "skipped_files": skipped,
             "failed_files": sum(1 for r in stat_rows if r["status"] == "failed"),
+            "unsupported_files": sum(1 for r in stat_rows if r["status"] == STATUS_UNSUPPORTED),
             "bad_records": sum(r["bad_records"] or 0 for r in stat_rows),
         },
+        error=error,
     )
 
 
