@@ -438,6 +438,42 @@ class _HostileServer:
             c.close()
 
 
+def fetch_hostile(mode: str, n: int = 1, **cfg_kw) -> list[tuple[float, object]]:
+    """(seconds, FetchResult) of n fetches from a _HostileServer, the Fetcher built before
+    the clock starts. For the docs' figures:
+    PYTHONPATH=$PWD:$PWD/tests python -c "import test_download_units as t; t.report()" """
+    srv = _HostileServer(mode)
+    out = []
+    try:
+        for _ in range(n):
+            fetcher = Fetcher(_cfg(allow_networks=["127.0.0.1/32"], **cfg_kw))
+            t0 = time.monotonic()
+            res = fetcher.fetch(f"http://127.0.0.1:{srv.port}/x.jpg")
+            out.append((time.monotonic() - t0, res))
+    finally:
+        srv.close()
+    return out
+
+
+def report() -> None:
+    """Overshoot past timeout_s of each hostile server (docs/download.md)."""
+    import statistics
+
+    for mode in ("silent", "slow_headers", "slow_body"):
+        over = [
+            t - 1.0
+            for t, _ in fetch_hostile(mode, 20, timeout_s=1.0, read_timeout_s=5.0, retries=0)
+        ]
+        print(
+            f"{mode}: timeout_s=1.0 n=20 overshoot ms median {statistics.median(over) * 1e3:.1f}"
+            f" max {max(over) * 1e3:.1f}"
+        )
+    over = [t - 10.0 for t, _ in fetch_hostile("silent", 2)]
+    print(
+        f"silent: defaults (timeout_s=10, read 5, 1 retry) overshoot ms {[round(x * 1e3, 1) for x in over]}"
+    )
+
+
 @pytest.mark.parametrize(
     "mode, cfg_kw",
     [
@@ -450,14 +486,7 @@ class _HostileServer:
     ],
 )
 def test_hanging_or_trickling_server_is_cut_at_the_deadline(mode, cfg_kw):
-    srv = _HostileServer(mode)
-    try:
-        fetcher = Fetcher(_cfg(allow_networks=["127.0.0.1/32"], timeout_s=1.0, **cfg_kw))
-        t0 = time.monotonic()
-        res = fetcher.fetch(f"http://127.0.0.1:{srv.port}/x.jpg")
-        took = time.monotonic() - t0
-    finally:
-        srv.close()
+    [(took, res)] = fetch_hostile(mode, timeout_s=1.0, **cfg_kw)
     assert res.status == "timeout" and res.body is None, res
     # cut at the deadline (measured overshoot 1-2 ms, at most 6 ms with the machine's two
     # cores loaded 3x; the bound leaves room for a busier CI), never a read timeout or a
