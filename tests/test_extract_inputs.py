@@ -374,3 +374,11 @@ def test_corrupt_gzip_member_in_the_middle_resyncs(tmp_path):
     pairs, stats = extract_file(str(path))
     assert {p.url for p, _ in pairs} == {f"http://h.example/{i}.jpg" for i in (0, 2, 3)}
     assert stats.errors["stream_error"] == 1 and f"resumed at byte {end}" in stats.error_message
+
+
+def test_wat_entities_setting_is_validated(make_cfg):
+    from laion_spark.settings import ConfigError
+
+    assert make_cfg(["extract.wat_entities=raw"]).extract.wat_entities == "raw"
+    with pytest.raises(ConfigError, match="extract.wat_entities"):
+        make_cfg(["extract.wat_entities=html"])

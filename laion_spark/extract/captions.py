@@ -15,6 +15,14 @@ CAPTION_TOO_LONG = "caption_too_long"
 FTFY_OPTIONS = {"normalization": "NFC", "unescape_html": False}
 
 
+def unescape_entities(text: str) -> str:
+    """Old name of entities.unescape_attribute (benchmarks/bench_extract.py warms it up);
+    caption cleaning itself never decodes."""
+    from laion_spark.extract.entities import unescape_attribute
+
+    return unescape_attribute(text)
+
+
 def _strip_controls(text: str) -> str:
     # Cc (controls incl. tab/newline) -> space; Cf (zero-width, soft hyphen, bidi marks) -> ''
     out = []
