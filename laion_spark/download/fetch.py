@@ -417,15 +417,15 @@ class Fetcher:
         except _Fail:
             self._drop(scheme, host, ip, port)
             raise
-        except DeadlinePassed:
-            self._drop(scheme, host, ip, port)
-            raise _Fail(
-                "timeout",
-                f"total deadline timeout_s={self.cfg.timeout_s}s passed waiting for {host}",
-                retryable=True,
-            ) from None
         except TimeoutError:
             self._drop(scheme, host, ip, port)
+            # the socket waited for min(its timeout, time left): which one ran out?
+            if time.monotonic() >= deadline - 0.002:
+                raise _Fail(
+                    "timeout",
+                    f"total deadline timeout_s={self.cfg.timeout_s}s passed waiting for {host}",
+                    retryable=True,
+                ) from None
             raise _Fail(
                 "timeout",
                 f"no answer from {host} within connect_timeout_s={self.cfg.connect_timeout_s}s"
