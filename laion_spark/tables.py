@@ -79,10 +79,13 @@ SPECS: dict[str, TableSpec] = {
                 ("errors", T.MapType(STRING, LONG)),
                 ("seconds", DOUBLE),
                 ("finished_at", TIMESTAMP),
-                # ok | partial (some bad records) | failed (file unreadable); first error text
+                # ok | partial (some bad records) | failed (file unreadable, retried) |
+                # unsupported_format (e.g. ARC, not retried); first error text
                 ("status", STRING),
                 ("error_message", STRING),
                 ("crawl_id", STRING),
+                # which entity rule a WAT got (decoded | raw, and why); null for WARC
+                ("wat_entities", STRING),
             ),
             "per input file: records read, pairs emitted, rejections and errors by reason",
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -80,6 +81,15 @@ def _serve_everything(srv: ImageServer) -> dict[str, tuple[str, str]]:
             "failed_to_decode",
         ),
         "gif": (srv.add("/a.gif", data.gif(), "image/gif"), "unsupported_format"),
+        "svg": (
+            srv.add("/a.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml"),
+            "unsupported_format",
+        ),
+        "empty": (srv.add("/empty.jpg", b""), "empty_body"),
+        "gzip_encoded": (
+            srv.add("/gz.jpg", gzip.compress(data.jpeg()), headers={"Content-Encoding": "gzip"}),
+            "success",
+        ),
         "html": (
             srv.add("/page.html", b"<html><body>hi</body></html>", "text/html"),
             "wrong_content_type",
