@@ -420,6 +420,36 @@ class Tables:
             done = done.where(where)
         return source.join(done.select(*keys).distinct(), on=list(keys), how="left_anti")
 
+    def distinct(self, name: str, column: str) -> list:
+        """Distinct non-null values of a low-cardinality column (e.g. embeddings.model_id).
+
+        Path-based local tables answer from the Delta log's per-file min/max statistics
+        when every file holds one value (no data file is read: the usual case of one model
+        per commit); otherwise, and for catalog tables, a Spark DISTINCT.
+        """
+        if not self.exists(name):
+            return []
+        from laion_spark.storage import is_local
+
+        if not self.database and is_local(self.location(name)):
+            try:
+                import pyarrow as pa
+                from deltalake import DeltaTable
+
+                adds = pa.table(DeltaTable(self.location(name)).get_add_actions(flatten=True))
+                lo = adds.column(f"min.{column}").to_pylist()
+                hi = adds.column(f"max.{column}").to_pylist()
+                nulls = adds.column(f"null_count.{column}").to_pylist()
+                counts = adds.column("num_records").to_pylist()
+                if all(a is not None and a == b for a, b in zip(lo, hi, strict=True)) or all(
+                    n == c for n, c in zip(nulls, counts, strict=True)
+                ):
+                    return sorted({a for a in lo if a is not None})
+            except Exception:  # no statistics for the column: ask Spark
+                pass
+        rows = self.read(name).select(column).where(F.col(column).isNotNull()).distinct()
+        return sorted(r[0] for r in rows.collect())
+
     def version(self, name: str) -> int | None:
         """Current Delta version of table `name` (None when it does not exist)."""
         if not self.exists(name):
