@@ -451,7 +451,17 @@ class Tables:
         return sorted(r[0] for r in rows.collect())
 
     def version(self, name: str) -> int | None:
-        """Current Delta version of table `name` (None when it does not exist)."""
+        """Current Delta version of table `name` (None when it does not exist); read from the
+        log by delta-rs for local path tables (no Spark job), from history otherwise."""
+        from laion_spark.storage import is_local
+
+        if not self.database and is_local(self.location(name)):
+            from deltalake import DeltaTable
+
+            try:
+                return int(DeltaTable(self.location(name)).version())
+            except Exception:  # not a Delta table (yet)
+                return None
         if not self.exists(name):
             return None
         hist = self.delta(name).history(1).select("version").collect()
