@@ -280,6 +280,26 @@ def pending_rows(tables, source: Any, model_id: str, want: Any) -> Any:
     return src.join(done, cond, "left_anti").drop("_want_text_model")
 
 
+def _has_rows_to_redo(tables, pending: Any, model_id: str, towers: bool) -> bool:
+    from pyspark.sql import functions as F
+
+    emb = tables.read("embeddings").where(F.col("model_id") == F.lit(model_id))
+    if towers:  # a group's rows may be another text model's: only a per-sample look tells
+        have = emb.select("sample_id")
+        return bool(
+            pending.select("sample_id").join(have, "sample_id", "left_semi").limit(1).count()
+        )
+    # one text tower: a row to redo has a non-final status or another (removed) tower's text
+    text_model = (
+        F.coalesce(F.col("text_model_id"), F.col("model_id"))
+        if "text_model_id" in emb.columns
+        else F.col("model_id")
+    )
+    status = F.col("status")
+    again = ~status.isin(*FINAL_STATUSES) | status.isNull() | (text_model != F.lit(model_id))
+    return bool(emb.where(again).limit(1).count())
+
+
 def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     """Embed every successfully downloaded image not yet embedded with this model."""
     from pyspark.sql import functions as F
@@ -292,9 +312,8 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     towers = load_text_towers(clip_cfg, clip, paths=conf["text_towers"])
     tower_ids = {g: t.model_id for g, t in towers.items()}
     source = source_rows(tables, cfg.extract.english_codes)
-    todo = pending_rows(tables, source, mid, expected_text_model(clip, tower_ids))
-    if limit:
-        todo = todo.limit(int(limit))
+    pending = pending_rows(tables, source, mid, expected_text_model(clip, tower_ids))
+    todo = pending.limit(int(limit)) if limit else pending
     tower_notes = {f"text_model_{g}": tid for g, tid in sorted(tower_ids.items())}
     # one pass counts the pending rows of each route (what the summary reports per group)
     by_route = {
@@ -314,8 +333,7 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     # pending rows that already have a row of this model (a non-final status, or made by
     # a text tower the config no longer routes them to) need an updating MERGE; when there
     # are none every pending row is new and an insert-only MERGE (anti-join + append) does
-    have = tables.read("embeddings").where(F.col("model_id") == mid).select("sample_id")
-    redo = todo.select("sample_id").join(have, "sample_id", "left_semi").limit(1).count()
+    redo = _has_rows_to_redo(tables, pending, mid, bool(tower_ids))
     # rows per Arrow batch into the task
     with session_conf(spark, {ARROW_BATCH_ROWS: clip_cfg.arrow_batch_size}):
         # images and pending are unique per sample_id, and the UDF maps rows 1:1
