@@ -213,7 +213,8 @@ def resolve_spec(spec: str, key: str) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(repo_id=spec)
+        # once per process: search resolves the towers for every query
+        return cached(("text_tower_snapshot", spec), lambda: snapshot_download(repo_id=spec))
     except Exception as e:
         raise ConfigError(
             f"{key}: cannot get {spec!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
@@ -450,6 +451,7 @@ def query_group(text: str, language: str | None, cfg: Any) -> str:
     from laion_spark.extract import language as lid
 
     english = frozenset(cfg.extract.english_codes)
+    language = (language or "").strip().lower()
     if language:
         if language in ("en", "multi", "nolang"):
             return language
