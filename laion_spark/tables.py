@@ -118,6 +118,9 @@ SPECS: dict[str, TableSpec] = {
             _schema(
                 ("sample_id", STRING),
                 ("model_id", STRING),
+                # the text tower of text_embedding/similarity: model_id's own, or the
+                # multilingual tower of the caption's language group (null: model_id's own)
+                ("text_model_id", STRING),
                 ("image_embedding", T.ArrayType(FLOAT)),
                 ("text_embedding", T.ArrayType(FLOAT)),
                 ("similarity", FLOAT),
@@ -125,7 +128,10 @@ SPECS: dict[str, TableSpec] = {
                 ("error_message", STRING),
                 ("embedded_at", TIMESTAMP),
             ),
-            "L2-normalised CLIP image/text embeddings and their cosine similarity, per model",
+            "L2-normalised CLIP image/text embeddings and their cosine similarity, per image "
+            "model; `text_model_id` is the text tower that embedded the caption (the model's "
+            "own, or the multilingual tower of its language group; null in rows written "
+            "before the column existed: the model's own)",
         ),
         TableSpec(
             "scores",
