@@ -86,7 +86,9 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
     man = _manifest(tables, ic.name)
     trained_rows = man.where("kind = 'trained'").collect()
     if not trained_rows:
-        return StageResult("merge_index", 0, 0, {"no_index": 1}, time.time() - t0, {"index": ic.name})
+        return StageResult(
+            "merge_index", 0, 0, {"no_index": 1}, time.time() - t0, {"index": ic.name}
+        )
     trained_row = trained_rows[0]
     ids = tables.read("index_ids").where(F.col("index_name") == ic.name)
     committed = {

@@ -27,14 +27,17 @@ import pandas as pd
 
 from laion_spark import storage
 from laion_spark.config import Config
+from laion_spark.ids import normalize_url
 from laion_spark.index import build
 from laion_spark.index.paths import resolve, to_manifest
 from laion_spark.lake import Lake
 from laion_spark.takedown.rules import (
     RULE_COLUMNS,
     TakedownRules,
-    is_taken_down,
+    domain_matches,
+    host_of,
     rules_from_records,
+    url_hash,
 )
 
 _META_COLUMNS = (
@@ -140,16 +143,40 @@ class Searcher:
 
     # ------------------------------------------------------------------ takedowns
     def _blocked_mask(self, rules: TakedownRules) -> np.ndarray:
-        c = self._col
-        return np.fromiter(
-            (
-                is_taken_down(rules, _text(u), s)
-                or (_text(h) is not None and str(h).lower() in rules.sha256)
-                for u, s, h in zip(c["url"], c["sample_id"], c["sha256"], strict=True)
-            ),
-            dtype=bool,
-            count=len(self._ids),
-        )
+        """Which indexed samples the rules hide: set lookups over per-row keys that are
+        computed once (normalised URL, its sha256, host), so a refresh stays O(rows)."""
+        n = len(self._ids)
+        blocked = np.zeros(n, dtype=bool)
+
+        def mark(keys, wanted) -> None:
+            if wanted:
+                blocked[:] |= np.fromiter((k in wanted for k in keys), dtype=bool, count=n)
+
+        mark(self._col["sample_id"], rules.sample_ids)
+        if rules.urls or rules.url_hashes or rules.domains:
+            keys = self._url_keys()
+            mark(keys["url"], rules.urls)
+            mark(keys["hash"], rules.url_hashes)
+            if rules.domains:
+                blocked |= np.fromiter(
+                    (bool(h) and domain_matches(h, rules.domains) for h in keys["host"]),
+                    dtype=bool,
+                    count=n,
+                )
+        if rules.sha256:
+            mark((str(h).lower() if _text(h) else None for h in self._col["sha256"]), rules.sha256)
+        return blocked
+
+    def _url_keys(self) -> dict[str, list]:
+        if getattr(self, "_keys", None) is None:
+            urls = [_text(u) for u in self._col["url"]]
+            norm = [normalize_url(u) if u else None for u in urls]
+            self._keys = {
+                "url": norm,
+                "hash": [url_hash(u) if u else None for u in norm],
+                "host": [host_of(u) if u else "" for u in urls],
+            }
+        return self._keys
 
     def refresh_takedowns(self, version: int | None = None) -> int:
         """Re-read the takedowns table and hide what it lists; returns how many indexed
@@ -172,8 +199,10 @@ class Searcher:
 
     def languages(self, top: int = 50) -> list[str]:
         """The most frequent languages of the indexed samples (for the page's filter)."""
-        counts = self.meta["language"].dropna().astype(str).value_counts()
-        return [str(x) for x in counts.index[:top]]
+        if getattr(self, "_languages", None) is None:
+            counts = self.meta["language"].dropna().astype(str).value_counts()
+            self._languages = [str(x) for x in counts.index[:top]]
+        return self._languages
 
     # ------------------------------------------------------------------ queries
     @property
@@ -331,7 +360,9 @@ class Searcher:
         keys = ("index_name", "factory", "count", "dim", "recall_at_10", "metric", "size_bytes")
         out = {k: _plain(self.manifest.get(k)) for k in keys}
         path = to_manifest(self.cfg, resolve(self.cfg, self.manifest.get("path")) or "")
-        out["path"] = path if not path.startswith("/") and "://" not in path else path.rsplit("/", 1)[-1]
+        out["path"] = (
+            path if not path.startswith("/") and "://" not in path else path.rsplit("/", 1)[-1]
+        )
         out["ntotal"] = self.ntotal
         return out
 

@@ -27,8 +27,8 @@ A watcher thread (serve/watch.py) applies new takedowns within about a second an
 in a new merged index when one appears.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which
+# use names local to create_app (the config's bounds)
 import asyncio
 import contextlib
 import logging
@@ -78,7 +78,7 @@ def report_dir(cfg: Config) -> str:
 
 
 def report_link(cfg: Config) -> str | None:
-    """"/report/" when <workdir>/report/index.html exists (local workdirs), else None."""
+    """ "/report/" when <workdir>/report/index.html exists (local workdirs), else None."""
     if "://" in cfg.workdir_path:
         return None
     return "/report/" if os.path.isfile(os.path.join(report_dir(cfg), "index.html")) else None
@@ -178,7 +178,9 @@ def create_app(
         return error(500, f"internal error: {type(exc).__name__}")
 
     def invalid(loc: str, msg: str) -> JSONResponse:
-        return error(422, "invalid request", detail=[{"loc": [loc], "msg": msg, "type": "value_error"}])
+        return error(
+            422, "invalid request", detail=[{"loc": [loc], "msg": msg, "type": "value_error"}]
+        )
 
     def repeated(request: Request) -> str | None:
         keys = [k for k, _ in request.query_params.multi_items()]
@@ -194,9 +196,7 @@ def create_app(
             async with decodes:
                 query = await run_in_threadpool(decode_query_image, query, serve)
         try:
-            results = await run_in_threadpool(
-                s.search, query, k, safe, lang, dedup, page * k
-            )
+            results = await run_in_threadpool(s.search, query, k, safe, lang, dedup, page * k)
         except (ValueError, TypeError) as e:
             return error(422, str(e))
         return {
@@ -277,7 +277,9 @@ def create_app(
             return error(422, str(e))
         if req.mode == "threshold":
             hits = [h for h in hits if h["score"] >= req.min_score]
-        name = req.name if req.name.startswith(serve.subset_prefix) else serve.subset_prefix + req.name
+        name = (
+            req.name if req.name.startswith(serve.subset_prefix) else serve.subset_prefix + req.name
+        )
         ids = [h["sample_id"] for h in hits]
         rows = await run_in_threadpool(writer, name, ids)
         return {
@@ -337,7 +339,9 @@ def create_app(
         return Response(data, media_type=_REPORT_TYPES[ext])
 
     # outermost last: security headers wrap every answer, errors of the others included
-    app.add_middleware(BodyLimits, max_bytes=serve.max_upload_mb * 2**20, timeout_s=serve.body_timeout_s)
+    app.add_middleware(
+        BodyLimits, max_bytes=serve.max_upload_mb * 2**20, timeout_s=serve.body_timeout_s
+    )
     app.add_middleware(HostAllowlist, hosts=allowed_hosts(serve.allowed_hosts, serve.host))
     app.add_middleware(SecurityHeaders)
     return app
@@ -405,14 +409,17 @@ class BackgroundServer:
         self.host, self.port = sock.getsockname()[:2]
         self.server = uvicorn.Server(uvicorn_config(app, cfg, host, self.port))
         self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, name="laion-spark-serve", daemon=True
+            target=self.server.run,
+            kwargs={"sockets": [sock]},
+            name="laion-spark-serve",
+            daemon=True,
         )
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 120) -> BackgroundServer:
+    def start(self, timeout: float = 120) -> "BackgroundServer":
         self.thread.start()
         t0 = time.time()
         while not self.server.started:

@@ -57,9 +57,7 @@ class ServeSettings:
         require(
             self.max_concurrent_decodes >= 1, f"{prefix}.max_concurrent_decodes", "must be >= 1"
         )
-        require(
-            self.takedown_poll_seconds > 0, f"{prefix}.takedown_poll_seconds", "must be > 0"
-        )
+        require(self.takedown_poll_seconds > 0, f"{prefix}.takedown_poll_seconds", "must be > 0")
         require(
             self.max_page_results >= self.max_k,
             f"{prefix}.max_page_results",
@@ -67,7 +65,8 @@ class ServeSettings:
         )
         require(self.max_subset_rows >= 1, f"{prefix}.max_subset_rows", "must be >= 1")
         require(
-            bool(self.subset_prefix) and self.subset_prefix.replace("-", "").replace("_", "").isalnum(),
+            bool(self.subset_prefix)
+            and self.subset_prefix.replace("-", "").replace("_", "").isalnum(),
             f"{prefix}.subset_prefix",
             "must be letters, digits, - or _",
         )

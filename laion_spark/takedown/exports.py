@@ -194,7 +194,9 @@ def purge_exports(tables, needles: Needles) -> tuple[list[str], list[str]]:
                 data = storage.read_bytes(path)
                 if low.endswith(".tar"):
                     new, n = _rewrite_tar(data, needles)
-                    empty = new is not None and not tarfile.open(fileobj=io.BytesIO(new)).getmembers()
+                    empty = (
+                        new is not None and not tarfile.open(fileobj=io.BytesIO(new)).getmembers()
+                    )
                 elif low.endswith(".parquet"):
                     new, drop = _rewrite_parquet(data, needles)
                     n = len(drop)

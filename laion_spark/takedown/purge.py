@@ -51,7 +51,7 @@ from laion_spark import storage
 from laion_spark.config import Config
 from laion_spark.tables import SPECS, Tables
 from laion_spark.takedown.exports import Needles, purge_exports
-from laion_spark.takedown.request import SAMPLE_TABLES, _delete
+from laion_spark.takedown.request import delete_samples
 from laion_spark.takedown.rules import HASHED_PREFIX, url_hash
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,9 @@ def _rewrite_shard(cfg: Config, path: str, ids: set[int]) -> tuple[str, int, int
 
     from laion_spark.index import build
 
-    local = storage.local_copy(path, os.path.join(os.path.expanduser(cfg.index.local_cache), "purge"))
+    local = storage.local_copy(
+        path, os.path.join(os.path.expanduser(cfg.index.local_cache), "purge")
+    )
     index = faiss.read_index(local)
     before = int(index.ntotal)
     index.remove_ids(faiss.IDSelectorBatch(np.array(sorted(ids), dtype="int64")))
@@ -139,7 +141,9 @@ def _purge_index(spark, cfg: Config, tables: Tables, name: str, ids: set[int], s
     if updated:
         tables.upsert(_manifest_df(spark, updated), "index_manifest")
     if dropped:
-        keys = spark.createDataFrame([(name, s) for s in dropped], "index_name string, shard string")
+        keys = spark.createDataFrame(
+            [(name, s) for s in dropped], "index_name string, shard string"
+        )
         tables.delete("index_manifest", keys)
     merged = [r for r in rows if r["kind"] == "merged"]
     if not merged and not entries:
@@ -161,7 +165,9 @@ def _purge_index(spark, cfg: Config, tables: Tables, name: str, ids: set[int], s
                 gone_paths.append(f)
                 entries.append(f"deleted: {to_manifest(cfg, f)}")
     if old:
-        keys = spark.createDataFrame([(name, r["shard"]) for r in old], "index_name string, shard string")
+        keys = spark.createDataFrame(
+            [(name, r["shard"]) for r in old], "index_name string, shard string"
+        )
         tables.delete("index_manifest", keys)
     return entries, gone_paths
 
@@ -257,7 +263,19 @@ def _cut_log(tables: Tables, name: str) -> int:
         if m and int(m.group(1)) < version:
             fs.rm(f)
             n += 1
+    _drop_orphan_sidecars(tables.location(name))
     return n
+
+
+def _drop_orphan_sidecars(root: str) -> None:
+    """Local tables: Hadoop's `.<file>.crc` checksum sidecars of files just deleted."""
+    if not storage.is_local(root) or not os.path.isdir(root):
+        return
+    for d, _, files in os.walk(root):
+        names = set(files)
+        for f in files:
+            if f.startswith(".") and f.endswith(".crc") and f[1:-4] not in names:
+                os.remove(os.path.join(d, f))
 
 
 def _forget_snapshots(spark) -> None:
@@ -286,14 +304,13 @@ def purge(
         return {"purge_id": None, "requests": 0, "notes": "nothing to purge"}
     sample_ids = {s for r in reqs for s in (r.get("sample_ids") or ())}
     if sample_ids:
-        for name in SAMPLE_TABLES:
-            _delete(tables, name, {"purge": sample_ids})
+        delete_samples(tables, sample_ids)  # normally finds nothing: one read-only job
     _hash_url_values(tables, reqs)
 
     # index files: faiss ids and shards per index from the resolutions
     faiss_ids: dict[str, set[int]] = {}
     shards: dict[str, set[str]] = {}
-    unresolved = any(r.get("sample_ids") is None for r in reqs)
+    unresolved = any(r.get("resolved_at") is None and (r.get("removed") or {}) for r in reqs)
     for r in reqs:
         for name, ids in (r.get("faiss_ids") or {}).items():
             faiss_ids.setdefault(name, set()).update(int(i) for i in ids or ())
@@ -338,10 +355,12 @@ def purge(
         )
     if unresolved:
         notes.append(
-            "some requests predate resolution (no sample_ids recorded): their rows were "
-            "deleted by URL/domain/hash rules, every shard of each index was checked"
+            "some requests predate resolution (no faiss ids recorded): their vectors cannot "
+            "be traced into index shards; rebuild those indexes to erase them there"
         )
-    complete = retain == 0 and not any(e.startswith("listed:") for e in export_entries)
+    complete = (
+        retain == 0 and not unresolved and not any(e.startswith("listed:") for e in export_entries)
+    )
     summary = {
         "purge_id": purge_id,
         "request_ids": sorted(r["request_id"] for r in reqs),
@@ -349,7 +368,8 @@ def purge(
         "files_removed": files_removed,
         "log_files_removed": log_removed,
         "retain_hours": retain,
-        "index_files": index_entries + ([f"cache copies deleted: {cache_files}"] if cache_files else []),
+        "index_files": index_entries
+        + ([f"cache copies deleted: {cache_files}"] if cache_files else []),
         "exports": export_entries,
         "complete": complete,
         "notes": "; ".join(notes),

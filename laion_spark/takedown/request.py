@@ -15,8 +15,9 @@
    hash, the sha256 of its URLs. The resolution is stored on the request's row, so merge
    removes the faiss ids even though `index_ids` rows are gone, search hides the samples at
    once, and purge knows which shards and exports to rewrite.
-3. Every table with a sample_id column loses those rows (Delta DELETE); the counts removed
-   per table are added to the request's `removed` map.
+3. Every table with a sample_id column that holds them loses those rows (Delta DELETE);
+   the rows removed per table (counted in one job before the deletes, and recorded with
+   the resolution) are added to the request's `removed` map.
 
 Delta keeps deleted rows in older table versions until VACUUM: `purge` (purge.py, or
 `takedown --purge`) erases them physically.
@@ -191,7 +192,9 @@ def derived(tables: Tables, sample_ids: set[str]) -> dict[str, dict]:
             if r["url"]:
                 d["url_hashes"].add(url_hash(r["url"]))
     if tables.exists("candidates"):
-        for r in tables.read("candidates").join(ids, "sample_id").select("sample_id", "url").collect():
+        for r in (
+            tables.read("candidates").join(ids, "sample_id").select("sample_id", "url").collect()
+        ):
             if r["url"]:
                 out[r["sample_id"]]["url_hashes"].add(url_hash(r["url"]))
     return out
@@ -285,27 +288,44 @@ def _record(
     tables.upsert(df, "takedowns")
 
 
-def _delete(tables: Tables, name: str, hits: dict[str, set[str]]) -> dict[str, int]:
-    """Delete the rows of `name` whose sample_id was hit; rows removed per value.
+def present(tables: Tables, sample_ids: set[str]) -> dict[str, dict[str, int]]:
+    """table -> {sample_id: rows} of the given samples in every table with a sample_id, in
+    ONE Spark job (a union of small filtered reads): only tables with hits are written."""
+    if not sample_ids:
+        return {}
+    ids = sorted(sample_ids)
+    parts = [
+        tables.read(name)
+        .where(F.col("sample_id").isin(ids))
+        .groupBy("sample_id")
+        .count()
+        .withColumn("table", F.lit(name))
+        for name in SAMPLE_TABLES
+        if tables.exists(name)
+    ]
+    if not parts:
+        return {}
+    union = parts[0]
+    for p in parts[1:]:
+        union = union.unionByName(p)
+    out: dict[str, dict[str, int]] = {}
+    for r in union.collect():
+        out.setdefault(r["table"], {})[r["sample_id"]] = int(r["count"])
+    return out
 
-    One small read finds which ids the table holds (no write when none), then one Delta
-    DELETE; takedown lists are small, so the ids travel as a literal IN list.
-    """
-    if not tables.exists(name):
-        return {}
-    ids = sorted(set().union(*hits.values()))
-    present: dict[str, int] = {}
-    for r in (
-        tables.read(name).where(F.col("sample_id").isin(ids)).groupBy("sample_id").count().collect()
-    ):
-        present[r["sample_id"]] = int(r["count"])
-    if not present:
-        return {}
-    ids_df = tables.spark.createDataFrame([(s,) for s in sorted(present)], "sample_id string")
+
+def _delete(tables: Tables, name: str, sample_ids: set[str]) -> None:
+    """One Delta DELETE (MERGE ... WHEN MATCHED DELETE) of these samples' rows."""
+    ids_df = tables.spark.createDataFrame([(s,) for s in sorted(sample_ids)], "sample_id string")
     tables.delete(name, ids_df)
-    return {
-        v: sum(present.get(s, 0) for s in sids) for v, sids in hits.items() if sids & present.keys()
-    }
+
+
+def delete_samples(tables: Tables, sample_ids: set[str]) -> dict[str, dict[str, int]]:
+    """Delete the samples from every table holding them; what each table held."""
+    found = present(tables, sample_ids)
+    for name, rows in found.items():
+        _delete(tables, name, set(rows))
+    return found
 
 
 def takedown(
@@ -335,20 +355,21 @@ def takedown(
         found = resolve(tables, kind, vals, dist, cfg.takedown.pdq_min_quality).collect()
         for r in found:
             hits.setdefault(r["value"], set()).add(r["sample_id"])
-    info = derived(tables, set().union(*hits.values()) if hits else set())
-    resolutions = {v: resolution_of(hits.get(v, set()), info) for v in vals}
-    if hits:  # kept before deletion, so every later step can honour it
-        _record(tables, kind, vals, reason, {}, resolutions, max_distance=dist)
-    totals: dict[str, int] = {name: 0 for name in SAMPLE_TABLES}
-    per_value: dict[str, dict[str, int]] = {}
-    if hits:
-        for name in SAMPLE_TABLES:
-            counts = _delete(tables, name, hits)
-            totals[name] = sum(counts.values())
-            for v, n in counts.items():
-                per_value.setdefault(v, {})[name] = n
-    if per_value:
-        _record(tables, kind, vals, reason, per_value, max_distance=dist)
+    matched = set().union(*hits.values()) if hits else set()
+    held = present(tables, matched)
+    totals: dict[str, int] = {name: sum(held.get(name, {}).values()) for name in SAMPLE_TABLES}
+    per_value = {
+        v: {name: n for name in held if (n := sum(held[name].get(s, 0) for s in sids))}
+        for v, sids in hits.items()
+    }
+    if any(per_value.values()):
+        # the resolution and the rows about to go, kept before deletion, so every later
+        # step can honour it even if the deletion is interrupted
+        info = derived(tables, matched)
+        resolutions = {v: resolution_of(hits.get(v, set()), info) for v in vals}
+        _record(tables, kind, vals, reason, per_value, resolutions, max_distance=dist)
+        for name, rows in held.items():
+            _delete(tables, name, set(rows))
     log.info(
         "takedown %s: %d value(s), %d sample(s) matched",
         kind,

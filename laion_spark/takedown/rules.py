@@ -142,7 +142,9 @@ def is_taken_down(rules: TakedownRules, url: str | None, sample_id: str | None =
     return False
 
 
-def exclude_taken_down(tables, df: DataFrame, url_col: str = "url", id_col: str = "sample_id") -> DataFrame:
+def exclude_taken_down(
+    tables, df: DataFrame, url_col: str = "url", id_col: str = "sample_id"
+) -> DataFrame:
     """`df` without rows whose URL, domain or sample_id was taken down."""
     rules = load_rules(tables)
     if not rules.blocks_urls():
