@@ -332,7 +332,7 @@ def test_hostile_clients_get_json_4xx(svc):
     huge_header = _raw(
         port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: " + b"a" * 40_000 + b"\r\n\r\n"
     )
-    assert huge_header.startswith(b"HTTP/1.1 400") and b'"error"' in huge_header
+    assert huge_header.startswith(b"HTTP/1.1 431") and b'"error"' in huge_header
     garbage = _raw(port, b"\x16\x03\x01 not http at all\r\n\r\n")
     assert garbage.startswith(b"HTTP/1.1 400") and b'"error"' in garbage
     print(f"{len(cases) + 3} hostile cases, all JSON 4xx: {sorted(set(got.values()))}")

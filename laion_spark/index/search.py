@@ -389,7 +389,7 @@ def takedowns_version(lake: Lake) -> int | None:
     try:
         from deltalake import DeltaTable
 
-        return int(DeltaTable(lake.location("takedowns"), without_files=True).version())
+        return int(DeltaTable(lake.location("takedowns")).version())
     except Exception:  # not created yet
         return None
 

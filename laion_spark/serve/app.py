@@ -43,6 +43,9 @@ from laion_spark.config import Config
 from laion_spark.serve.images import ImageRejected, decode_query_image
 from laion_spark.serve.limits import (
     BodyLimits,
+    BodyTimeout,
+    BodyTooLarge,
+    HeaderLimit,
     HostAllowlist,
     SecurityHeaders,
     allowed_hosts,
@@ -171,6 +174,18 @@ def create_app(
     @app.exception_handler(ImageRejected)
     async def _image(request, exc):
         return error(exc.status, str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request, exc):
+        resp = error(413, f"body larger than {serve.max_upload_mb} MB")
+        resp.headers["connection"] = "close"
+        return resp
+
+    @app.exception_handler(BodyTimeout)
+    async def _slow_body(request, exc):
+        resp = error(408, f"body not received within {serve.body_timeout_s:g} s")
+        resp.headers["connection"] = "close"
+        return resp
 
     @app.exception_handler(Exception)
     async def _crash(request, exc):  # a broken query must not take the service down
@@ -343,6 +358,7 @@ def create_app(
         BodyLimits, max_bytes=serve.max_upload_mb * 2**20, timeout_s=serve.body_timeout_s
     )
     app.add_middleware(HostAllowlist, hosts=allowed_hosts(serve.allowed_hosts, serve.host))
+    app.add_middleware(HeaderLimit, max_bytes=16 * 1024)
     app.add_middleware(SecurityHeaders)
     return app
 

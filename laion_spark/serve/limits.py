@@ -3,6 +3,7 @@ HTTP protocol with a header timeout.
 
 - `HostAllowlist`: a request whose Host header is not allowed gets a 400 (DNS rebinding: a
   page on evil.example resolving to 127.0.0.1 must not reach this API).
+- `HeaderLimit`: request line + headers over 16 kB get a 431.
 - `BodyLimits`: bodies over the size limit get a 413 (from Content-Length before reading,
   or while streaming a chunked body); a body that has not fully arrived within
   body_timeout_s gets a 408 and the connection is closed.
@@ -87,6 +88,25 @@ class HostAllowlist:
                 break
         if host_name(host) not in self.hosts:
             return await send_json(send, 400, "Host header not allowed", close=True)
+        return await self.app(scope, receive, send)
+
+
+class HeaderLimit:
+    """Request line + headers over `max_bytes` get a 431 (h11 only bounds headers that
+    arrive in pieces; a single large packet is parsed whole)."""
+
+    def __init__(self, app, max_bytes: int = 16 * 1024):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size += sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            if size > self.max_bytes:
+                return await send_json(
+                    send, 431, f"request line and headers over {self.max_bytes} bytes", close=True
+                )
         return await self.app(scope, receive, send)
 
 

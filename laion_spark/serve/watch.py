@@ -29,7 +29,7 @@ def _version(lake, name: str) -> int | None:
     try:
         from deltalake import DeltaTable
 
-        return int(DeltaTable(lake.location(name), without_files=True).version())
+        return int(DeltaTable(lake.location(name)).version())
     except Exception:
         return None
 

@@ -268,14 +268,20 @@ def _cut_log(tables: Tables, name: str) -> int:
 
 
 def _drop_orphan_sidecars(root: str) -> None:
-    """Local tables: Hadoop's `.<file>.crc` checksum sidecars of files just deleted."""
+    """Local tables: Hadoop's `.<file>.crc` checksum sidecars of files just deleted, or of
+    files delta-rs rewrote (`_last_checkpoint`): a stale checksum makes Spark distrust the
+    file, a missing one is simply not checked."""
     if not storage.is_local(root) or not os.path.isdir(root):
         return
     for d, _, files in os.walk(root):
         names = set(files)
         for f in files:
-            if f.startswith(".") and f.endswith(".crc") and f[1:-4] not in names:
-                os.remove(os.path.join(d, f))
+            if not (f.startswith(".") and f.endswith(".crc")):
+                continue
+            target = os.path.join(d, f[1:-4])
+            sidecar = os.path.join(d, f)
+            if f[1:-4] not in names or os.path.getmtime(target) > os.path.getmtime(sidecar):
+                os.remove(sidecar)
 
 
 def _forget_snapshots(spark) -> None:
