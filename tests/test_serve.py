@@ -46,9 +46,9 @@ def _request(url: str, method: str = "GET", body: bytes | None = None, headers=N
     req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
 def _json(url: str, method: str = "GET", body=None, ctype: str = "application/json"):
@@ -250,7 +250,7 @@ def test_json_api(svc):
     assert out["results"][0]["caption"] == HOSTILE_CAPTION
     # image bytes by sample_id; the report read-only with its own CSP
     status, headers, data = _request(base + "/image/" + sids[7])
-    assert status == 200 and headers["Content-Type"] == "image/jpeg" and data == svc.jpegs[7]
+    assert status == 200 and headers["content-type"] == "image/jpeg" and data == svc.jpegs[7]
     status, headers, data = _request(base + "/report/")
     assert (
         status == 200
@@ -456,6 +456,7 @@ def test_page_in_chromium(svc):
         "--disable-sync",
         "--no-first-run",
         "--disable-dev-shm-usage",
+        "--window-size=1400,4000",  # every thumbnail in view (they load lazily)
         f"--user-data-dir={profile}",
     ):
         opts.add_argument(flag)
@@ -484,12 +485,16 @@ def test_page_in_chromium(svc):
         meta = cards()[0].find_element(By.CSS_SELECTOR, ".meta").text
         assert all(w in meta for w in ("score", "clip sim", "punsafe", "pwatermark", "aesthetic"))
         assert driver.find_element(By.ID, "legend").find_element(By.TAG_NAME, "summary").text
-        # thumbnails decode
+        # thumbnails come from /image/<sample_id> and decode
         wait.until(
             lambda d: d.execute_script(
                 "return [...document.querySelectorAll('.result img')].every(i => i.complete)"
             )
         )
+        widths = driver.execute_script(
+            "return [...document.querySelectorAll('.result img')].map(i => i.naturalWidth)"
+        )
+        assert widths and all(w == 64 for w in widths)
         # controls: language, dedup off, k; the URL carries the state
         Select(driver.find_element(By.ID, "lang")).select_by_value("de")
         driver.find_element(By.ID, "dedup").click()
