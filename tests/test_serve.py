@@ -595,6 +595,7 @@ def test_page_in_chromium(svc):
         shutil.rmtree(profile, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_running_service_honours_takedowns(svc, spark):
     """url, domain, sha256 and pdq takedowns reach the running service within seconds.
 

@@ -140,3 +140,32 @@ def test_hash_list_parsing_and_matcher_edges(tmp_path):
     assert Matcher([h], max_distance=3).match([near]) == []
     assert Matcher([], 31).match([h]) == []
     assert hash_image(b"not an image") is None and hash_image(None) is None
+
+
+def test_download_stores_pdq_of_every_image():
+    """The download worker fills images.pdq / pdq_quality (real HTTP on 127.0.0.1)."""
+    from laion_spark.demo.image_server import ImageServer
+    from laion_spark.download.settings import DownloadSettings
+    from laion_spark.download.worker import OUTPUT_COLUMNS, download_rows
+
+    assert {"pdq", "pdq_quality"} <= set(OUTPUT_COLUMNS)
+    im = generated(7)
+    with ImageServer() as srv:
+        srv.add("/a.jpg", encode(im, quality=92))
+        srv.add("/b.png", encode(im.resize((200, 200)), "PNG"), "image/png")
+        srv.add("/bad.jpg", b"not an image")
+        cfg = DownloadSettings(allow_networks=["127.0.0.1/32"], threads=2)
+        rows = {
+            r["sample_id"]: r
+            for r in download_rows(
+                [("a", srv.url("/a.jpg")), ("b", srv.url("/b.png")), ("c", srv.url("/bad.jpg"))],
+                cfg,
+            )
+        }
+    a, b, c = rows["a"], rows["b"], rows["c"]
+    assert a["status"] == b["status"] == "success"
+    assert len(a["pdq"]) == 64 and 0 <= a["pdq_quality"] <= 100
+    # the stored (resized, re-encoded) images of the same picture are near in PDQ space
+    assert distance(a["pdq"], b["pdq"]) <= MAX_DISTANCE
+    assert a["pdq"] == hash_image(a["image"])[0]
+    assert c["status"] != "success" and c["pdq"] is None
