@@ -197,6 +197,29 @@ SPECS: dict[str, TableSpec] = {
             "takedown requests (url, domain, sha256, md5, sample_id) and what they removed",
         ),
         TableSpec(
+            "exports",
+            ("export_id",),
+            _schema(
+                # 16 hex of sha256(target): one row per target, describing what is there now
+                ("export_id", STRING),
+                ("subset", STRING),
+                # webdataset | laion | parquet | uids (laion_spark.export.formats), or reshard
+                ("format", STRING),
+                ("target", STRING),
+                # every file the export wrote, as full paths (shards and their metadata)
+                ("shard_paths", T.ArrayType(STRING)),
+                ("sample_count", LONG),
+                ("created_at", TIMESTAMP),
+                ("manifest_path", STRING),
+                # sha256 of the inputs (Delta versions read, options): equal = nothing to do
+                ("inputs_digest", STRING),
+                ("delta_versions", T.MapType(STRING, LONG)),
+            ),
+            "exported shard sets (WebDataset, LAION format, parquet, uids) and where they are, "
+            "so a takedown can find the shards that hold a sample (each shard's parquet lists "
+            "its sample_ids)",
+        ),
+        TableSpec(
             "runs",
             ("run_id",),
             _schema(
