@@ -339,7 +339,7 @@ def write_shard_set(
     digest: str,
     describe: dict[str, Any],
     make_plan,
-    payload: DataFrame | None,
+    payload,
     broadcast_rows: int,
     force: bool = False,
     crash_in_shard: int | None = None,
@@ -347,6 +347,7 @@ def write_shard_set(
     """Write the shards `make_plan()` plans (joined with `payload` on sample_id when given)
     under `target`, unless `_SUCCESS` already holds `digest`; then write `_SUCCESS`.
 
+    `payload`: a DataFrame keyed by sample_id, a callable returning one, or None.
     `describe`: what the manifest says besides shards and counts (subset, format, Delta
     versions, options, config, skipped counts).
     """
@@ -357,6 +358,8 @@ def write_shard_set(
         return ShardSetResult(state.manifest or {}, 0, 0, True)
     keep = state.prepare("" if force else digest)
     plan: Plan = make_plan()
+    if callable(payload):  # a payload that only exists once the plan's pass has run
+        payload = payload()
     digits = max(5, len(str(max(plan.shards - 1, 0))))
     todo = [s for s in range(plan.shards) if s not in keep]
     results: list[dict[str, Any]] = [
