@@ -28,6 +28,7 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert by_stage["download"].by_status.get("success", 0) > 0
     out = capsys.readouterr().out
     assert "run summary" in out and "search:" in out
+    assert "[demo] exported subset 'clip_filter' as WebDataset" in out
 
     from laion_spark.tables import Tables
 
@@ -49,6 +50,7 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert spark.sql("SELECT count(*) n FROM candidates").first()["n"] == spark.sql(
         "SELECT count(*) n FROM images"
     ).first()["n"]
+    _check_export(spark, cfg, by_stage["export"])
 
     again = run_demo(cfg, pages=24)
     for name in names:
@@ -62,3 +64,33 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert sorted(runs.stage.unique()) == sorted(r.stage for r in results)
     assert (runs.status == "ok").all() and runs.run_id.is_unique
     assert {r.stage: r.rows_in for r in again}["download"] == 0
+
+
+def _check_export(spark, cfg, result):
+    """The demo's WebDataset export holds the curated subset: every sample as often as its
+    repeat, with the bytes of `images`, readable by webdataset's own loader."""
+    import glob
+    import json
+
+    import webdataset as wds
+
+    from laion_spark.demo.run import demo_export_dir
+
+    assert result.error is None and result.rows_out > 0
+    shards = sorted(glob.glob(f"{demo_export_dir(cfg)}/*.tar"))
+    assert shards and len(shards) == result.notes["shards"]
+    want = {
+        r["sample_id"]: r["repeat"]
+        for r in spark.sql("SELECT sample_id, repeat FROM subsets WHERE subset = 'clip_filter'")
+        .collect()
+    }
+    images = {
+        r["sample_id"]: r["image"]
+        for r in spark.sql("SELECT sample_id, image FROM images WHERE status = 'success'").collect()
+    }
+    seen: dict[str, int] = {}
+    for sample in wds.WebDataset(shards, shardshuffle=False):
+        sid = json.loads(sample["json"])["sample_id"]
+        assert sample["jpg"] == images[sid]
+        seen[sid] = seen.get(sid, 0) + 1
+    assert seen == want and sum(seen.values()) == result.rows_out

@@ -310,22 +310,32 @@ def test_laion_format_rows_align_with_embeddings(world):
     assert seen == want
 
 
-def test_parquet_and_uids_formats(world):
-    spark, cfg, tables = world["spark"], world["cfg"], world["tables"]
+def test_parquet_and_uids_formats_through_the_cli(world, capsys):
+    from laion_spark.cli import main
+
+    common = ["--set", f"workdir={world['cfg'].workdir}", "--shard-samples", "8"]
     out = world["root"] / "pq"
-    res = run(spark, cfg, tables, subset="sub", to=str(out), fmt="parquet")
+    assert (
+        main(["export", "--subset", "sub", "--format", "parquet", "--to", str(out), *common]) == 0
+    )
+    assert "30 samples in 4 shard(s)" in capsys.readouterr().out
     rows = []
     for f in sorted(os.listdir(out)):
         if f.endswith(".parquet"):
             rows += pq.read_table(out / f).to_pylist()
-    assert len(rows) == res.rows_out == 30
+    assert len(rows) == 30
     for r in rows:
         assert r["image"] == world["by_sid"][r["sample_id"]]["image"]
     out = world["root"] / "uids"
-    res = run(spark, cfg, tables, subset="sub", to=str(out), fmt="uids")
+    assert main(["export", "--subset", "sub", "--format", "uids", "--to", str(out), *common]) == 0
     arr = np.load(out / "uids.npy")
     assert arr.dtype == np.dtype("u8,u8") and (np.sort(arr) == arr).all()
     want = _expected(world, "uids")
-    assert len(arr) == sum(want.values()) == res.rows_out
+    assert len(arr) == sum(want.values()) == 32
     uid5 = DC_UID.lower()
     assert (int(uid5[:16], 16), int(uid5[16:], 16)) in arr.tolist()
+    # the earlier single-file form still works and agrees
+    single = world["root"] / "single.npy"
+    argv = ["export", "sub", "--out", str(single), "--format", "uids", "--expand-repeats"]
+    assert main([*argv, "--set", f"workdir={world['cfg'].workdir}"]) == 0
+    np.testing.assert_array_equal(np.load(single), arr)
