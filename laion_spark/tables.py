@@ -203,7 +203,7 @@ SPECS: dict[str, TableSpec] = {
                 # 16 hex of sha256(target): one row per target, describing what is there now
                 ("export_id", STRING),
                 ("subset", STRING),
-                # webdataset | laion | parquet | uids (laion_spark.export.formats), or reshard
+                # webdataset | laion | parquet | uids (export.formats); a reshard writes webdataset
                 ("format", STRING),
                 ("target", STRING),
                 # every file the export wrote, as full paths (shards and their metadata)
