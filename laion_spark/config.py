@@ -18,6 +18,7 @@ import yaml
 from laion_spark.curate.settings import CurateSettings
 from laion_spark.download.settings import DownloadSettings
 from laion_spark.embed.settings import EmbedSettings
+from laion_spark.export.settings import ExportSettings
 from laion_spark.extract.settings import ExtractSettings
 from laion_spark.index.settings import IndexSettings
 from laion_spark.score.settings import ScoreSettings
@@ -77,6 +78,7 @@ class Config:
     index: IndexSettings = field(default_factory=IndexSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
     takedown: TakedownSettings = field(default_factory=TakedownSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
 
     @property
     def workdir_path(self) -> str:

@@ -247,6 +247,29 @@ SPECS: dict[str, TableSpec] = {
             "versions, index shards and merged files, export shards) for which requests",
         ),
         TableSpec(
+            "exports",
+            ("export_id",),
+            _schema(
+                # 16 hex of sha256(target): one row per target, describing what is there now
+                ("export_id", STRING),
+                ("subset", STRING),
+                # webdataset | laion | parquet | uids (export.formats); a reshard writes webdataset
+                ("format", STRING),
+                ("target", STRING),
+                # every file the export wrote, as full paths (shards and their metadata)
+                ("shard_paths", T.ArrayType(STRING)),
+                ("sample_count", LONG),
+                ("created_at", TIMESTAMP),
+                ("manifest_path", STRING),
+                # sha256 of the inputs (Delta versions read, options): equal = nothing to do
+                ("inputs_digest", STRING),
+                ("delta_versions", T.MapType(STRING, LONG)),
+            ),
+            "exported shard sets (WebDataset, LAION format, parquet, uids) and where they are, "
+            "so a takedown can find the shards that hold a sample (each shard's parquet lists "
+            "its sample_ids)",
+        ),
+        TableSpec(
             "runs",
             ("run_id",),
             _schema(
