@@ -30,7 +30,7 @@ def _d(v: tuple[float, float, float]) -> str:
 def _label(name: str) -> str:
     from benchmarks.minidatacomp.run import DIAGNOSTIC, METHODS
 
-    return dict(METHODS + DIAGNOSTIC).get(name, name)
+    return {n: label for label, n in METHODS + DIAGNOSTIC}.get(name, name)
 
 
 def render(*, world, table, diffs, desc, results, scores, stage, timing, args, sizes) -> dict:
@@ -261,3 +261,11 @@ def merge(doc: str, generated: str) -> str:
         pat = re.compile(re.escape(START) + ".*?" + re.escape(END) + "\n?", re.S)
         return pat.sub(lambda _m: generated, doc, count=1)
     return "# Curate benchmark: mini-DataComp\n\n" + generated
+
+
+def merge_block(doc: str, block: str, start: str, end: str) -> str:
+    """Replace the block between `start` and `end` markers, or append it."""
+    if start in doc and end in doc:
+        pat = re.compile(re.escape(start) + ".*?" + re.escape(end) + "\n?", re.S)
+        return pat.sub(lambda _m: block, doc, count=1)
+    return doc.rstrip("\n") + "\n\n" + block

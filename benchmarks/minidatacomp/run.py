@@ -207,6 +207,37 @@ def read_scores(tables, ids: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def save(path: str, ids, scores, selections, notes) -> None:
+    arrays = {f"score/{k}": v for k, v in scores.items()}
+    for name, sel in selections.items():
+        arrays[f"idx/{name}"] = sel.idx
+        arrays[f"rep/{name}"] = sel.repeat
+    arrays["ids"] = np.array(ids)
+    arrays["notes"] = np.array(json.dumps(notes, default=str))
+    np.savez_compressed(path, **arrays)
+
+
+def load_saved(path: str):
+    z = np.load(path, allow_pickle=False)
+    scores = {k[6:]: z[k] for k in z.files if k.startswith("score/")}
+    sels = {k[4:]: H.Selection(z[k], z["rep/" + k[4:]]) for k in z.files if k.startswith("idx/")}
+    return list(z["ids"]), scores, sels, json.loads(str(z["notes"]))
+
+
+def flyt_overrides(args) -> list[str]:
+    """The FLYT settings of the run (diagnose.py retrains with the same ones)."""
+    return [
+        f"curate.flyt.steps={args.flyt_max_steps}",
+        f"curate.flyt.patience={args.flyt_patience}",
+        f"curate.flyt.eval_every={args.flyt_eval_every}",
+        f"curate.flyt.lr={args.flyt_lr}",
+        "curate.flyt.batch_size=256",
+        "curate.flyt.hidden=64",
+        "curate.flyt.inner_lr=0.5",
+        "curate.flyt.temperature=0.07",
+    ]
+
+
 def diagnostic_selections(world: H.World) -> dict[str, H.Selection]:
     """Rows outside the product: the clean-pairs oracle (a ceiling) and a random 30%."""
     kinds = np.array(world.pool.kinds)
@@ -235,7 +266,7 @@ def evaluate_all(world, selections, seeds, log=print) -> dict[str, dict[str, np.
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pool", type=int, default=24_000)
     ap.add_argument("--samples-seen", type=int, default=None, help="default: 3 x pool")
@@ -248,7 +279,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
     ap.add_argument("--out", default="docs/benchmarks_curate.md")
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--save", default=None, help="save score columns + selections (.npz) for diagnose.py"
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -270,14 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             f"workdir={work}",
             "curate.image_clusters=64",
-            f"curate.flyt.steps={args.flyt_max_steps}",
-            f"curate.flyt.patience={args.flyt_patience}",
-            f"curate.flyt.eval_every={args.flyt_eval_every}",
-            f"curate.flyt.lr={args.flyt_lr}",
-            "curate.flyt.batch_size=256",
-            "curate.flyt.hidden=64",
-            "curate.flyt.inner_lr=0.5",
-            "curate.flyt.temperature=0.07",
+            *flyt_overrides(args),
         ],
         extra={"curate.definitions": definitions(sizes.samples_seen, hcs_cap)},
     )
@@ -320,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).write_text(report["markdown"])
     if args.json:
         Path(args.json).write_text(json.dumps(report["json"], indent=1, default=float))
+    if args.save:
+        save(args.save, ids, scores, selections, res.notes)
     print(report["result_line"])
 
 

@@ -91,15 +91,14 @@ def near_duplicate_counts(x: np.ndarray, eps: float, block: int = 1024) -> np.nd
     > 1 - eps to it, i.e. the size of its near-duplicate neighbourhood. Blocked: memory
     is block x n floats."""
     n = len(x)
-    out = np.zeros(n, np.int32)
+    out = np.ones(n, np.int32)  # itself
     limit = 1.0 - eps
     for s in range(0, n, block):
         sim = x[s : s + block] @ x.T
-        out[s : s + block] = (sim > limit).sum(1)
-    # a row always matches itself (a zero vector would not): count it once
-    self_sim = (x * x).sum(1)
-    out += (self_sim <= limit).astype(np.int32)
-    return np.maximum(out, 1)
+        rows = np.arange(len(sim))
+        sim[rows, s + rows] = -np.inf  # the row itself, whatever rounding says
+        out[s : s + block] += (sim > limit).sum(1).astype(np.int32)
+    return out
 
 
 def dedup_size(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:

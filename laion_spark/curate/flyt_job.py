@@ -122,7 +122,8 @@ def run_scorer(
     ctx.note(f"{kind}_best_step", info.get("best_step"))
     if info.get("evals"):
         ev = info["evals"]
-        keep = ev[:: max(1, len(ev) // 12)] + ([ev[-1]] if len(ev) > 12 else [])
+        keep = ev[:: max(1, len(ev) // 12)]
+        keep += [ev[-1]] if keep[-1] != ev[-1] else []
         ctx.note(f"{kind}_val_gain", [(int(a), round(float(b), 5)) for a, b in keep])
     z = model(x)
     ctx.note(f"{kind}_logit_std", round(float(z.std()), 4))
