@@ -4,7 +4,7 @@
 
 Writes N L2-normalised embeddings (+ captions) into a temporary Delta workdir, configures
 a B/32-shaped NSFW head, a watermark embedding head, a linear aesthetic head, the word-list
-toxicity scorer and zero-shot prompts, and times `laion_spark.safety.stage.run` end to end
+toxicity scorer and zero-shot prompts, and times `laion_spark.score.stage.run` end to end
 (read Delta, join captions, score, MERGE). The "raw limit" is `score_batch` on the same
 rows in this process with no Spark (models + zero-shot + word list only). There is no peer
 tool that scores LAION embeddings as a Spark stage, so no ratio= is reported.
@@ -29,10 +29,10 @@ def main() -> None:
     n, d = args.rows, args.dim
 
     from laion_spark.config import load_config
-    from laion_spark.safety.heads import new_head, save_head
-    from laion_spark.safety.scoring import Models, score_batch
-    from laion_spark.safety.stage import build_plan, run
-    from laion_spark.safety.zeroshot import PromptEmbeddings
+    from laion_spark.models.heads import new_head, save_head
+    from laion_spark.score.scoring import Models, score_batch
+    from laion_spark.score.stage import build_plan, run
+    from laion_spark.score.zeroshot import PromptEmbeddings
     from laion_spark.session import get_spark
     from laion_spark.tables import Tables
 

@@ -1,8 +1,10 @@
-"""spark-submit entry point of the extract stage: spark-submit jobs/extract.py --conf NAME --set k=v"""
+"""spark-submit entry point of the extract stage: spark-submit jobs/extract.py --conf NAME --set k=v
+
+Same options as `laion-spark run extract` (laion_spark.cli.job_main)."""
 
 import sys
 
-from laion_spark.jobs import stage_job
+from laion_spark.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(stage_job("extract"))
+    sys.exit(job_main("extract"))

@@ -1,12 +1,10 @@
-"""spark-submit entry point of the index merge: spark-submit jobs/merge_index.py --conf NAME --set k=v
+"""spark-submit entry point of the merge_index stage: spark-submit jobs/merge_index.py --conf NAME --set k=v
 
-Merges every committed shard of index.name into one memory-mappable index and records
-recall@10, factory, sizes and build time in the `index_manifest` table.
-"""
+Same options as `laion-spark run merge_index` (laion_spark.cli.job_main)."""
 
 import sys
 
-from laion_spark.jobs import stage_job
+from laion_spark.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(stage_job("merge_index"))
+    sys.exit(job_main("merge_index"))

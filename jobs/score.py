@@ -1,8 +1,10 @@
-"""spark-submit entry point of the score stage: spark-submit jobs/score.py --conf NAME --set k=v"""
+"""spark-submit entry point of the score stage: spark-submit jobs/score.py --conf NAME --set k=v
+
+Same options as `laion-spark run score` (laion_spark.cli.job_main)."""
 
 import sys
 
-from laion_spark.jobs import stage_job
+from laion_spark.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(stage_job("score"))
+    sys.exit(job_main("score"))

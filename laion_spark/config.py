@@ -7,6 +7,7 @@ Unknown keys and bad values raise ConfigError naming the dotted key.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,16 +15,24 @@ from typing import Any
 
 import yaml
 
-from laion_spark.clip.settings import ClipConfig
-from laion_spark.curate.settings import CurateConfig
-from laion_spark.download.settings import DownloadConfig
-from laion_spark.extract.settings import ExtractConfig
-from laion_spark.index.settings import IndexConfig
-from laion_spark.safety.settings import ScoreConfig
-from laion_spark.serve.settings import ServeConfig
+from laion_spark.curate.settings import CurateSettings
+from laion_spark.download.settings import DownloadSettings
+from laion_spark.embed.settings import EmbedSettings
+from laion_spark.extract.settings import ExtractSettings
+from laion_spark.index.settings import IndexSettings
+from laion_spark.score.settings import ScoreSettings
+from laion_spark.serve.settings import ServeSettings
 from laion_spark.settings import ConfigError, from_dict, require
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+log = logging.getLogger(__name__)
+
+# Keys renamed when stage, folder and config section were made to agree (clip -> embed, the
+# CLIP filter folded into curate). Old configs keep working; each use logs how to update it.
+_MOVED_KEYS = {
+    "clip.threshold_en": "curate.clip_thresholds.en",
+    "clip.threshold_multi": "curate.clip_thresholds.*",
+}
 
 
 @dataclass
@@ -59,13 +68,13 @@ class Config:
     workdir: str = "./demo-workdir"
     spark: SparkSettings = field(default_factory=SparkSettings)
     tables: TablesSettings = field(default_factory=TablesSettings)
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    curate: CurateConfig = field(default_factory=CurateConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
+    download: DownloadSettings = field(default_factory=DownloadSettings)
+    embed: EmbedSettings = field(default_factory=EmbedSettings)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
+    curate: CurateSettings = field(default_factory=CurateSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
     @property
     def workdir_path(self) -> str:
@@ -86,6 +95,46 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError(f"{dotted}: {p} is not a section")
         cur = nxt
     cur[parts[-1]] = value
+
+
+def _pop_dotted(data: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    parts = dotted.split(".")
+    cur = data
+    for p in parts[:-1]:
+        cur = cur.get(p)
+        if not isinstance(cur, dict):
+            return False, None
+    if parts[-1] not in cur:
+        return False, None
+    return True, cur.pop(parts[-1])
+
+
+def _migrate(data: dict[str, Any]) -> None:
+    """Rewrite deprecated keys in place (logging each), so old configs keep working."""
+    for old, new in _MOVED_KEYS.items():
+        found, value = _pop_dotted(data, old)
+        if found:
+            log.warning("config key %s is deprecated; use %s", old, new)
+            head, _, last = new.rpartition(".")
+            section = data
+            for p in head.split("."):
+                section = section.setdefault(p, {})
+            section[last] = value
+    found, subset = _pop_dotted(data, "clip.subset")
+    if found:
+        raise ConfigError(
+            f"clip.subset: the CLIP filter is now the curate filter `clip_filter`; to name its "
+            f"subset {subset!r}, add `curate.definitions.{subset}: {{kind: clip_threshold}}` and "
+            f"list {subset} in curate.filters"
+        )
+    if "clip" in data:
+        old = data.pop("clip")
+        log.warning("config section clip: is deprecated; it is now embed: (same keys)")
+        if not isinstance(old, dict):
+            raise ConfigError(f"clip: expected a mapping, got {old!r}")
+        merged = dict(old)
+        merged.update(data.get("embed") or {})
+        data["embed"] = merged
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -136,4 +185,5 @@ def load_config(
         _set_dotted(data, k, v)
     for o in overrides or []:
         _set_dotted(data, *parse_override(o))
+    _migrate(data)
     return from_dict(Config, data)

@@ -8,12 +8,17 @@ Delta jars that scripts/setup.sh cached (offline afterwards).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
 from laion_spark.config import Config
+
+log = logging.getLogger(__name__)
 
 DELTA_VERSION = "4.3.1"
 DELTA_PACKAGE = f"io.delta:delta-spark_4.1_2.13:{DELTA_VERSION}"
@@ -60,10 +65,11 @@ def spark_settings(cfg: Config, local: bool = True) -> dict[str, str]:
         if jars:
             out["spark.jars"] = ",".join(jars)
         else:
-            print(
-                f"[laion_spark] Delta jars not found in {s.jars_dir}; resolving {DELTA_PACKAGE} "
-                "with Ivy (run scripts/setup.sh to cache them for offline use)",
-                file=sys.stderr,
+            log.warning(
+                "Delta jars not found in %s; resolving %s with Ivy "
+                "(run scripts/setup.sh to cache them for offline use)",
+                s.jars_dir,
+                DELTA_PACKAGE,
             )
             out["spark.jars.packages"] = DELTA_PACKAGE
     elif s.delta_from == "packages":
@@ -73,6 +79,25 @@ def spark_settings(cfg: Config, local: bool = True) -> dict[str, str]:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     return out
+
+
+_QUIET = False
+QUIET_LOG4J = os.path.join(os.path.dirname(__file__), "data", "log4j2-quiet.properties")
+
+
+def quiet_console(quiet: bool = True) -> None:
+    """The CLI's calm console: a local driver logs errors only and shows no Spark progress bar
+    (laion_spark.progress draws one line per stage instead). `--verbose` leaves Spark as is."""
+    global _QUIET
+    _QUIET = quiet
+
+
+def _quiet_settings(out: dict[str, str]) -> None:
+    opts = out.get("spark.driver.extraJavaOptions", "")
+    out["spark.driver.extraJavaOptions"] = (
+        f"{opts} -Dlog4j2.configurationFile={QUIET_LOG4J}".strip()
+    )
+    out["spark.ui.showConsoleProgress"] = "false"
 
 
 def get_spark(cfg: Config) -> SparkSession:
@@ -86,10 +111,13 @@ def get_spark(cfg: Config) -> SparkSession:
     if cfg.spark.master:
         # None: spark-submit or the platform (Databricks, EMR) supplies the master
         builder = builder.master(cfg.spark.master)
-    for k, v in spark_settings(cfg, local=local).items():
+    settings = spark_settings(cfg, local=local)
+    if _QUIET and local:
+        _quiet_settings(settings)
+    for k, v in settings.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel("ERROR" if _QUIET else "WARN")
     return spark
 
 
@@ -108,3 +136,23 @@ def submit_args(cfg: Config) -> list[str]:
     for k, v in settings.items():
         out += ["--conf", f"{k}={v}"]
     return out
+
+
+ARROW_BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set SQL settings for the duration of a block, then put the previous values back
+    (the session is shared by every stage of a run)."""
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, str(v))
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)

@@ -106,11 +106,6 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     return obj
 
 
-def to_dict(obj: Any) -> Any:
-    """Plain-data view of a config (for printing and for shipping to executors)."""
-    return dataclasses.asdict(obj)
-
-
 def require(cond: bool, key: str, message: str) -> None:
     """Raise a ConfigError naming `key` unless `cond` holds."""
     if not cond:

@@ -1,23 +1,28 @@
-"""Table registry, schemas, and the one MERGE every stage writes with.
+"""Table registry, schemas, and the one writer every stage writes with.
 
 Locally (and on S3/DBFS paths) a table is a Delta folder `<tables_root>/<name>`; with
 `tables.database` set (Databricks Unity Catalog, Glue) it is the catalog table
-`<database>.<name>`. Every table carries `sample_id` (see laion_spark.ids).
+`<database>.<name>`. Every table carries `sample_id` (see laion_spark.ids), except the
+bookkeeping tables keyed otherwise (`extract_stats`, `runs`, `takedowns`, `index_manifest`).
+
+`SPECS` is the contract: Spark schemas (`spark_schema`) and Arrow schemas (`arrow_schema`)
+of what stages write are derived from it, never written out again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from laion_spark.config import Config
 
-_S, _I, _L, _D, _F, _B = T.StringType(), T.IntegerType(), T.LongType(), T.DoubleType(), T.FloatType(), T.BinaryType()
-_TS = T.TimestampType()
+STRING, INT, LONG = T.StringType(), T.IntegerType(), T.LongType()
+FLOAT, DOUBLE, BINARY, TIMESTAMP = T.FloatType(), T.DoubleType(), T.BinaryType(), T.TimestampType()
 
 
 def _schema(*fields: tuple[str, T.DataType]) -> T.StructType:
@@ -40,13 +45,24 @@ SPECS: dict[str, TableSpec] = {
             "candidates",
             ("sample_id",),
             _schema(
-                ("sample_id", _S), ("url", _S), ("text", _S), ("page_url", _S),
-                ("language", _S), ("language_score", _F), ("language_group", _S),
-                ("license", _S), ("source_file", _S), ("source_offset", _L), ("crawl_id", _S),
-                ("original_id", _S), ("original_width", _I), ("original_height", _I),
-                ("extracted_at", _TS),
+                ("sample_id", STRING),
+                ("url", STRING),
+                ("text", STRING),
+                ("page_url", STRING),
+                ("language", STRING),
+                ("language_score", FLOAT),
+                ("language_group", STRING),
+                ("license", STRING),
+                ("source_file", STRING),
+                ("source_offset", LONG),
+                ("crawl_id", STRING),
+                ("original_id", STRING),
+                ("original_width", INT),
+                ("original_height", INT),
+                ("extracted_at", TIMESTAMP),
                 # wat | warc | laion | datacomp; other columns of imported metadata as strings
-                ("source_format", _S), ("original_meta", T.MapType(_S, _S)),
+                ("source_format", STRING),
+                ("original_meta", T.MapType(STRING, STRING)),
             ),
             "image-text pairs from WAT/WARC or imported LAION/DataComp metadata",
         ),
@@ -54,11 +70,22 @@ SPECS: dict[str, TableSpec] = {
             "extract_stats",
             ("source_file",),
             _schema(
-                ("source_file", _S), ("records", _L), ("pages", _L), ("pairs", _L),
-                ("bad_records", _L), ("rejected", T.MapType(_S, _L)), ("errors", T.MapType(_S, _L)),
-                ("seconds", _D), ("finished_at", _TS),
-                # ok | partial (some bad records) | failed (file unreadable); first error text
-                ("status", _S), ("error_message", _S), ("crawl_id", _S),
+                ("source_file", STRING),
+                ("records", LONG),
+                ("pages", LONG),
+                ("pairs", LONG),
+                ("bad_records", LONG),
+                ("rejected", T.MapType(STRING, LONG)),
+                ("errors", T.MapType(STRING, LONG)),
+                ("seconds", DOUBLE),
+                ("finished_at", TIMESTAMP),
+                # ok | partial (some bad records) | failed (file unreadable, retried) |
+                # unsupported_format (e.g. ARC, not retried); first error text
+                ("status", STRING),
+                ("error_message", STRING),
+                ("crawl_id", STRING),
+                # which entity rule a WAT got (decoded | raw, and why); null for WARC
+                ("wat_entities", STRING),
             ),
             "per input file: records read, pairs emitted, rejections and errors by reason",
         ),
@@ -66,11 +93,22 @@ SPECS: dict[str, TableSpec] = {
             "images",
             ("sample_id",),
             _schema(
-                ("sample_id", _S), ("url", _S), ("status", _S), ("error_message", _S),
-                ("http_status", _I), ("image", _B), ("width", _I), ("height", _I),
-                ("original_width", _I), ("original_height", _I), ("sha256", _S), ("format", _S),
-                ("original_format", _S), ("num_bytes", _L), ("fetch_seconds", _D),
-                ("downloaded_at", _TS),
+                ("sample_id", STRING),
+                ("url", STRING),
+                ("status", STRING),
+                ("error_message", STRING),
+                ("http_status", INT),
+                ("image", BINARY),
+                ("width", INT),
+                ("height", INT),
+                ("original_width", INT),
+                ("original_height", INT),
+                ("sha256", STRING),
+                ("format", STRING),
+                ("original_format", STRING),
+                ("num_bytes", LONG),
+                ("fetch_seconds", DOUBLE),
+                ("downloaded_at", TIMESTAMP),
             ),
             "one row per candidate: status, error message, resized encoded image bytes",
         ),
@@ -78,9 +116,14 @@ SPECS: dict[str, TableSpec] = {
             "embeddings",
             ("sample_id", "model_id"),
             _schema(
-                ("sample_id", _S), ("model_id", _S), ("image_embedding", T.ArrayType(_F)),
-                ("text_embedding", T.ArrayType(_F)), ("similarity", _F), ("status", _S),
-                ("error_message", _S), ("embedded_at", _TS),
+                ("sample_id", STRING),
+                ("model_id", STRING),
+                ("image_embedding", T.ArrayType(FLOAT)),
+                ("text_embedding", T.ArrayType(FLOAT)),
+                ("similarity", FLOAT),
+                ("status", STRING),
+                ("error_message", STRING),
+                ("embedded_at", TIMESTAMP),
             ),
             "L2-normalised CLIP image/text embeddings and their cosine similarity, per model",
         ),
@@ -88,26 +131,49 @@ SPECS: dict[str, TableSpec] = {
             "scores",
             ("sample_id",),
             _schema(
-                ("sample_id", _S), ("model_id", _S), ("punsafe", _F), ("pwatermark", _F),
-                ("toxicity", _F), ("aesthetic", _F), ("nsfw_tag", _S),
-                ("flags", T.ArrayType(_S)), ("score_models", T.MapType(_S, _S)), ("scored_at", _TS),
+                ("sample_id", STRING),
+                ("model_id", STRING),
+                ("punsafe", FLOAT),
+                ("pwatermark", FLOAT),
+                ("toxicity", FLOAT),
+                ("aesthetic", FLOAT),
+                ("nsfw_tag", STRING),
+                ("flags", T.ArrayType(STRING)),
+                ("score_models", T.MapType(STRING, STRING)),
+                ("scored_at", TIMESTAMP),
             ),
             "safety and quality scores (columns may be added by curate: flyt_score, ...)",
         ),
         TableSpec(
             "subsets",
             ("subset", "sample_id"),
-            _schema(("subset", _S), ("sample_id", _S), ("repeat", _I), ("created_at", _TS)),
+            _schema(
+                ("subset", STRING),
+                ("sample_id", STRING),
+                ("repeat", INT),
+                ("created_at", TIMESTAMP),
+            ),
             "which samples a filter or sampler kept, with repeat counts",
         ),
         TableSpec(
             "index_manifest",
             ("index_name", "shard"),
             _schema(
-                ("index_name", _S), ("shard", _S), ("kind", _S), ("path", _S), ("factory", _S),
-                ("model_id", _S), ("count", _L), ("dim", _I), ("recall_at_10", _D),
-                ("build_seconds", _D), ("size_bytes", _L), ("created_at", _TS),
-                ("metric", _S), ("run_id", _S), ("params", _S),
+                ("index_name", STRING),
+                ("shard", STRING),
+                ("kind", STRING),
+                ("path", STRING),
+                ("factory", STRING),
+                ("model_id", STRING),
+                ("count", LONG),
+                ("dim", INT),
+                ("recall_at_10", DOUBLE),
+                ("build_seconds", DOUBLE),
+                ("size_bytes", LONG),
+                ("created_at", TIMESTAMP),
+                ("metric", STRING),
+                ("run_id", STRING),
+                ("params", STRING),
             ),
             "faiss shards and merged indexes: files, factory, counts, measured recall "
             "(kind: trained | shard | merged; params: JSON search params such as nprobe)",
@@ -115,24 +181,98 @@ SPECS: dict[str, TableSpec] = {
         TableSpec(
             "index_ids",
             ("index_name", "sample_id"),
-            _schema(("index_name", _S), ("sample_id", _S), ("faiss_id", _L), ("shard", _S)),
+            _schema(
+                ("index_name", STRING), ("sample_id", STRING), ("faiss_id", LONG), ("shard", STRING)
+            ),
             "faiss int64 id <-> sample_id for each index",
         ),
         TableSpec(
             "takedowns",
             ("request_id",),
             _schema(
-                ("request_id", _S), ("kind", _S), ("value", _S), ("reason", _S),
-                ("removed", T.MapType(_S, _L)), ("requested_at", _TS),
+                ("request_id", STRING),
+                ("kind", STRING),
+                ("value", STRING),
+                ("reason", STRING),
+                ("removed", T.MapType(STRING, LONG)),
+                ("requested_at", TIMESTAMP),
             ),
             "takedown requests (url, domain, sha256, md5, sample_id) and what they removed",
+        ),
+        TableSpec(
+            "runs",
+            ("run_id",),
+            _schema(
+                ("run_id", STRING),
+                ("stage", STRING),
+                ("status", STRING),
+                ("error_message", STRING),
+                ("rows_in", LONG),
+                ("rows_out", LONG),
+                ("by_status", T.MapType(STRING, LONG)),
+                # note values as JSON text (numbers, strings, lists alike)
+                ("notes", T.MapType(STRING, STRING)),
+                ("options", STRING),
+                ("config_digest", STRING),
+                ("stage_config", STRING),
+                ("started_at", TIMESTAMP),
+                ("seconds", DOUBLE),
+            ),
+            "one row per stage run: what it did (StageResult), with which config (digest and "
+            "the stage's section as JSON); `laion-spark tables`/`status`/`report` read it",
         ),
     ]
 }
 
 
+def spark_schema(name: str, columns: Iterable[str] | None = None) -> T.StructType:
+    """The declared schema of table `name`, or of `columns` of it in the order given."""
+    fields = {f.name: f for f in SPECS[name].schema.fields}
+    if columns is None:
+        return SPECS[name].schema
+    missing = [c for c in columns if c not in fields]
+    if missing:
+        raise KeyError(f"table {name} has no column(s) {missing}")
+    return T.StructType([fields[c] for c in columns])
+
+
+def _arrow_type(dt: T.DataType) -> Any:
+    import pyarrow as pa
+
+    simple = {
+        T.StringType: pa.string(),
+        T.IntegerType: pa.int32(),
+        T.LongType: pa.int64(),
+        T.FloatType: pa.float32(),
+        T.DoubleType: pa.float64(),
+        T.BinaryType: pa.binary(),
+        T.BooleanType: pa.bool_(),
+        T.TimestampType: pa.timestamp("us", tz="UTC"),
+    }
+    for cls, at in simple.items():
+        if isinstance(dt, cls):
+            return at
+    if isinstance(dt, T.ArrayType):
+        return pa.list_(_arrow_type(dt.elementType))
+    if isinstance(dt, T.MapType):
+        return pa.map_(_arrow_type(dt.keyType), _arrow_type(dt.valueType))
+    raise TypeError(f"no Arrow type for {dt}")
+
+
+def arrow_schema(name: str, columns: Iterable[str] | None = None) -> Any:
+    """`spark_schema(name, columns)` as a pyarrow schema (for mapInArrow output batches)."""
+    import pyarrow as pa
+
+    return pa.schema([(f.name, _arrow_type(f.dataType)) for f in spark_schema(name, columns)])
+
+
 class Tables:
-    """Where each table lives for a config, plus read / upsert / exists helpers."""
+    """Where each table lives for a config, and the one writer of every table.
+
+    Writes go through `upsert` (MERGE by key), `replace` (a keyed MERGE plus the delete of
+    rows the new selection no longer holds, within a scope), `delete` or `append`. Each
+    returns Delta's own operation metrics, so callers never count twice.
+    """
 
     def __init__(self, spark: SparkSession, cfg: Config):
         self.spark = spark
@@ -158,21 +298,20 @@ class Tables:
             return DeltaTable.forName(self.spark, self.location(name))
         return DeltaTable.forPath(self.spark, self.location(name))
 
-    def ensure(self, name: str) -> None:
-        """Create the table empty with its declared schema if it does not exist."""
+    def ensure(self, name: str, schema: T.StructType | None = None) -> None:
+        """Create the table with its declared schema (or `schema`) if it does not exist."""
         if self.exists(name):
             return
-        spec = SPECS[name]
-        empty = self.spark.createDataFrame([], spec.schema)
-        self._write_new(empty, name)
+        from delta.tables import DeltaTable
 
-    def _write_new(self, df: DataFrame, name: str) -> None:
-        w = df.write.format("delta").mode("append").option("mergeSchema", "true")
+        schema = schema if schema is not None else SPECS[name].schema
+        builder = DeltaTable.createIfNotExists(self.spark)
         if self.database:
             self.spark.sql(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-            w.saveAsTable(self.location(name))
+            builder = builder.tableName(self.location(name))
         else:
-            w.save(self.location(name))
+            builder = builder.location(self.location(name))
+        builder.addColumns(schema).execute()
 
     def read(self, name: str) -> DataFrame:
         """The table as a DataFrame (empty with the declared schema if not yet written)."""
@@ -180,10 +319,6 @@ class Tables:
         if self.database:
             return self.spark.read.table(self.location(name))
         return self.spark.read.format("delta").load(self.location(name))
-
-    def sql_name(self, name: str) -> str:
-        """How to name the table in SQL: `db.name` or delta.`/path`."""
-        return self.location(name) if self.database else f"delta.`{self.location(name)}`"
 
     def register_views(self) -> list[str]:
         """Temp views named after each existing table, so `SELECT * FROM images` works."""
@@ -194,6 +329,11 @@ class Tables:
                 names.append(name)
         return names
 
+    def _create_for(self, df: DataFrame, name: str) -> None:
+        # declared tables get their whole schema (columns a stage did not fill still exist);
+        # others (none today) the source's
+        self.ensure(name, None if name in SPECS else df.schema)
+
     def upsert(
         self,
         df: DataFrame,
@@ -201,46 +341,121 @@ class Tables:
         keys: Sequence[str] | None = None,
         update: bool = True,
         dedup: bool = True,
-    ) -> None:
+    ) -> dict[str, int]:
         """MERGE `df` into table `name` on its keys (default: the table's declared keys).
 
         The source is deduplicated on the keys first (MERGE fails on duplicate source
         keys). Matched rows get the source's columns updated (only those columns, so a
-        stage can fill part of a row); unmatched rows are inserted. New columns are
-        added to the table (schema evolution). `update=False` only inserts new keys: Delta
+        stage can fill part of a row); unmatched rows are inserted. New columns are added
+        to the table (MERGE schema evolution). `update=False` only inserts new keys: Delta
         then runs one anti-join + append instead of a join that finds touched files and a
         full outer join that rewrites them. `dedup=False` skips the deduplication shuffle
         when the caller guarantees unique keys (e.g. rows derived 1:1 from a deduplicated
-        chunk); it matters when rows carry image bytes.
+        chunk); it matters when rows carry image bytes. Returns Delta's metrics
+        (num_inserted_rows, num_updated_rows, num_deleted_rows, num_affected_rows).
         """
         keys = tuple(keys or SPECS[name].keys)
         src = df.dropDuplicates(list(keys)) if dedup else df
-        if not self.exists(name):
-            spec = SPECS.get(name)
-            if spec is not None:
-                # create with the declared schema so columns a stage did not fill still exist
-                self.ensure(name)
-            else:
-                self._write_new(src.limit(0), name)
-        cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        target_cols = set(self.read(name).columns)
-        missing = [c for c in src.columns if c not in target_cols]
-        if missing:
-            # evolve the schema explicitly: an empty append with mergeSchema adds the columns
-            self._write_new(src.limit(0), name)
+        self._create_for(src, name)
+        cond = _key_condition(keys)
         cols = {f"`{c}`": f"s.`{c}`" for c in src.columns}
-        merge = self.delta(name).alias("t").merge(src.alias("s"), cond)
+        merge = self.delta(name).alias("t").merge(src.alias("s"), cond).withSchemaEvolution()
         updates = {k: v for k, v in cols.items() if k.strip("`") not in keys}
         if update and updates:
             merge = merge.whenMatchedUpdate(set=updates)
-        merge.whenNotMatchedInsert(values=cols).execute()
+        return _metrics(merge.whenNotMatchedInsert(values=cols).execute())
 
-    def pending(self, source: DataFrame, name: str, keys: Sequence[str] = ("sample_id",), where: str | None = None) -> DataFrame:
+    def replace(
+        self, df: DataFrame, name: str, scope: dict[str, Any], keys: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Make the rows of `name` within `scope` (column -> value) exactly `df`'s rows.
+
+        One MERGE: rows of `df` are upserted, rows of the scope that `df` no longer holds
+        are deleted; rows outside the scope are never touched. `df` must lie in the scope.
+        """
+        keys = tuple(keys or SPECS[name].keys)
+        self._create_for(df, name)
+        in_scope = F.lit(True)
+        for col, value in scope.items():
+            in_scope = in_scope & (F.col(f"t.`{col}`") == F.lit(value))
+        cols = {f"`{c}`": f"s.`{c}`" for c in df.columns}
+        updates = {k: v for k, v in cols.items() if k.strip("`") not in keys}
+        merge = self.delta(name).alias("t").merge(df.alias("s"), _key_condition(keys))
+        if updates:
+            merge = merge.whenMatchedUpdate(set=updates)
+        merge = merge.whenNotMatchedInsert(values=cols)
+        return _metrics(merge.whenNotMatchedBySourceDelete(condition=in_scope).execute())
+
+    def delete(self, name: str, keys: DataFrame) -> dict[str, int]:
+        """Delete the rows of `name` whose key columns (the columns of `keys`) match a row of
+        `keys`; Delta's metrics say how many went."""
+        if not self.exists(name):
+            return _metrics(None)
+        merge = (
+            self.delta(name)
+            .alias("t")
+            .merge(keys.distinct().alias("s"), _key_condition(keys.columns))
+        )
+        return _metrics(merge.whenMatchedDelete().execute())
+
+    def append(self, df: DataFrame, name: str) -> None:
+        """Append rows whose keys are new by construction (e.g. `runs`: a fresh run_id)."""
+        self._create_for(df, name)
+        w = df.write.format("delta").mode("append").option("mergeSchema", "true")
+        if self.database:
+            w.saveAsTable(self.location(name))
+        else:
+            w.save(self.location(name))
+
+    def pending(
+        self,
+        source: DataFrame,
+        name: str,
+        keys: Sequence[str] = ("sample_id",),
+        where: Column | None = None,
+    ) -> DataFrame:
         """Rows of `source` with no row in table `name` yet (optionally only rows matching `where`)."""
         done = self.read(name)
-        if where:
+        if where is not None:
             done = done.where(where)
         return source.join(done.select(*keys).distinct(), on=list(keys), how="left_anti")
+
+    def distinct(self, name: str, column: str) -> list:
+        """Distinct non-null values of a low-cardinality column (e.g. embeddings.model_id).
+
+        Path-based local tables answer from the Delta log's per-file min/max statistics
+        when every file holds one value (no data file is read: the usual case of one model
+        per commit); otherwise, and for catalog tables, a Spark DISTINCT.
+        """
+        if not self.exists(name):
+            return []
+        from laion_spark.storage import is_local
+
+        if not self.database and is_local(self.location(name)):
+            try:
+                import pyarrow as pa
+                from deltalake import DeltaTable
+
+                adds = pa.table(DeltaTable(self.location(name)).get_add_actions(flatten=True))
+                lo = adds.column(f"min.{column}").to_pylist()
+                hi = adds.column(f"max.{column}").to_pylist()
+                nulls = adds.column(f"null_count.{column}").to_pylist()
+                counts = adds.column("num_records").to_pylist()
+                if all(a is not None and a == b for a, b in zip(lo, hi, strict=True)) or all(
+                    n == c for n, c in zip(nulls, counts, strict=True)
+                ):
+                    return sorted({a for a in lo if a is not None})
+            except Exception:  # no statistics for the column: ask Spark
+                pass
+        rows = self.read(name).select(column).where(F.col(column).isNotNull()).distinct()
+        return sorted(r[0] for r in rows.collect())
+
+    def version(self, name: str) -> int | None:
+        """Current Delta version of table `name` (None when it does not exist)."""
+        if not self.exists(name):
+            return None
+        hist = self.delta(name).history(1).select("version").collect()
+        return int(hist[0]["version"]) if hist else 0
 
     def counts(self) -> list[dict]:
         """Each existing table: name, location, row count, Delta version."""
@@ -248,17 +463,27 @@ class Tables:
         for name in SPECS:
             if not self.exists(name):
                 continue
-            hist = self.delta(name).history(1).select("version").collect()
             out.append(
                 {
                     "table": name,
                     "rows": self.read(name).count(),
-                    "version": int(hist[0]["version"]) if hist else 0,
+                    "version": self.version(name),
                     "location": self.location(name),
                 }
             )
         return out
 
 
-def now_col():
-    return F.current_timestamp()
+def _key_condition(keys: Iterable[str]) -> str:
+    # null-safe equality: a key column may legitimately be null (e.g. index_ids.shard)
+    return " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+
+
+_METRICS = ("num_affected_rows", "num_updated_rows", "num_deleted_rows", "num_inserted_rows")
+
+
+def _metrics(result: DataFrame | None) -> dict[str, int]:
+    """Delta's MERGE metrics row as a dict of ints (zeros when nothing ran)."""
+    row = result.first() if result is not None else None
+    got = row.asDict() if row is not None else {}
+    return {k: int(got.get(k) or 0) for k in _METRICS}

@@ -21,10 +21,29 @@ def test_cluster_configs_load(name):
 
 
 def test_overrides_are_typed():
-    cfg = load_config("local", ["download.threads=7", "clip.threshold_en=0.3", "download.allow_networks=[127.0.0.1/32]"])
+    cfg = load_config(
+        "local",
+        ["download.threads=7", "curate.clip_thresholds.en=0.3", "download.allow_networks=[127.0.0.1/32]"],
+    )
     assert cfg.download.threads == 7
-    assert cfg.clip.threshold_en == pytest.approx(0.3)
+    assert cfg.curate.clip_thresholds == {"en": pytest.approx(0.3)}
     assert cfg.download.allow_networks == ["127.0.0.1/32"]
+
+
+def test_deprecated_keys_still_work_and_say_what_replaced_them(caplog):
+    with caplog.at_level("WARNING", logger="laion_spark"):
+        cfg = load_config(
+            None, ["clip.batch_size=7", "clip.threshold_en=0.3", "clip.threshold_multi=0.2"]
+        )
+    assert cfg.embed.batch_size == 7
+    assert cfg.curate.clip_thresholds == {"en": pytest.approx(0.3), "*": pytest.approx(0.2)}
+    said = caplog.text
+    assert "clip.threshold_en is deprecated; use curate.clip_thresholds.en" in said
+    assert "config section clip: is deprecated; it is now embed:" in said
+    with pytest.raises(ConfigError, match=r"embed\.device"):
+        load_config(None, ["clip.device=tpu"])
+    with pytest.raises(ConfigError, match="curate filter `clip_filter`"):
+        load_config(None, ["clip.subset=mine"])
 
 
 def test_unknown_key_names_the_key():

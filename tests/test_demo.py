@@ -50,7 +50,15 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
         "SELECT count(*) n FROM images"
     ).first()["n"]
 
-    run_demo(cfg, pages=24)
+    again = run_demo(cfg, pages=24)
     for name in names:
         n = DeltaTable(tables.location(name)).to_pyarrow_table().num_rows
+        if name == "runs":  # the one table that records every run: one row per stage run
+            assert n == first[name] + len(again), f"runs: {first[name]} -> {n}"
+            continue
         assert n == first[name], f"second demo run changed {name}: {first[name]} -> {n}"
+    # every stage run is kept with what it did, and the second one found nothing to do
+    runs = DeltaTable(tables.location("runs")).to_pandas()
+    assert sorted(runs.stage.unique()) == sorted(r.stage for r in results)
+    assert (runs.status == "ok").all() and runs.run_id.is_unique
+    assert {r.stage: r.rows_in for r in again}["download"] == 0

@@ -8,7 +8,7 @@ from index_data import MODEL, add_takedowns, clustered, write_samples
 from pyspark.sql import functions as F
 
 from laion_spark.index.factory import choose_factory
-from laion_spark.index.ids import assign_ids
+from laion_spark.index.faiss_ids import assign_ids
 from laion_spark.index.merge import merge_index
 from laion_spark.index.search import Searcher
 from laion_spark.index.stage import run

@@ -12,12 +12,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from laion_spark.clip.model import load_clip
 from laion_spark.demo.synthetic import make_samples
 from laion_spark.ids import sample_id
 from laion_spark.index.merge import merge_index
 from laion_spark.index.search import Searcher
 from laion_spark.index.stage import run
+from laion_spark.models.clip import load_clip
 from laion_spark.serve.app import start_background
 from laion_spark.tables import Tables
 
@@ -40,7 +40,7 @@ def _post(url: str, body: bytes, ctype: str):
 def service(spark, make_cfg):
     cfg = make_cfg(["index.heldout_queries=10", "index.partitions=2"])
     tables = Tables(spark, cfg)
-    clip = load_clip(cfg.clip, device="cpu")
+    clip = load_clip(cfg.embed, device="cpu")
     samples = make_samples(40, seed=5)
     jpegs = [s.jpeg(64) for s in samples]
     img = clip.encode_images(jpegs)

@@ -8,8 +8,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from laion_spark.ids import sample_id
-from laion_spark.safety.takedown import SAMPLE_TABLES, request_id, takedown
-from laion_spark.takedowns import exclude_taken_down, taken_down_hashes
+from laion_spark.takedown.request import SAMPLE_TABLES, request_id, takedown
+from laion_spark.takedown.rules import exclude_taken_down, taken_down_hashes
 
 URLS = [
     "https://keep.example/0.jpg",

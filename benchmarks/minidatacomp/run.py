@@ -8,7 +8,7 @@
    sets for the product's punsafe / pwatermark / aesthetic heads.
 2. Delta tables written the way the product fills them: candidates (with the second
    model's similarity as imported metadata, caption length/quality), embeddings (scorer L),
-   then the product's score stage (heads trained with laion_spark.safety.heads) -> scores.
+   then the product's score stage (heads trained with laion_spark.models.heads) -> scores.
 3. The product's curate stage (laion_spark.curate.stage.run) computes every selection:
    dedup cluster sizes, FLYT and M-FLYT (early-stopped on their validation gain), DataComp
    baselines, SCS / HCS samplers and an SCS temperature x alpha grid.
@@ -124,8 +124,8 @@ def write_inputs(spark, cfg, tables, world: H.World, work: Path) -> dict:
     import pandas as pd
 
     from laion_spark.ids import sample_id
-    from laion_spark.safety import heads
-    from laion_spark.safety.stage import run as score_run
+    from laion_spark.models import heads
+    from laion_spark.score.stage import run as score_run
 
     pool = world.pool
     ids = [sample_id(u, t) for u, t in zip(pool.urls, pool.texts, strict=True)]

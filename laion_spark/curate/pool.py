@@ -14,17 +14,7 @@ from pyspark.sql import functions as F
 
 from laion_spark.config import Config
 from laion_spark.tables import Tables
-from laion_spark.takedowns import exclude_taken_down
-
-
-def embedding_model_id(tables: Tables, cfg: Config) -> str | None:
-    """The embeddings model filters use: configured, else the first one present."""
-    if cfg.curate.model_id:
-        return cfg.curate.model_id
-    if not tables.exists("embeddings"):
-        return None
-    row = tables.read("embeddings").select("model_id").where("model_id IS NOT NULL").first()
-    return row["model_id"] if row else None
+from laion_spark.takedown.rules import exclude_taken_down
 
 
 def _prefixed(df: DataFrame, keep: list[str], taken: set[str]) -> DataFrame:
@@ -33,8 +23,18 @@ def _prefixed(df: DataFrame, keep: list[str], taken: set[str]) -> DataFrame:
     return df.select("sample_id", *cols)
 
 
-def build_pool(tables: Tables, cfg: Config, with_embeddings: bool = False) -> DataFrame:
-    """The pool view (lazy). `with_embeddings` adds image_embedding / text_embedding."""
+def pool_model_id(tables: Tables, cfg: Config) -> str | None:
+    """The embeddings model whose similarity (and vectors) the pool carries."""
+    from laion_spark.models.clip import embedding_model_id
+
+    return embedding_model_id(cfg, tables, cfg.curate.model_id, "curate.model_id")
+
+
+def build_pool(
+    tables: Tables, cfg: Config, with_embeddings: bool = False, model_id: str | None = None
+) -> DataFrame:
+    """The pool view (lazy). `with_embeddings` adds image_embedding / text_embedding;
+    `model_id` is the embeddings model (default: pool_model_id)."""
     pool = tables.read("candidates")
     if tables.exists("images"):
         img = tables.read("images").select(
@@ -55,7 +55,7 @@ def build_pool(tables: Tables, cfg: Config, with_embeddings: bool = False) -> Da
             pool = pool.where(F.col("image_status") == "success")
     elif "sha256" not in pool.columns:
         pool = pool.withColumn("sha256", F.lit(None).cast("string"))
-    model_id = embedding_model_id(tables, cfg)
+    model_id = model_id or pool_model_id(tables, cfg)
     if model_id is not None:
         emb_cols = ["similarity"] + (
             ["image_embedding", "text_embedding"] if with_embeddings else []

@@ -46,6 +46,8 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "no_filter": {"kind": "all"},
     "basic": {"kind": "basic"},
     "clip_threshold": {"kind": "clip_threshold"},
+    # LAION-5B's CLIP filter (the subset the former clip_filter stage wrote)
+    "clip_filter": {"kind": "clip_threshold"},
     "clip_top30": {"kind": "clip_top", "fraction": 0.3},
     "clip_l14_top30": {"kind": "clip_top", "column": "clip_l14_similarity_score", "fraction": 0.3},
     "clip_b32_top30": {"kind": "clip_top", "column": "clip_b32_similarity_score", "fraction": 0.3},
@@ -70,6 +72,7 @@ class FilterContext:
     cfg: Config
     tables: Tables | None
     pool: DataFrame
+    model_id: str | None = None  # embeddings model behind the pool's `similarity`
     name: str = ""
     notes: dict[str, Any] = field(default_factory=dict)
     # programmatic target sets (name -> embedding matrix), e.g. for image_based

@@ -34,19 +34,68 @@ def _need(pool: DataFrame, *cols: str) -> None:
 # ---------------------------------------------------------------- CLIP score
 
 
+LANGUAGE_GROUPS = ("en", "multi", "nolang")
+
+
+def model_thresholds(ctx, column: str) -> dict[str, float]:
+    """Default per-group thresholds of the model behind `column`: the embedding model's own
+    (tiny-clip stores a calibrated one) for `similarity`, LAION-5B's for anything else."""
+    from laion_spark.models.clip import LAION_THRESHOLDS, load_clip
+
+    if column == "similarity" and ctx.model_id:
+        clip = load_clip(ctx.cfg.embed)
+        if clip.model_id == ctx.model_id:
+            return dict(clip.thresholds)
+        ctx.note("clip_threshold_defaults", f"LAION's ({ctx.model_id} is not the loaded model)")
+    return dict(LAION_THRESHOLDS)
+
+
 def clip_threshold(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
-    """Keep `column >= threshold[language]` ("*" for any other or unknown language)."""
+    """Keep `column >= threshold` of the sample's language (LAION-5B's CLIP filter).
+
+    `thresholds` (default `curate.clip_thresholds`) maps a language code (`de`), a language
+    group (`en`, `multi`, `nolang`: matched against `language_group`, or the code where a
+    pool has no group) or `*` (the rest) to a
+    cosine; the code wins over the group, the group over `*`. A sample matching no key is
+    not kept. Empty: the model's defaults per group (LAION-5B: en 0.28, every other group
+    0.26; tiny-clip: its calibrated value).
+    """
     col = params.get("column", "similarity")
-    thresholds: dict[str, float] = params.get("thresholds") or ctx.cfg.curate.clip_thresholds
+    thresholds: dict[str, float] = dict(
+        params.get("thresholds") or ctx.cfg.curate.clip_thresholds or {}
+    )
     _need(pool, col)
-    lang = F.coalesce(F.col("language"), F.lit("*")) if "language" in pool.columns else F.lit("*")
+    if not thresholds:
+        defaults = model_thresholds(ctx, col)
+        thresholds = {"en": defaults["en"], "*": defaults["multi"]}
+    lang = F.col("language") if "language" in pool.columns else F.lit(None).cast("string")
+    # the group an extracted sample was given; imported pools without one use the code
+    group = F.coalesce(
+        F.col("language_group") if "language_group" in pool.columns else F.lit(None), lang
+    )
     default = thresholds.get("*")
     expr = F.lit(default) if default is not None else F.lit(None)
+    # built inside out: `*`, then groups, then codes, so the most specific key decides
     for code, t in thresholds.items():
-        if code != "*":
+        if code in LANGUAGE_GROUPS:
+            expr = F.when(group == code, F.lit(t)).otherwise(expr)
+    for code, t in thresholds.items():
+        if code != "*" and code not in LANGUAGE_GROUPS:
             expr = F.when(lang == code, F.lit(t)).otherwise(expr)
-    # a language with no threshold and no "*" is not selected (threshold null)
-    return kept(pool.where(F.col(col) >= expr.cast("double")))
+    name = ctx.name or "clip_threshold"
+    for key, t in sorted(thresholds.items()):
+        ctx.note(f"{name}_threshold_{key}", round(float(t), 4))
+    # a sample with no threshold (null) or no score is not selected
+    keep = F.coalesce(F.col(col) >= expr.cast("double"), F.lit(False))
+    # kept / removed per language group: what LAION-5B reports per group
+    for r in (
+        pool.where(F.col(col).isNotNull())
+        .groupBy(F.coalesce(group, F.lit("none")).alias("g"), keep.alias("k"))
+        .count()
+        .collect()
+    ):
+        ctx.note(f"{name}_{'kept' if r['k'] else 'removed'}_{r['g']}", int(r["count"]))
+    return kept(pool.where(keep))
 
 
 def top_fraction_threshold(

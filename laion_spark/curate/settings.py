@@ -49,15 +49,17 @@ class FlytSettings:
 
 
 @dataclass
-class CurateConfig:
+class CurateSettings:
     # named filters to materialise as subsets when the stage runs
-    filters: list[str] = field(default_factory=lambda: ["clip_threshold"])
+    filters: list[str] = field(default_factory=lambda: ["clip_filter"])
     # user-defined named filters, or parameter overrides of built-in ones
     definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
     # embeddings.model_id whose similarity/embeddings filters use (None = the only/first one)
     model_id: str | None = None
-    # CLIP threshold per language code; "*" = every other language (LAION-5B values)
-    clip_thresholds: dict[str, float] = field(default_factory=lambda: {"en": 0.28, "*": 0.26})
+    # the one CLIP-score threshold setting: language code, group (en/multi/nolang) or "*" ->
+    # cosine; empty = the embedding model's defaults (LAION-5B: en 0.28, others 0.26 for
+    # ViT-B/32; tiny-clip: calibrated when trained). See rules.clip_threshold.
+    clip_thresholds: dict[str, float] = field(default_factory=dict)
     top_fraction: float = 0.3
     # exact: DataComp's rule (sort, the value at rank int(N*fraction)); approx:
     # approx_percentile with this accuracy (rank error <= N / accuracy)

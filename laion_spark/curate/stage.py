@@ -16,7 +16,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from laion_spark.config import Config
-from laion_spark.curate.pool import build_pool
+from laion_spark.curate.pool import build_pool, pool_model_id
 from laion_spark.curate.registry import (
     NEEDS_EMBEDDINGS,
     SCORER_KINDS,
@@ -59,11 +59,13 @@ def run(
     names = list(filters or cfg.curate.filters)
     for n in names:
         definition(cfg, n)  # fail fast on unknown names, before any work
-    pool = build_pool(tables, cfg, with_embeddings=_needs_embeddings(cfg, names))
+    model_id = pool_model_id(tables, cfg)
+    with_emb = _needs_embeddings(cfg, names)
+    pool = build_pool(tables, cfg, with_embeddings=with_emb, model_id=model_id)
     rows_in = pool.count()
     result = StageResult("curate", rows_in=rows_in)
     # one context for the run: a subset used by several names (intersections) is computed once
-    ctx = FilterContext(cfg, tables, pool, targets=dict(targets or {}))
+    ctx = FilterContext(cfg, tables, pool, model_id=model_id, targets=dict(targets or {}))
     seconds: dict[str, float] = {}  # per name: where the stage's time goes
     for name in names:
         t1 = time.time()
@@ -77,7 +79,7 @@ def run(
                     _, scores = run_scorer(tables, pool, d["kind"], d, ctx)
                 tables.upsert(scores, "scores")
                 # the pool must see the new score column for later names
-                pool = build_pool(tables, cfg, with_embeddings=_needs_embeddings(cfg, names))
+                pool = build_pool(tables, cfg, with_embeddings=with_emb, model_id=model_id)
                 ctx.pool, ctx._cache = pool, {}
                 result.by_status[f"scored:{name}"] = rows_in
             else:

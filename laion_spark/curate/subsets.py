@@ -1,9 +1,8 @@
 """Writing a subset so that a re-run replaces its rows exactly.
 
-Rows go in with Tables.upsert (MERGE on (subset, sample_id): new rows inserted, repeat
-updated). Then a delete-only MERGE removes the subset's rows that the new selection no
-longer contains (WHEN NOT MATCHED BY SOURCE AND t.subset = name), so a re-run neither
-duplicates nor leaves stale rows, and other subsets are never touched.
+`Tables.replace` with scope `subset = name`: one MERGE on (subset, sample_id) inserts new
+rows, updates repeats, and deletes the subset's rows the new selection no longer holds, so a
+re-run neither duplicates nor leaves stale rows, and other subsets are never touched.
 """
 
 from __future__ import annotations
@@ -26,26 +25,13 @@ def write_subset(tables: Tables, name: str, selection: DataFrame) -> int:
         .withColumn("subset", F.lit(name))
         .withColumn("created_at", F.current_timestamp())
     )
-    # materialise once: both MERGEs must see the same selection, and filters are costly
+    # materialise once: the MERGE may scan its source twice, and filters are costly
     rows = rows.localCheckpoint(eager=True)
-    n = rows.count()
-    tables.upsert(rows.select("subset", "sample_id", "repeat", "created_at"), "subsets")
-    cleanup = (
-        tables.delta("subsets")
-        .alias("t")
-        .merge(
-            rows.select("subset", "sample_id").alias("s"),
-            "t.subset = s.subset AND t.sample_id = s.sample_id",
-        )
-        .whenNotMatchedBySourceDelete(condition=F.col("t.subset") == F.lit(name))
+    tables.replace(
+        rows.select("subset", "sample_id", "repeat", "created_at"), "subsets", {"subset": name}
     )
-    cleanup.execute()
-    return n
+    return rows.count()
 
 
 def read_subset(tables: Tables, name: str) -> DataFrame:
     return tables.read("subsets").where(F.col("subset") == name).select("sample_id", "repeat")
-
-
-def subset_names(tables: Tables) -> list[str]:
-    return sorted(r[0] for r in tables.read("subsets").select("subset").distinct().collect())

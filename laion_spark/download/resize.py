@@ -10,6 +10,7 @@ to shrink, LANCZOS4 to grow; img2dataset's geometry for every mode) -> encode.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from laion_spark.download.settings import DownloadConfig
+from laion_spark.download.settings import DownloadSettings
 
 cv2.setNumThreads(1)  # many fetch threads already run in parallel; no nested thread pools
 
@@ -29,7 +30,9 @@ _SNIFF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 @dataclass
 class ResizeResult:
-    status: str  # success | failed_to_decode | unsupported_format | too_large | too_small | failed_to_resize
+    # success | empty_body | failed_to_decode | unsupported_format | too_large | too_small |
+    # failed_to_resize
+    status: str
     image: bytes | None = None
     width: int | None = None
     height: int | None = None
@@ -40,7 +43,37 @@ class ResizeResult:
     error: str | None = None
 
 
-def encode_params(cfg: DownloadConfig) -> list[int]:
+_SVG_START = re.compile(
+    rb"^(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<svg[\s>]",
+    re.I | re.S,
+)
+_HTML_START = re.compile(
+    rb"^(?:\xef\xbb\xbf)?\s*(?:<!--.*?-->\s*)*<(?:!DOCTYPE\s+html|html|head|body)[\s>]", re.I | re.S
+)
+
+
+def is_svg(data: bytes) -> bool:
+    """An SVG document (XML declaration, comments and a doctype may come first)."""
+    return _SVG_START.match(data[:4096]) is not None
+
+
+def describe_bytes(data: bytes) -> str:
+    """What bytes that are not a readable image look like, in words (for error messages:
+    never an object repr)."""
+    head = data[:4096]
+    if _HTML_START.match(head):
+        return "an HTML page, not an image"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data without a Content-Encoding header"
+    if head.lstrip().startswith((b"{", b"[")) and b"\x00" not in head:
+        return "JSON or other text, not an image"
+    preview = data[:16]
+    if preview and all(32 <= c < 127 or c in (9, 10, 13) for c in preview):
+        return f"text starting {preview.decode('ascii')!r}, not an image"
+    return f"{len(data)} bytes of an unknown format starting {preview.hex(' ')}"
+
+
+def encode_params(cfg: DownloadSettings) -> list[int]:
     if cfg.encode_format == "jpg":
         return [int(cv2.IMWRITE_JPEG_QUALITY), cfg.encode_quality]
     if cfg.encode_format == "png":
@@ -94,7 +127,7 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _decode(
-    data: bytes, fmt: str, mode: str, w: int, h: int, cfg: DownloadConfig
+    data: bytes, fmt: str, mode: str, w: int, h: int, cfg: DownloadSettings
 ) -> tuple[np.ndarray, bool]:
     """BGR uint8 image and whether it differs from the source bytes' pixels (alpha, depth)."""
     buf = np.frombuffer(data, np.uint8)
@@ -141,14 +174,14 @@ def _decode(
     return img, changed
 
 
-def _side_for_mode(w: int, h: int, cfg: DownloadConfig) -> int:
+def _side_for_mode(w: int, h: int, cfg: DownloadSettings) -> int:
     """The side the resize mode compares with image_size."""
     if cfg.resize_mode in ("keep_ratio", "center_crop"):
         return min(w, h)
     return max(w, h)
 
 
-def _needed_side(w: int, h: int, cfg: DownloadConfig) -> int | None:
+def _needed_side(w: int, h: int, cfg: DownloadSettings) -> int | None:
     """Smallest decoded side that still lets the resize only shrink (None: no reduction)."""
     side = _side_for_mode(w, h, cfg)
     if side <= cfg.image_size:
@@ -185,7 +218,7 @@ def _pad(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_image(
-    img: np.ndarray, cfg: DownloadConfig, orig_w: int, orig_h: int
+    img: np.ndarray, cfg: DownloadSettings, orig_w: int, orig_h: int
 ) -> tuple[np.ndarray, bool]:
     """img2dataset's geometry for each mode; (image, resized?). Down/up is judged on the
     ORIGINAL size so a fast reduced JPEG decode never changes which branch is taken."""
@@ -212,16 +245,31 @@ def resize_image(
     return img, True
 
 
-def process_image(data: bytes, cfg: DownloadConfig) -> ResizeResult:
+def process_image(data: bytes, cfg: DownloadSettings) -> ResizeResult:
     """Bytes from the web -> a ResizeResult with the encoded image or a failure status."""
+    if not data:
+        return ResizeResult(
+            "empty_body", error="the server answered 200 with an empty body (0 bytes)"
+        )
+    if is_svg(data):
+        return ResizeResult(
+            "unsupported_format",
+            source_format="SVG",
+            error="SVG (a vector drawing, image/svg+xml): only raster images are stored "
+            f"(allowed_formats {sorted(f.upper() for f in cfg.allowed_formats)})",
+        )
     try:
         fmt, w, h, mode, orientation = _header(data)
     except Image.DecompressionBombError as e:
         # Pillow's own guard (> 2x its limit) fired while reading the header: same verdict
         return ResizeResult("too_large", error=f"{e} (not decoded)"[:500])
+    except Image.UnidentifiedImageError:
+        # Pillow's message names the BytesIO object; say what the bytes are instead
+        return ResizeResult("failed_to_decode", error=f"not an image: {describe_bytes(data)}")
     except Exception as e:
         return ResizeResult(
-            "failed_to_decode", error=f"not a readable image: {type(e).__name__}: {e}"[:500]
+            "failed_to_decode",
+            error=f"not a readable image ({describe_bytes(data)}): {type(e).__name__}: {e}"[:500],
         )
     res = ResizeResult("failed_to_decode", original_width=w, original_height=h, source_format=fmt)
     if orientation in (5, 6, 7, 8):

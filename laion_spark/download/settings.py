@@ -12,7 +12,7 @@ SOURCE_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 @dataclass
-class DownloadConfig:
+class DownloadSettings:
     # --- resize / encode (img2dataset's meaning) ---
     image_size: int = 256
     resize_mode: str = "border"

@@ -17,17 +17,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from laion_spark.config import Config
-from laion_spark.download.worker import OUTPUT_SCHEMA, RETRYABLE_STATUSES, download_partition
+from laion_spark.download.worker import OUTPUT_COLUMNS, RETRYABLE_STATUSES, download_partition
 from laion_spark.stage import StageResult
-from laion_spark.tables import Tables
-from laion_spark.takedowns import exclude_taken_down, taken_down_hashes
+from laion_spark.tables import Tables, spark_schema
+from laion_spark.takedown.rules import exclude_taken_down, taken_down_hashes
 
-_SPARK_SCHEMA = (
-    "sample_id string, url string, status string, error_message string, http_status int, "
-    "image binary, width int, height int, original_width int, original_height int, "
-    "sha256 string, format string, original_format string, num_bytes bigint, fetch_seconds double"
-)
-assert [f.split()[0] for f in _SPARK_SCHEMA.split(", ")] == OUTPUT_SCHEMA.names
+_SPARK_SCHEMA = spark_schema("images", OUTPUT_COLUMNS)
 
 
 def todo(tables: Tables, retry_failed: bool = False) -> DataFrame:

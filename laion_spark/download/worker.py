@@ -17,30 +17,15 @@ import pyarrow as pa
 
 from laion_spark.download.fetch import Fetcher
 from laion_spark.download.resize import process_image
-from laion_spark.download.settings import DownloadConfig
+from laion_spark.download.settings import DownloadSettings
+from laion_spark.tables import SPECS, arrow_schema
 
 # statuses worth another try with --retry-failed (the server or network may recover)
-RETRYABLE_STATUSES = ("failed_to_download", "timeout", "http_error")
+RETRYABLE_STATUSES = ("failed_to_download", "timeout", "http_error", "empty_body")
 
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("url", pa.string()),
-        ("status", pa.string()),
-        ("error_message", pa.string()),
-        ("http_status", pa.int32()),
-        ("image", pa.binary()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("original_width", pa.int32()),
-        ("original_height", pa.int32()),
-        ("sha256", pa.string()),
-        ("format", pa.string()),
-        ("original_format", pa.string()),
-        ("num_bytes", pa.int64()),
-        ("fetch_seconds", pa.float64()),
-    ]
-)
+# the images columns a task yields (downloaded_at is added at commit time)
+OUTPUT_COLUMNS = [f.name for f in SPECS["images"].schema.fields if f.name != "downloaded_at"]
+OUTPUT_SCHEMA = arrow_schema("images", OUTPUT_COLUMNS)
 _EMPTY = {f.name: None for f in OUTPUT_SCHEMA}
 
 
@@ -48,7 +33,7 @@ def process_sample(
     sample_id: str,
     url: str | None,
     fetcher: Fetcher,
-    cfg: DownloadConfig,
+    cfg: DownloadSettings,
     taken_down_sha256: frozenset[str] = frozenset(),
     taken_down_md5: frozenset[str] = frozenset(),
 ) -> dict:
@@ -133,7 +118,7 @@ def run_concurrently(
 
 def download_rows(
     rows: Iterable[tuple[str, str | None]],
-    cfg: DownloadConfig,
+    cfg: DownloadSettings,
     taken_down_sha256: frozenset[str] = frozenset(),
     taken_down_md5: frozenset[str] = frozenset(),
 ) -> Iterator[dict]:
@@ -152,7 +137,7 @@ def to_batch(rows: list[dict]) -> pa.RecordBatch:
 
 def download_partition(
     batches: Iterator[pa.RecordBatch],
-    cfg: DownloadConfig,
+    cfg: DownloadSettings,
     taken_down_sha256: frozenset[str] = frozenset(),
     taken_down_md5: frozenset[str] = frozenset(),
     out_rows: int = 256,

@@ -8,7 +8,6 @@ bits of its sample_id (also 32 hex digits).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,7 @@ from pyspark.sql import functions as F
 from laion_spark.curate.subsets import read_subset
 from laion_spark.tables import Tables
 
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 UID_DTYPE = np.dtype("u8,u8")
-
-
-def uid_of(original_id: str | None, sample_id: str) -> str:
-    return original_id.lower() if original_id and _HEX32.match(original_id) else sample_id
 
 
 def uids_to_array(uids: list[str]) -> np.ndarray:

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from laion_spark.config import Config
 from laion_spark.stage import StageResult
 from laion_spark.tables import Tables
-from laion_spark.takedowns import exclude_taken_down
+from laion_spark.takedown.rules import exclude_taken_down
 
 # candidates column -> names it has in each layout (first present wins, case-insensitive)
 LAYOUTS: dict[str, dict[str, list[str]]] = {

@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
+from laion_spark import storage
 from laion_spark.config import Config
-from laion_spark.index import build, storage
+from laion_spark.index import build
 from laion_spark.index.source import index_dir, taken_down_ids
 from laion_spark.index.stage import _manifest, _manifest_df
 from laion_spark.stage import StageResult
@@ -75,14 +76,14 @@ def exact_topk(spark, vectors_df, queries: np.ndarray, metric: str, k: int = 10)
     return truth
 
 
-def merge_index(spark, cfg: Config, tables, **options) -> StageResult:
+def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
     """Merge every committed shard of cfg.index.name into one servable index."""
     t0 = time.time()
     ic = cfg.index
     man = _manifest(tables, ic.name)
     trained_rows = man.where("kind = 'trained'").collect()
     if not trained_rows:
-        return StageResult("merge", 0, 0, {"no_index": 1}, time.time() - t0, {"index": ic.name})
+        return StageResult("merge_index", 0, 0, {"no_index": 1}, time.time() - t0, {"index": ic.name})
     trained_row = trained_rows[0]
     ids = tables.read("index_ids").where(F.col("index_name") == ic.name)
     committed = {
@@ -104,12 +105,12 @@ def merge_index(spark, cfg: Config, tables, **options) -> StageResult:
     latest = _latest_merged(man)
     if (
         latest is not None
-        and not options.get("force")
+        and not force
         and json.loads(latest["params"] or "{}").get("inputs") == inputs
         and storage.exists(latest["path"])
     ):
         return StageResult(
-            "merge",
+            "merge_index",
             sum(committed.values()),
             int(latest["count"] or 0),
             {"up_to_date": 1},
@@ -189,7 +190,7 @@ def merge_index(spark, cfg: Config, tables, **options) -> StageResult:
 
         shutil.rmtree(work, ignore_errors=True)
     return StageResult(
-        "merge",
+        "merge_index",
         sum(committed.values()),
         int(ntotal),
         {"merged": int(ntotal), "removed_takedown": int(len(remove)), "orphan_shards": orphans},
@@ -218,11 +219,11 @@ def _local_tmp(cfg: Config) -> str:
 
 
 def _indexed_vectors(cfg: Config, tables, ids, remove: np.ndarray):
-    ic = cfg.index
-    from laion_spark.index.source import resolve_model_id
+    from laion_spark.models.clip import embedding_model_id
 
+    ic = cfg.index
     emb = tables.read("embeddings").where(F.col(ic.vector_column).isNotNull())
-    m = resolve_model_id(cfg, tables)
+    m = embedding_model_id(cfg, tables, ic.model_id, "index.model_id")
     if m is not None:
         emb = emb.where(F.col("model_id") == m)
     df = ids.select("sample_id", "faiss_id").join(

@@ -21,10 +21,11 @@ import threading
 import numpy as np
 import pandas as pd
 
+from laion_spark import storage
 from laion_spark.config import Config
-from laion_spark.index import build, storage
-from laion_spark.index.lake import Lake
-from laion_spark.takedowns import TakedownRules, is_taken_down, rules_from_rows
+from laion_spark.index import build
+from laion_spark.lake import Lake
+from laion_spark.takedown.rules import TakedownRules, is_taken_down, rules_from_rows
 
 
 class Searcher:
@@ -120,9 +121,9 @@ class Searcher:
 
     def clip(self):
         if self._clip is None:
-            from laion_spark.clip.model import load_clip  # written by the embed stage
+            from laion_spark.models.clip import load_clip  # written by the embed stage
 
-            self._clip = load_clip(self.cfg.clip)
+            self._clip = load_clip(self.cfg.embed)
         return self._clip
 
     def query_vector(self, query: str | bytes | np.ndarray) -> np.ndarray:

@@ -8,14 +8,14 @@ from laion_spark.settings import require
 
 
 @dataclass
-class IndexConfig:
+class IndexSettings:
     name: str = "main"
     subset: str | None = None  # index only this subset (None = every embedding)
     memory_budget_mb: int = 512  # RAM the merged index may use when served
     factory: str | None = None  # faiss factory string; None = chosen by budget and count
     partitions: int = 2  # Spark tasks that each build one shard
     # which embeddings: model_id in the embeddings table (None = the only one present, or the
-    # one naming clip.model) and which vector column
+    # one naming embed.model) and which vector column
     model_id: str | None = None
     vector_column: str = "image_embedding"
     metric: str = "ip"  # ip (cosine on L2-normalised vectors) | l2

@@ -6,25 +6,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from laion_spark.config import Config
-from laion_spark.takedowns import is_taken_down, load_rules
+from laion_spark.models.clip import embedding_model_id
+from laion_spark.takedown.rules import is_taken_down, load_rules
 
 
 def index_dir(cfg: Config, name: str | None = None) -> str:
     return f"{cfg.workdir_path.rstrip('/')}/indexes/{name or cfg.index.name}"
-
-
-def resolve_model_id(cfg: Config, tables) -> str | None:
-    """index.model_id, else the only model in `embeddings`, else the one naming clip.model."""
-    if cfg.index.model_id:
-        return cfg.index.model_id
-    models = [r[0] for r in tables.read("embeddings").select("model_id").distinct().collect()]
-    models = [m for m in models if m is not None]
-    if len(models) <= 1:
-        return models[0] if models else None
-    named = [m for m in models if cfg.clip.model in m]
-    if len(named) == 1:
-        return named[0]
-    raise ValueError(f"index.model_id: embeddings hold several models {sorted(models)}; set one")
 
 
 def taken_down_ids(tables) -> DataFrame | None:
@@ -65,7 +52,7 @@ def source_embeddings(cfg: Config, tables) -> tuple[DataFrame, str | None]:
     """(sample_id, vector) of embeddings to index: this model, non-null vectors, the
     configured subset only, nothing taken down."""
     ic = cfg.index
-    model_id = resolve_model_id(cfg, tables)
+    model_id = embedding_model_id(cfg, tables, ic.model_id, "index.model_id")
     emb = tables.read("embeddings").where(F.col(ic.vector_column).isNotNull())
     if model_id is not None:
         emb = emb.where(F.col("model_id") == model_id)

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
+from laion_spark import storage
 from laion_spark.config import Config
-from laion_spark.index import build, storage
+from laion_spark.index import build
 from laion_spark.index.factory import choose_factory
-from laion_spark.index.ids import assign_ids
+from laion_spark.index.faiss_ids import assign_ids
 from laion_spark.index.source import index_dir, source_embeddings
 from laion_spark.stage import StageResult
 
@@ -98,7 +100,7 @@ def _sub(schema, cols):
     return T.StructType([schema[c] for c in cols])
 
 
-def run(spark, cfg: Config, tables, **options) -> StageResult:
+def run(spark, cfg: Config, tables, id_fn: Callable[[str], int] | None = None) -> StageResult:
     """Index the embeddings of cfg.index.model_id / cfg.index.subset not yet in `index_ids`."""
     t0 = time.time()
     ic = cfg.index
@@ -115,7 +117,7 @@ def run(spark, cfg: Config, tables, **options) -> StageResult:
     data, factory, train_s = trained_index(spark, cfg, tables, pending, model_id, n_new, dim)
 
     ids, collisions = assign_ids(
-        pending, done.select("sample_id", "faiss_id"), options.get("id_fn") or _default_id_fn()
+        pending, done.select("sample_id", "faiss_id"), id_fn or _default_id_fn()
     )
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     shard_dir = storage.join(index_dir(cfg), "shards")

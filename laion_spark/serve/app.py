@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from laion_spark.config import Config
 
+log = logging.getLogger(__name__)
 _SID = re.compile(r"^[0-9a-f]{32}$")
 _IMAGE_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -180,10 +182,12 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None, spark=N
     searcher = Searcher.open(spark, cfg)
     server = make_server(searcher, cfg, host, port)
     h, p = server.server_address[:2]
-    print(
-        f"[laion_spark] serving index {searcher.info()['index_name']!r} "
-        f"({searcher.ntotal} vectors) on http://{h}:{p}/",
-        flush=True,
+    log.info(
+        "serving index %r (%d vectors) on http://%s:%s/",
+        searcher.info()["index_name"],
+        searcher.ntotal,
+        h,
+        p,
     )
     try:
         server.serve_forever()

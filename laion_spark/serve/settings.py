@@ -8,7 +8,7 @@ from laion_spark.settings import require
 
 
 @dataclass
-class ServeConfig:
+class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8765
     index: str = "main"

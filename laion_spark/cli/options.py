@@ -1,0 +1,53 @@
+"""What every command shares: `--conf`/`--set`, the config they load, the session they open."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from laion_spark.config import Config, load_config
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", default="local", help="config name in conf/ or a YAML path")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set download.threads=64 (repeatable)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="show debug-level logging")
+
+
+def config(args: argparse.Namespace) -> Config:
+    extra = {"workdir": args.workdir} if getattr(args, "workdir", None) else None
+    return load_config(args.conf, args.overrides, extra=extra)
+
+
+def session(cfg: Config):
+    """(spark, tables) for the config: the active session on a cluster, else a local one."""
+    from laion_spark.session import get_spark
+    from laion_spark.tables import Tables
+
+    spark = get_spark(cfg)
+    return spark, Tables(spark, cfg)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The library speaks through `logging`; the CLI shows its INFO lines as plain text, a
+    progress line per stage, and (unless --verbose) no Spark warnings or progress bars."""
+    from laion_spark import progress, session
+
+    session.quiet_console(not verbose)
+    progress.ENABLED = True
+    logger = logging.getLogger("laion_spark")
+    if not any(getattr(h, "_laion_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[laion_spark] %(message)s"))
+        handler._laion_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -1,0 +1,47 @@
+"""Settings of the embed stage (section `embed:` in conf/*.yaml; `clip:` is the deprecated name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from laion_spark.settings import require
+
+
+@dataclass
+class EmbedSettings:
+    # open_clip architecture name, or "tiny-clip" (the project's own small model)
+    model: str = "tiny-clip"
+    # hub tag (e.g. "laion2b_s34b_b79k") or a local checkpoint file/dir; None = tiny-clip cache
+    pretrained: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | fp32 | fp16 | bf16
+    batch_size: int = 256  # images per model forward pass
+    arrow_batch_size: int = 1024  # rows per Arrow batch handed to the Python worker
+    decode_threads: int = 2  # JPEG decode + preprocess threads per task, overlapped with compute
+    # cpu: PIL on the decode threads; device: JPEGs decoded and preprocessed where the model
+    # runs (nvJPEG on a GPU; models/device_decode.py), other formats on the CPU
+    decode: str = "cpu"
+    # torch threads per task on CPU; 0 = spark.task.cpus (the task's cores)
+    cpu_threads: int = 0
+    max_image_pixels: int = 64_000_000  # refuse larger images (decompression bombs)
+
+    def validate(self, prefix: str) -> None:
+        p = prefix or "embed"
+        require(bool(self.model), f"{p}.model", "must name an open_clip architecture or tiny-clip")
+        dev = self.device
+        require(
+            dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
+            f"{p}.device",
+            f"must be auto, cpu, cuda or cuda:N, not {dev!r}",
+        )
+        require(
+            self.precision in ("auto", "fp32", "fp16", "bf16"),
+            f"{p}.precision",
+            f"must be auto, fp32, fp16 or bf16, not {self.precision!r}",
+        )
+        require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
+        require(self.arrow_batch_size >= 1, f"{p}.arrow_batch_size", "must be >= 1")
+        require(self.decode_threads >= 1, f"{p}.decode_threads", "must be >= 1")
+        require(self.decode in ("cpu", "device"), f"{p}.decode", "must be cpu or device")
+        require(self.cpu_threads >= 0, f"{p}.cpu_threads", "must be >= 0")
+        require(self.max_image_pixels >= 1, f"{p}.max_image_pixels", "must be >= 1")

@@ -1,0 +1,267 @@
+"""EMBED stage: CLIP image + text embeddings for every downloaded image -> `embeddings`.
+
+    images(status=success) ⋈ candidates(text)  ─anti-join embeddings(model_id)─▶  mapInArrow
+        ─▶ embeddings(sample_id, model_id, image_embedding, text_embedding, similarity, status)
+
+Why `mapInArrow`: the model loads once per Python worker (module-level cache, Spark reuses
+workers), each task streams Arrow record batches in and out (no partition is materialised),
+and the image bytes reach Python as one Arrow binary buffer without a pandas object column
+(see docs/embed.md for the comparison with an iterator pandas UDF).
+
+Inside a task: rows are cut into model batches of `embed.batch_size`; JPEG decode +
+preprocess of the NEXT batch runs on a small thread pool (PIL releases the GIL while
+decoding/resizing) while the model computes the current one. On a GPU executor the task
+uses the GPU Spark assigned it (TaskContext.resources()["gpu"]), fp16/bf16 autocast and
+pinned-memory host->device copies; on CPU it uses the task's cores (spark.task.cpus).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from laion_spark.embed.settings import EmbedSettings
+from laion_spark.models.clip import ImageDecodeError, LoadedClip, load_clip
+from laion_spark.models.device import set_torch_threads
+from laion_spark.session import ARROW_BATCH_ROWS, session_conf
+from laion_spark.stage import StageResult
+from laion_spark.tables import SPECS, arrow_schema, spark_schema
+
+SUCCESS = "success"
+FAILED_DECODE = "failed_to_decode"  # bytes are not a decodable image (or too many pixels)
+FAILED_EMBED = "failed_to_embed"  # the model failed on a batch (retried on the next run)
+# statuses that count as "done" for the anti-join; failed_to_embed rows are retried
+FINAL_STATUSES = (SUCCESS, FAILED_DECODE)
+
+
+# what the task yields: the embeddings columns but the commit time, added after the UDF
+OUT_COLUMNS = [f.name for f in SPECS["embeddings"].schema.fields if f.name != "embedded_at"]
+SPARK_OUT_SCHEMA = spark_schema("embeddings", OUT_COLUMNS)
+
+
+@functools.cache
+def _arrow_out():
+    return arrow_schema("embeddings", OUT_COLUMNS)
+
+
+def _list_array(rows: np.ndarray, valid: np.ndarray):
+    """(n, d) float32 + validity mask -> Arrow list<float> without per-row Python objects."""
+    import pyarrow as pa
+
+    n, d = rows.shape
+    offsets = np.arange(n + 1, dtype=np.int32) * d
+    arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows.reshape(-1)))
+    if valid.all():
+        return arr
+    # rebuild with nulls where invalid (rare path: undecodable images)
+    mask = pa.array(~valid)
+    return pa.ListArray.from_arrays(pa.array(offsets), arr.values, mask=mask)
+
+
+class BatchEmbedder:
+    """Streams (sample_id, image bytes, text) chunks through the model, decode overlapped."""
+
+    def __init__(self, clip: LoadedClip, clip_cfg: EmbedSettings):
+        self.clip = clip
+        self.cfg = clip_cfg
+        self.pool = ThreadPoolExecutor(max(1, clip_cfg.decode_threads), "clip-decode")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _decode_part(self, images: list[bytes | None]) -> list[Any]:
+        if self.cfg.decode == "device":
+            from laion_spark.models.device_decode import decode_on_device
+
+            return decode_on_device(self.clip, images)
+        out: list[Any] = []
+        for b in images:
+            try:
+                out.append(self.clip.decode(b or b""))
+            except ImageDecodeError as e:
+                out.append(e)
+        return out
+
+    def _submit(self, images: list[bytes | None]) -> list[Future]:
+        k = max(1, self.cfg.decode_threads)
+        step = max(1, -(-len(images) // k))
+        return [
+            self.pool.submit(self._decode_part, images[i : i + step])
+            for i in range(0, len(images), step)
+        ]
+
+    def _finish(self, ids: list[str], texts: list[str | None], parts: list[Future]):
+        import pyarrow as pa
+        import torch
+
+        decoded = [x for f in parts for x in f.result()]
+        n = len(ids)
+        ok = np.array([not isinstance(x, Exception) for x in decoded], dtype=bool)
+        status = np.where(ok, SUCCESS, FAILED_DECODE).astype(object)
+        errors: list[str | None] = [
+            None if o else str(x) for o, x in zip(ok, decoded, strict=False)
+        ]
+        dim = self.clip.dim
+        img = np.zeros((n, dim), np.float32)
+        txt = np.zeros((n, dim), np.float32)
+        txt_ok = np.ones(n, dtype=bool)
+        try:
+            if ok.any():
+                batch = torch.stack([x for x, o in zip(decoded, ok, strict=False) if o])
+                if self.clip.device.startswith("cuda") and not batch.is_cuda:
+                    batch = batch.pin_memory()  # async host->device copy
+                img[ok] = self.clip.encode_image_tensor(batch)
+            txt[:] = self.clip.encode_text([t or "" for t in texts])
+        except Exception as e:  # a model failure marks the batch, the job goes on
+            msg = f"{type(e).__name__}: {e}"[:1000]
+            status[ok] = FAILED_EMBED
+            errors = [msg if o else err for o, err in zip(ok, errors, strict=False)]
+            ok = np.zeros(n, dtype=bool)
+            txt_ok = np.zeros(n, dtype=bool)
+        sim = np.einsum("ij,ij->i", img, txt).astype(np.float32)
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array(ids, pa.string()),
+                pa.array([self.clip.model_id] * n, pa.string()),
+                _list_array(img, ok),
+                _list_array(txt, txt_ok),
+                pa.array(sim, pa.float32(), mask=~ok),
+                pa.array(status.tolist(), pa.string()),
+                pa.array(errors, pa.string()),
+            ],
+            schema=_arrow_out(),
+        )
+
+    def run(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """Arrow batches of (sample_id, image, text) -> Arrow batches of embeddings."""
+        bs = self.cfg.batch_size
+        inflight: deque = deque()
+
+        def chunks():
+            for rb in batches:
+                ids = rb.column("sample_id").to_pylist()
+                imgs = rb.column("image").to_pylist()
+                texts = rb.column("text").to_pylist()
+                for i in range(0, len(ids), bs):
+                    yield ids[i : i + bs], imgs[i : i + bs], texts[i : i + bs]
+
+        for ids, imgs, texts in chunks():
+            inflight.append((ids, texts, self._submit(imgs)))
+            if len(inflight) > 1:  # decode of this chunk runs while the previous one computes
+                yield self._finish(*inflight.popleft())
+        while inflight:
+            yield self._finish(*inflight.popleft())
+
+
+def _embed_partition(conf: dict, model_id: str):
+    """mapInArrow function; `conf` is the EmbedSettings as a dict (pretrained path resolved)."""
+
+    def fn(batches):
+        clip_cfg = EmbedSettings(**conf)
+        clip = load_clip(clip_cfg)  # cached per Python worker process
+        if clip.model_id != model_id:
+            raise RuntimeError(
+                f"executor loaded {clip.model_id}, driver expected {model_id}: "
+                "point embed.pretrained at the same weights on every node"
+            )
+        set_torch_threads(clip_cfg.cpu_threads, clip.device)
+        emb = BatchEmbedder(clip, clip_cfg)
+        try:
+            yield from emb.run(batches)
+        finally:
+            emb.close()
+
+    return fn
+
+
+def worker_config(clip_cfg: EmbedSettings) -> dict:
+    """Config to ship to executors: tiny-clip's checkpoint path resolved on the driver."""
+    from laion_spark.models import tiny_clip as tiny
+
+    conf = dataclasses.asdict(clip_cfg)
+    if clip_cfg.model == tiny.TINY_NAME and not clip_cfg.pretrained:
+        conf["pretrained"] = tiny.ensure_tiny_clip()
+    return conf
+
+
+def source_rows(tables) -> Any:
+    """images with status success, with their caption (candidates.text), minus takedowns."""
+    from laion_spark.takedown.rules import exclude_taken_down
+
+    imgs = tables.read("images").where("status = 'success'").select("sample_id", "url", "image")
+    cands = tables.read("candidates").select("sample_id", "text")
+    df = imgs.join(cands, "sample_id", "left")
+    df = exclude_taken_down(tables, df)
+    return df.select("sample_id", "image", "text")
+
+
+def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
+    """Embed every successfully downloaded image not yet embedded with this model."""
+    from pyspark.sql import functions as F
+
+    t0 = time.time()
+    clip_cfg: EmbedSettings = cfg.embed
+    clip = load_clip(clip_cfg)  # driver: model id, dim, tiny-clip trained/cached once
+    mid = clip.model_id
+    conf = worker_config(clip_cfg)
+    done = (F.col("model_id") == F.lit(mid)) & F.col("status").isin(*FINAL_STATUSES)
+    todo = tables.pending(source_rows(tables), "embeddings", where=done)
+    if limit:
+        todo = todo.limit(int(limit))
+    rows_in = todo.count()
+    if rows_in == 0:
+        return StageResult("embed", 0, 0, {}, time.time() - t0, {"model_id": mid})
+    # spread the work over every core/executor even when the input is one small Delta file
+    par = spark.sparkContext.defaultParallelism
+    if todo.rdd.getNumPartitions() < par:
+        todo = todo.repartition(par)
+    started = spark.sql("SELECT current_timestamp() AS t").collect()[0]["t"]
+    out = todo.mapInArrow(_embed_partition(conf, mid), SPARK_OUT_SCHEMA).withColumn(
+        "embedded_at", F.current_timestamp()
+    )
+    # rows to redo (a non-final status for this model) need an updating MERGE; when there
+    # are none every pending row is new and an insert-only MERGE (anti-join + append) does
+    redo = (
+        tables.read("embeddings")
+        .where(F.col("model_id") == mid)
+        .where(~F.col("status").isin(*FINAL_STATUSES) | F.col("status").isNull())
+        .limit(1)
+        .count()
+    )
+    # rows per Arrow batch into the task
+    with session_conf(spark, {ARROW_BATCH_ROWS: clip_cfg.arrow_batch_size}):
+        # images and pending are unique per sample_id, and the UDF maps rows 1:1
+        t_write = time.time()
+        tables.upsert(out, "embeddings", update=bool(redo), dedup=False)
+        write_s = time.time() - t_write
+    counts = (
+        tables.read("embeddings")
+        .where(F.col("model_id") == mid)
+        .where(F.col("embedded_at") >= F.lit(started))
+        .groupBy("status")
+        .count()
+        .collect()
+    )
+    by_status = {r["status"]: int(r["count"]) for r in counts}
+    return StageResult(
+        "embed",
+        rows_in=rows_in,
+        rows_out=sum(by_status.values()),
+        by_status=by_status,
+        seconds=time.time() - t0,
+        notes={
+            "model_id": mid,
+            "device": clip.device,
+            "dim": clip.dim,
+            # the embedding pass and its Delta commit are one Spark action
+            "embed_and_write_s": round(write_s, 1),
+            "insert_only": not redo,
+        },
+    )
