@@ -52,6 +52,13 @@ def render(*, world, table, diffs, desc, results, scores, stage, timing, args, s
     cmd = "nice -n 19 .venv/bin/python -m benchmarks.minidatacomp.run" + (
         " --tiny" if args.tiny else f" --pool {args.pool} --seeds {args.seeds}"
     )
+    # every other option that differs from its default, so the line reproduces this run
+    from benchmarks.minidatacomp.run import parser
+
+    defaults = vars(parser().parse_args([]))
+    for k, v in sorted(vars(args).items()):
+        if k not in ("tiny", "pool", "seeds", "out", "json", "save") and v != defaults.get(k):
+            cmd += f" --{k.replace('_', '-')} {v}"
     load = os.getloadavg()
     lines += [
         START,
