@@ -118,6 +118,9 @@ SPECS: dict[str, TableSpec] = {
             _schema(
                 ("sample_id", STRING),
                 ("model_id", STRING),
+                # the text tower of text_embedding/similarity: model_id's own, or the
+                # multilingual tower of the caption's language group (null: model_id's own)
+                ("text_model_id", STRING),
                 ("image_embedding", T.ArrayType(FLOAT)),
                 ("text_embedding", T.ArrayType(FLOAT)),
                 ("similarity", FLOAT),
@@ -125,7 +128,10 @@ SPECS: dict[str, TableSpec] = {
                 ("error_message", STRING),
                 ("embedded_at", TIMESTAMP),
             ),
-            "L2-normalised CLIP image/text embeddings and their cosine similarity, per model",
+            "L2-normalised CLIP image/text embeddings and their cosine similarity, per image "
+            "model; `text_model_id` is the text tower that embedded the caption (the model's "
+            "own, or the multilingual tower of its language group; null in rows written "
+            "before the column existed: the model's own)",
         ),
         TableSpec(
             "scores",
@@ -451,7 +457,17 @@ class Tables:
         return sorted(r[0] for r in rows.collect())
 
     def version(self, name: str) -> int | None:
-        """Current Delta version of table `name` (None when it does not exist)."""
+        """Current Delta version of table `name` (None when it does not exist); read from the
+        log by delta-rs for local path tables (no Spark job), from history otherwise."""
+        from laion_spark.storage import is_local
+
+        if not self.database and is_local(self.location(name)):
+            from deltalake import DeltaTable
+
+            try:
+                return int(DeltaTable(self.location(name)).version())
+            except Exception:  # not a Delta table (yet)
+                return None
         if not self.exists(name):
             return None
         hist = self.delta(name).history(1).select("version").collect()
