@@ -137,7 +137,9 @@ def main() -> None:
     print("   per name:", r.notes.get("seconds_by_filter"))
     for i in range(args.filler):
         subsets.write_subset(
-            tables, f"filler{i}", spark.createDataFrame([(s, 1) for s in ids], "sample_id string, repeat int")
+            tables,
+            f"filler{i}",
+            spark.createDataFrame([(s, 1) for s in ids], "sample_id string, repeat int"),
         )
     rows = tables.read("subsets").count()
     with section(f"stage, same names, subsets table at {rows} rows"):
