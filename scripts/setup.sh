@@ -57,7 +57,7 @@ for art in "io.delta:delta-spark_${SPARK_MM}_2.13:${DELTA_VERSION}" "io.delta:de
 done
 say "Delta jars in $JAR_DIR"
 
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+if [ -z "${LAION_SPARK_SKIP_BROWSER:-}" ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing chromium + chromium-driver (browser test of the search page)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \

@@ -159,9 +159,15 @@ def test_every_case_gets_the_right_status_and_rerun_is_noop(spark, make_cfg):
         # --retry-failed fetches only the retryable failures, and the server is fixed now
         srv.add("/500", data.jpeg())
         retried = run(spark, cfg, tables, retry_failed=True)
-        retry_names = {
-            n for n, (_, w) in cases.items() if w in ("http_error", "timeout", "failed_to_download")
+        from laion_spark.download.worker import RETRYABLE_STATUSES
+
+        assert set(RETRYABLE_STATUSES) == {
+            "http_error",
+            "timeout",
+            "failed_to_download",
+            "empty_body",
         }
+        retry_names = {n for n, (_, w) in cases.items() if w in RETRYABLE_STATUSES}
         assert retried.rows_in == len(retry_names)
         after = {r["sample_id"]: r["status"] for r in tables.read("images").collect()}
         assert after[ids["server_error"]] == "success" and after[ids["noai"]] == "opted_out"

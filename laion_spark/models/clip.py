@@ -271,10 +271,7 @@ def embedding_model_id(
     """
     if explicit:
         return explicit
-    if not tables.exists("embeddings"):
-        return None
-    rows = tables.read("embeddings").select("model_id").distinct().collect()
-    models = sorted(r[0] for r in rows if r[0] is not None)
+    models = tables.distinct("embeddings", "model_id")
     if len(models) <= 1:
         return models[0] if models else None
     try:
