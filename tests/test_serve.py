@@ -227,6 +227,10 @@ def test_json_api(svc):
         r["sample_id"] for r in both["results"]
     ]
     assert p0["has_more"] is True
+    # the query's language picks its text tower; with no tower configured every language
+    # goes through CLIP's, so the answer is the same
+    _, _, de = _json(base + f"/search?q={q}&k=10&dedup=false&qlang=de")
+    assert [r["sample_id"] for r in de["results"]] == [r["sample_id"] for r in both["results"]]
     # the same image bytes find themselves first (raw image POST and base64 JSON)
     status, _, out = _json(base + "/search?k=3&safe=false", "POST", svc.jpegs[7], "image/jpeg")
     assert status == 200 and out["results"][0]["sample_id"] == sids[7]
@@ -287,6 +291,7 @@ def test_hostile_clients_get_json_4xx(svc):
         "q too long": ("GET", "/search?q=" + "a" * 1001, None, None, 422),
         "page too deep": ("GET", "/search?q=a&k=200&page=5", None, None, 422),
         "bad lang": ("GET", "/search?q=a&lang=%3Cscript%3E", None, None, 422),
+        "bad qlang": ("GET", "/search?q=a&qlang=%3Cscript%3E", None, None, 422),
         "text/plain body": ("POST", "/search", b"hello", {"Content-Type": "text/plain"}, 415),
         "not an image": ("POST", "/search", b"GIF89a-nope", {"Content-Type": "image/gif"}, 422),
         "8000x8000 png": (

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 
 import pytest
 from pyspark.sql import functions as F
@@ -192,24 +191,14 @@ def _scan(root: str, needles: dict[str, bytes]) -> dict[str, list[str]]:
     return hits
 
 
-def _webdataset_tar(path: str, rows: list[tuple[str, str, bytes, str]]) -> None:
-    """img2dataset's layout: {key}.jpg, {key}.txt, {key}.json per sample."""
-    with tarfile.open(path, "w") as tf:
-        for key, url, image, caption in rows:
-            meta = json.dumps({"sample_id": key, "url": url, "caption": caption}).encode()
-            for ext, body in (("jpg", image), ("txt", caption.encode()), ("json", meta)):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(body)
-                tf.addfile(info, io.BytesIO(body))
-
-
 @pytest.mark.slow
 def test_takedowns_then_purge_leave_no_byte_behind(spark, tmp_path):
     """url, pdq and domain takedowns, then purge: a byte scan of every file under
     the workdir finds none of the removed samples' image bytes, URLs or embedding bytes
     (and finds them all before the purge); everything else still works."""
+    import glob
+
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
 
@@ -272,8 +261,12 @@ def test_takedowns_then_purge_leave_no_byte_behind(spark, tmp_path):
     append(
         tables,
         spark.createDataFrame(
-            [(ids[i], "m@1", [float(x) for x in vecs[i]], 0.3) for i in range(n)],
-            "sample_id string, model_id string, image_embedding array<float>, similarity float",
+            [
+                (ids[i], "m@1", [float(x) for x in vecs[i]], [float(x) for x in vecs[i]], 0.3)
+                for i in range(n)
+            ],
+            "sample_id string, model_id string, image_embedding array<float>, "
+            "text_embedding array<float>, similarity float",
         ),
         "embeddings",
     )
@@ -292,29 +285,12 @@ def test_takedowns_then_purge_leave_no_byte_behind(spark, tmp_path):
     build_index(spark, cfg, tables)
     assert merge_index(spark, cfg, tables).rows_out == n
 
-    # an export as `laion-spark export` records it: webdataset tar + parquet + laion npy
-    target = f"{wd}/exports/all-wds"
-    os.makedirs(target)
-    _webdataset_tar(f"{target}/00000.tar", [(ids[i], urls[i], jpegs[i], caps[i]) for i in range(n)])
-    pq.write_table(
-        pa.table({"uid": ids, "url": urls, "caption": caps}), f"{target}/metadata_0.parquet"
-    )
-    np.save(f"{target}/img_emb_0.npy", vecs.astype("float16"))
-    np.save(f"{target}/raw_emb_0.npy", vecs)
-    spark.createDataFrame(
-        [
-            (
-                "e1",
-                "all",
-                "webdataset",
-                target,
-                ["00000.tar", "metadata_0.parquet", "img_emb_0.npy", "raw_emb_0.npy"],
-                n,
-            )
-        ],
-        "export_id string, subset string, format string, target string, shards array<string>, "
-        "samples long",
-    ).write.format("delta").save(tables.location("exports"))
+    # real exports of the subset (the `exports` table records their files): WebDataset
+    # tars + parquet, and the LAION layout (img_emb npy row-aligned with metadata parquet)
+    from laion_spark.export.stage import run as export
+
+    assert export(spark, cfg, tables, "all", f"{wd}/exports/all-wds", "webdataset").rows_out == n
+    assert export(spark, cfg, tables, "all", f"{wd}/exports/all-laion", "laion").rows_out == n
 
     # take down 1 by url, 2 by a re-encoded + resized copy's PDQ, 4 by domain (sha256 and
     # the other kinds resolve the same way: tested above and in test_serve.py)
@@ -358,7 +334,13 @@ def test_takedowns_then_purge_leave_no_byte_behind(spark, tmp_path):
     rec = tables.read("purges").collect()
     assert len(rec) == 1 and rec[0]["samples"] == 3 and rec[0]["complete"]
     assert any(e.startswith("rewritten:") for e in rec[0]["index_files"])
-    assert any(e.startswith("rewritten:") and "00000.tar (-3)" in e for e in rec[0]["exports"])
+    assert any(e.startswith("rewritten:") and ".tar (-3)" in e for e in rec[0]["exports"])
+    # the consumer's reader sees the survivors only
+    import webdataset as wds
+
+    tars = sorted(glob.glob(f"{wd}/exports/all-wds/*.tar"))
+    left = [json.loads(x["json"])["sample_id"] for x in wds.WebDataset(tars, shardshuffle=False)]
+    assert sorted(left) == sorted(ids[i] for i in range(n) if i not in gone)
     assert purge(spark, cfg, tables)["requests"] == 0  # nothing left to purge
     td = {r["kind"]: r for r in tables.read("takedowns").collect()}
     assert td["url"]["value"].startswith("sha256:") and td["url"]["reason"] == "DMCA 7"
@@ -378,9 +360,10 @@ def test_takedowns_then_purge_leave_no_byte_behind(spark, tmp_path):
     assert s.ntotal == len(keep)
     assert s.search(vecs[0], k=1, safe_mode=False, dedup=False)[0]["sample_id"] == ids[0]
     assert merge_index(spark, cfg, tables).by_status == {"up_to_date": 1}
-    with tarfile.open(f"{target}/00000.tar") as tf:
-        assert {m.name.split(".")[0] for m in tf.getmembers()} == set(keep)
-    assert len(np.load(f"{target}/img_emb_0.npy")) == len(keep)
+    laion = f"{wd}/exports/all-laion"
+    assert sum(len(np.load(f)) for f in glob.glob(f"{laion}/img_emb/*.npy")) == len(keep)
+    meta = [pq.read_table(f) for f in sorted(glob.glob(f"{laion}/metadata/*.parquet"))]
+    assert sorted(x for t in meta for x in t.column("sample_id").to_pylist()) == sorted(keep)
     # the cost, as documented: time travel to before the purge is gone
     with pytest.raises(Exception):  # noqa: B017 (Delta raises a JVM error type)
         spark.read.format("delta").option("versionAsOf", 0).load(

@@ -67,6 +67,7 @@ function params() {
     safe: $("safe").checked ? "true" : "false",
     dedup: $("dedup").checked ? "true" : "false",
     lang: $("lang").value,
+    qlang: $("qlang").value,
   };
 }
 
@@ -77,6 +78,7 @@ function saveUrlState(p) {
   u.set("k", p.k);
   u.set("safe", p.safe);
   if (p.lang) u.set("lang", p.lang);
+  if (p.qlang) u.set("qlang", p.qlang);
   if (p.dedup === "false") u.set("dedup", "false");
   if (state.page) u.set("page", String(state.page));
   history.replaceState(null, "", "?" + u.toString());
@@ -97,6 +99,9 @@ function restoreUrlState() {
     }
     $("lang").value = lang;
   }
+  if (u.has("qlang") && [...$("qlang").options].some((o) => o.value === u.get("qlang"))) {
+    $("qlang").value = u.get("qlang");
+  }
   state.page = Math.max(0, parseInt(u.get("page") || "0", 10) || 0);
   return u.has("q");
 }
@@ -114,6 +119,7 @@ async function run(keepPage) {
   const p = params();
   const qs = new URLSearchParams({ k: p.k, safe: p.safe, dedup: p.dedup, page: String(state.page) });
   if (p.lang) qs.set("lang", p.lang);
+  if (p.qlang && !state.imageFile) qs.set("qlang", p.qlang);
   let resp;
   $("status").textContent = "searching…";
   try {
@@ -171,6 +177,7 @@ async function makeSubset() {
   const value = Number($("subset-value").value);
   const body = { name: $("subset-name").value.trim(), mode: mode, safe: p.safe === "true" };
   if (p.lang) body.lang = p.lang;
+  if (p.qlang && !state.imageFile) body.qlang = p.qlang;
   if (mode === "top") body.top_n = Math.round(value); else body.min_score = value;
   if (state.imageFile) body.image_b64 = await fileBase64(state.imageFile);
   else body.text = p.q;
