@@ -20,6 +20,7 @@ from laion_spark.download.settings import DownloadSettings
 from laion_spark.embed.settings import EmbedSettings
 from laion_spark.extract.settings import ExtractSettings
 from laion_spark.index.settings import IndexSettings
+from laion_spark.report.settings import ReportSettings
 from laion_spark.score.settings import ScoreSettings
 from laion_spark.serve.settings import ServeSettings
 from laion_spark.settings import ConfigError, from_dict, require
@@ -75,6 +76,7 @@ class Config:
     curate: CurateSettings = field(default_factory=CurateSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
 
     @property
     def workdir_path(self) -> str:
