@@ -227,7 +227,7 @@ def ensure_clip_retrieval() -> Path:
 def clip_model_arg(model: str, ckpt: str, workdir: Path) -> tuple[str, str | None]:
     """clip_inference's `clip_model` for our model + checkpoint, and the architecture JSON
     to register first when open_clip does not know the model (tiny-clip): no weight download."""
-    from laion_spark.clip import tiny
+    from laion_spark.models import tiny_clip as tiny
 
     arch_json = None
     if model == tiny.TINY_NAME:

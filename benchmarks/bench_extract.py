@@ -124,7 +124,7 @@ print(json.dumps({"seconds": best, "pairs": len(rows)}))
 OURS_CODE = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from laion_spark.extract import captions, language, wat_native
+from laion_spark.extract import captions, entities, language, wat_native
 from laion_spark.extract.stage import ROW_SCHEMA, file_rows
 # one-time per worker (a Spark Python worker keeps them for all its files): the language
 # models, ftfy's tables and the core's caption tables; timed separately (load_s), not part
@@ -132,7 +132,7 @@ from laion_spark.extract.stage import ROW_SCHEMA, file_rows
 language._model()
 language._native_model()
 captions.gated_fix_text("\u00e9")
-captions.unescape_entities("&amp;")
+entities.unescape_attribute("&amp;")
 wat_native.caption_tables()
 # a long-lived worker has run a full collection since its imports; a fresh process has
 # not, and its first full collections walk every import-time object (30+ ms here)

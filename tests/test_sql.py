@@ -134,3 +134,12 @@ def test_render_draws_like_spark_show():
         "+-------+---+\n| status|  n|\n+-------+---+\n|success|397|\n+-------+---+\n"
         "only showing top 1 row"
     )
+
+
+def test_status_counts_what_each_stage_would_take(small_tables):
+    from laion_spark.status import pending, render_status
+
+    got = {r["stage"]: r["pending"] for r in pending(small_tables)}
+    # 6 candidates all have an images row; 4 downloaded images, none embedded yet
+    assert got == {"extract": None, "download": 0, "embed": 4}
+    assert "nothing embedded yet" in render_status(small_tables)

@@ -47,6 +47,13 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from laion_spark.status import render_status
+
+    print(render_status(config(args)))
+    return 0
+
+
 def _spark_counts(cfg) -> list[dict]:
     _, tables = session(cfg)
     return tables.counts()
@@ -101,6 +108,10 @@ def register(sub) -> None:
     add_common(p)
     add_engine(p)
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("status", help="rows each stage would process now, and its last run")
+    add_common(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("search", help="kNN search of the merged index by text or image")
     add_common(p)

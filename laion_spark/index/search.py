@@ -126,11 +126,15 @@ class Searcher:
             self._clip = load_clip(self.cfg.embed)
         return self._clip
 
-    def query_vector(self, query: str | bytes | np.ndarray) -> np.ndarray:
+    def query_vector(
+        self, query: str | bytes | np.ndarray, query_language: str | None = None
+    ) -> np.ndarray:
         if isinstance(query, np.ndarray | list):
             q = np.asarray(query, dtype="float32").reshape(1, -1)
         elif isinstance(query, str):
-            q = np.asarray(self.clip().encode_text([query]), dtype="float32").reshape(1, -1)
+            from laion_spark.models.text_tower import encode_queries  # the language's tower
+
+            q = encode_queries(self.cfg, [query], [query_language]).reshape(1, -1)
         elif isinstance(query, bytes | bytearray):
             q = np.asarray(self.clip().encode_images([bytes(query)]), dtype="float32").reshape(
                 1, -1
@@ -154,11 +158,14 @@ class Searcher:
         safe_mode: bool = True,
         language: str | None = None,
         dedup: bool = True,
+        query_language: str | None = None,
     ) -> list[dict]:
         """Top-k results (best first) as dicts: sample_id, faiss_id, score, url, caption,
-        language, similarity, punsafe, pwatermark."""
+        language, similarity, punsafe, pwatermark. `language` filters results;
+        `query_language` (a code or group; None = detected) picks the text tower of a text
+        query."""
         k = max(1, min(int(k), self.cfg.serve.max_k))
-        q = self.query_vector(query)
+        q = self.query_vector(query, query_language)
         fetch = min(max(4 * k, k + 20), max(self.ntotal, 1))
         while True:
             with self._lock:  # faiss search is thread safe, parameter changes are not
