@@ -143,8 +143,11 @@ def index_probes(
     k = min(int(cfg.report.probe_k), int(cfg.serve.max_k))
     rows: list[tuple[int, str, int]] = []
     returned: dict[int, int] = {}
-    # one batch through the text tower, then one index search per term
-    vectors = np.asarray(searcher.clip().encode_text(terms), dtype="float32")
+    # one batch through the text towers (each term's language routed as `laion-spark search`
+    # does), then one index search per term
+    from laion_spark.models.text_tower import encode_queries
+
+    vectors = np.asarray(encode_queries(cfg, terms), dtype="float32")
     for i, _term in enumerate(terms):
         # safe mode off: the probe counts what the data holds; dedup off: every result counts
         hits = searcher.search(vectors[i], k=k, safe_mode=False, dedup=False)
