@@ -136,7 +136,7 @@ def compute(
     finally:
         pop.unpersist()
     compared = (
-        _compare(cfg, snap, counts, subset, compare, score_thr, ts) if compare else None
+        _compare(cfg, snap, counts, subset, compare, score_thr, ts, core) if compare else None
     )
     lap("compare")
     takedowns = stats.takedowns(counts)
@@ -223,9 +223,10 @@ def _probes(
     }
 
 
-def _compare(cfg, snap, counts, subset, other, score_thr, ts) -> dict[str, Any]:
+def _compare(cfg, snap, counts, subset, other, score_thr, ts, core_a) -> dict[str, Any]:
     """The same safety figures for a second population: another subset at the same versions,
-    or the same subset at other versions (--compare accepts either)."""
+    or the same subset at other versions (--compare accepts either). Side A is the report's
+    own population: its figures (`core_a`) are reused, not computed again."""
     subsets = list(counts["subsets"])
     if other in subsets:
         b_snap, b_subset, b_label = snap, other, f"subset {other}"
@@ -249,8 +250,11 @@ def _compare(cfg, snap, counts, subset, other, score_thr, ts) -> dict[str, Any]:
         )
         if sub is not None and sub not in side_counts["subsets"]:
             raise ReportError(f"--compare {other}: subset {sub} does not exist at {label}")
-        pop = stats.population(s, stats.report_model_id(side_counts, cfg), sub)
-        core = stats.core_metrics(pop, score_thr, sweep=ts)
+        if side == "a":
+            core = core_a
+        else:
+            pop = stats.population(s, stats.report_model_id(side_counts, cfg), sub)
+            core = stats.core_metrics(pop, score_thr, sweep=ts)
         sides[side] = {
             "label": label,
             "subset": sub,
