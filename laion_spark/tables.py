@@ -3,7 +3,8 @@
 Locally (and on S3/DBFS paths) a table is a Delta folder `<tables_root>/<name>`; with
 `tables.database` set (Databricks Unity Catalog, Glue) it is the catalog table
 `<database>.<name>`. Every table carries `sample_id` (see laion_spark.ids), except the
-bookkeeping tables keyed otherwise (`extract_stats`, `runs`, `takedowns`, `index_manifest`).
+bookkeeping tables keyed otherwise (`extract_stats`, `runs`, `takedowns`, `purges`,
+`index_manifest`).
 
 `SPECS` is the contract: Spark schemas (`spark_schema`) and Arrow schemas (`arrow_schema`)
 of what stages write are derived from it, never written out again.
@@ -109,8 +110,12 @@ SPECS: dict[str, TableSpec] = {
                 ("num_bytes", LONG),
                 ("fetch_seconds", DOUBLE),
                 ("downloaded_at", TIMESTAMP),
+                # PDQ perceptual hash of the stored image (64 hex digits) and its quality
+                # (0-100; below 50 the hash is unreliable), matched by `takedown --kind pdq`
+                ("pdq", STRING),
+                ("pdq_quality", INT),
             ),
-            "one row per candidate: status, error message, resized encoded image bytes",
+            "one row per candidate: status, error message, resized encoded image bytes, PDQ hash",
         ),
         TableSpec(
             "embeddings",
@@ -202,8 +207,44 @@ SPECS: dict[str, TableSpec] = {
                 ("reason", STRING),
                 ("removed", T.MapType(STRING, LONG)),
                 ("requested_at", TIMESTAMP),
+                # the resolution, taken before anything is deleted: everything derived from
+                # the matched samples, so merge, search, export and purge honour it later
+                ("sample_ids", T.ArrayType(STRING)),
+                ("faiss_ids", T.MapType(STRING, T.ArrayType(LONG))),  # index name -> ids
+                ("shards", T.MapType(STRING, T.ArrayType(STRING))),  # index name -> shards
+                ("sha256", T.ArrayType(STRING)),
+                ("pdq", T.ArrayType(STRING)),
+                ("url_hashes", T.ArrayType(STRING)),  # sha256 of each normalised URL
+                ("max_distance", INT),  # pdq: Hamming distance the match used
+                ("resolved_at", TIMESTAMP),
+                # set by purge (the value of a url request is then kept only as sha256:<hex>)
+                ("purge_id", STRING),
+                ("purged_at", TIMESTAMP),
             ),
-            "takedown requests (url, domain, sha256, md5, sample_id) and what they removed",
+            "takedown requests (url, domain, sha256, md5, pdq, sample_id), their resolution "
+            "to every derived id, and what they removed",
+        ),
+        TableSpec(
+            "purges",
+            ("purge_id",),
+            _schema(
+                ("purge_id", STRING),
+                ("request_ids", T.ArrayType(STRING)),
+                ("samples", LONG),
+                # table -> data files VACUUM deleted; table -> log files removed before the
+                # checkpoint (old versions, whose stats hold column prefixes)
+                ("files_removed", T.MapType(STRING, LONG)),
+                ("log_files_removed", T.MapType(STRING, LONG)),
+                ("retain_hours", DOUBLE),
+                ("index_files", T.ArrayType(STRING)),  # "rewritten|deleted: <path>"
+                ("exports", T.ArrayType(STRING)),  # "rewritten|deleted|listed: <path> (why)"
+                ("complete", T.BooleanType()),
+                ("notes", STRING),
+                ("started_at", TIMESTAMP),
+                ("seconds", DOUBLE),
+            ),
+            "purges: what `laion-spark purge` physically erased (Delta files, old log "
+            "versions, index shards and merged files, export shards) for which requests",
         ),
         TableSpec(
             "runs",
