@@ -271,7 +271,7 @@ def write_generated_pool(spark, cfg: Config, tables: Tables, **kwargs) -> Plante
             "requested_at": [datetime(2026, 1, 1, tzinfo=UTC)],
         }
     )
-    tables.upsert(spark.createDataFrame(takedown, spark_schema("takedowns")), "takedowns")
+    tables.upsert(spark_frame(spark, "takedowns", takedown), "takedowns")
     started = datetime(2026, 1, 1, tzinfo=UTC)
     notes = {f"clip_filter_threshold_{k}": v for k, v in THRESHOLDS.items()}
     record_run(tables, cfg, StageResult("score", planted.n, planted.n, {}, 1.0, {}), {}, started)
