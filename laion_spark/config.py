@@ -18,6 +18,7 @@ import yaml
 from laion_spark.curate.settings import CurateSettings
 from laion_spark.download.settings import DownloadSettings
 from laion_spark.embed.settings import EmbedSettings
+from laion_spark.export.settings import ExportSettings
 from laion_spark.extract.settings import ExtractSettings
 from laion_spark.index.settings import IndexSettings
 from laion_spark.report.settings import ReportSettings
@@ -79,6 +80,7 @@ class Config:
     serve: ServeSettings = field(default_factory=ServeSettings)
     takedown: TakedownSettings = field(default_factory=TakedownSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
 
     @property
     def workdir_path(self) -> str:

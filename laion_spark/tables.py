@@ -12,15 +12,21 @@ of what stages write are derived from it, never written out again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from laion_spark.config import Config
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 STRING, INT, LONG = T.StringType(), T.IntegerType(), T.LongType()
 FLOAT, DOUBLE, BINARY, TIMESTAMP = T.FloatType(), T.DoubleType(), T.BinaryType(), T.TimestampType()
@@ -247,6 +253,29 @@ SPECS: dict[str, TableSpec] = {
             "versions, index shards and merged files, export shards) for which requests",
         ),
         TableSpec(
+            "exports",
+            ("export_id",),
+            _schema(
+                # 16 hex of sha256(target): one row per target, describing what is there now
+                ("export_id", STRING),
+                ("subset", STRING),
+                # webdataset | laion | parquet | uids (export.formats); a reshard writes webdataset
+                ("format", STRING),
+                ("target", STRING),
+                # every file the export wrote, as full paths (shards and their metadata)
+                ("shard_paths", T.ArrayType(STRING)),
+                ("sample_count", LONG),
+                ("created_at", TIMESTAMP),
+                ("manifest_path", STRING),
+                # sha256 of the inputs (Delta versions read, options): equal = nothing to do
+                ("inputs_digest", STRING),
+                ("delta_versions", T.MapType(STRING, LONG)),
+            ),
+            "exported shard sets (WebDataset, LAION format, parquet, uids) and where they are, "
+            "so a takedown can find the shards that hold a sample (each shard's parquet lists "
+            "its sample_ids)",
+        ),
+        TableSpec(
             "runs",
             ("run_id",),
             _schema(
@@ -320,6 +349,10 @@ class Tables:
     rows the new selection no longer holds, within a scope), `delete` or `append`. Each
     returns Delta's own operation metrics, so callers never count twice.
     """
+
+    # how many times a MERGE is tried when concurrent writers keep committing first
+    commit_attempts = 5
+    retry_backoff_s = 0.5
 
     def __init__(self, spark: SparkSession, cfg: Config):
         self.spark = spark
@@ -403,14 +436,22 @@ class Tables:
         """
         keys = tuple(keys or SPECS[name].keys)
         src = df.dropDuplicates(list(keys)) if dedup else df
-        self._create_for(src, name)
-        cond = _key_condition(keys)
         cols = {f"`{c}`": f"s.`{c}`" for c in src.columns}
-        merge = self.delta(name).alias("t").merge(src.alias("s"), cond).withSchemaEvolution()
         updates = {k: v for k, v in cols.items() if k.strip("`") not in keys}
-        if update and updates:
-            merge = merge.whenMatchedUpdate(set=updates)
-        return _metrics(merge.whenNotMatchedInsert(values=cols).execute())
+
+        def attempt() -> dict[str, int]:
+            self._create_for(src, name)
+            merge = (
+                self.delta(name)
+                .alias("t")
+                .merge(src.alias("s"), _key_condition(keys))
+                .withSchemaEvolution()
+            )
+            if update and updates:
+                merge = merge.whenMatchedUpdate(set=updates)
+            return _metrics(merge.whenNotMatchedInsert(values=cols).execute())
+
+        return self._committed(name, "upsert", attempt)
 
     def replace(
         self, df: DataFrame, name: str, scope: dict[str, Any], keys: Sequence[str] | None = None
@@ -421,17 +462,49 @@ class Tables:
         are deleted; rows outside the scope are never touched. `df` must lie in the scope.
         """
         keys = tuple(keys or SPECS[name].keys)
-        self._create_for(df, name)
         in_scope = F.lit(True)
         for col, value in scope.items():
             in_scope = in_scope & (F.col(f"t.`{col}`") == F.lit(value))
         cols = {f"`{c}`": f"s.`{c}`" for c in df.columns}
         updates = {k: v for k, v in cols.items() if k.strip("`") not in keys}
-        merge = self.delta(name).alias("t").merge(df.alias("s"), _key_condition(keys))
-        if updates:
-            merge = merge.whenMatchedUpdate(set=updates)
-        merge = merge.whenNotMatchedInsert(values=cols)
-        return _metrics(merge.whenNotMatchedBySourceDelete(condition=in_scope).execute())
+
+        def attempt() -> dict[str, int]:
+            self._create_for(df, name)
+            merge = self.delta(name).alias("t").merge(df.alias("s"), _key_condition(keys))
+            if updates:
+                merge = merge.whenMatchedUpdate(set=updates)
+            merge = merge.whenNotMatchedInsert(values=cols)
+            return _metrics(merge.whenNotMatchedBySourceDelete(condition=in_scope).execute())
+
+        return self._committed(name, "replace", attempt)
+
+    def _committed(self, name: str, what: str, attempt: Callable[[], _T]) -> _T:
+        """Run one MERGE under Delta's optimistic concurrency: when another writer committed
+        to `name` between our read and our commit, Delta refuses ours; run it again from the
+        new version (the MERGE re-reads the table, so its join and any anti-join the source
+        was built with are recomputed, and rows the other writer added are matched, not
+        duplicated). After `commit_attempts` refusals, stop with a message that says so."""
+        for n in range(1, self.commit_attempts + 1):
+            try:
+                return attempt()
+            except Exception as e:  # noqa: BLE001 - only commit conflicts are retried
+                conflict = _conflict_name(e)
+                if conflict is None:
+                    raise
+                if n >= self.commit_attempts:
+                    raise TableConflictError(
+                        f"{what} of table {name} ({self.location(name)}) lost the commit to "
+                        f"another writer {n} time(s) ({conflict}); another run is writing this "
+                        "table: let it finish (or stop it), then run this stage again, which "
+                        "resumes where the other stopped"
+                    ) from e
+                log.warning(
+                    "%s of table %s: another writer committed first (%s); retrying (%d/%d)",
+                    what, name, conflict, n, self.commit_attempts - 1,
+                )
+                # back off with jitter so two losers do not collide again in lockstep
+                time.sleep(self.retry_backoff_s * n * (1 + random.random()))
+        raise AssertionError("unreachable")
 
     def delete(self, name: str, keys: DataFrame) -> dict[str, int]:
         """Delete the rows of `name` whose key columns (the columns of `keys`) match a row of
@@ -529,6 +602,38 @@ class Tables:
                 }
             )
         return out
+
+
+class TableConflictError(RuntimeError):
+    """Another writer kept committing to the table first (Delta optimistic concurrency)."""
+
+
+# Delta's commit-conflict exceptions (Python classes in delta.exceptions; the Java names
+# match what a plain Py4JJavaError carries, e.g. a racing first commit of a new table)
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "ConcurrentWriteException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+    "DeltaConcurrentModificationException",
+)
+
+
+def _conflict_name(e: BaseException) -> str | None:
+    """The Delta conflict `e` is (its class name), or None when it is some other error."""
+    for cls in type(e).__mro__:
+        if cls.__name__ in _CONFLICTS:
+            return cls.__name__
+    text = str(e)
+    for name in _CONFLICTS:
+        if name in text.split("\n", 1)[0] or f"delta.exceptions.{name}" in text:
+            return name
+    if "FileAlreadyExistsException" in text and "_delta_log" in text:
+        return "FileAlreadyExistsException (a concurrent commit of the same version)"
+    return None
 
 
 def _key_condition(keys: Iterable[str]) -> str:

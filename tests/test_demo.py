@@ -30,6 +30,7 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert "run summary" in out and "search:" in out
     _check_report(spark, cfg, out)
     assert "search: 'un cercle rouge à gauche'" in out
+    assert "[demo] exported subset 'clip_filter' as WebDataset" in out
 
     from laion_spark.tables import Tables
 
@@ -53,6 +54,7 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
         == spark.sql("SELECT count(*) n FROM images").first()["n"]
     )
     _multilingual_checks(spark, cfg, tables, by_stage, out)
+    _check_export(spark, cfg, by_stage["export"])
 
     again = run_demo(cfg, pages=24)
     for name in names:
@@ -149,3 +151,34 @@ def _multilingual_checks(spark, cfg, tables, by_stage, out: str) -> None:
             (a.color, a.shape, a.position) == (scene.color, scene.shape, scene.position)
             for a in found
         ), (query, [h["caption"] for h in hits])
+
+
+def _check_export(spark, cfg, result):
+    """The demo's WebDataset export holds the curated subset: every sample as often as its
+    repeat, with the bytes of `images`, readable by webdataset's own loader."""
+    import glob
+    import json
+
+    import webdataset as wds
+
+    from laion_spark.demo.run import demo_export_dir
+
+    assert result.error is None and result.rows_out > 0
+    shards = sorted(glob.glob(f"{demo_export_dir(cfg)}/*.tar"))
+    assert shards and len(shards) == result.notes["shards"]
+    want = {
+        r["sample_id"]: r["repeat"]
+        for r in spark.sql(
+            "SELECT sample_id, repeat FROM subsets WHERE subset = 'clip_filter'"
+        ).collect()
+    }
+    images = {
+        r["sample_id"]: r["image"]
+        for r in spark.sql("SELECT sample_id, image FROM images WHERE status = 'success'").collect()
+    }
+    seen: dict[str, int] = {}
+    for sample in wds.WebDataset(shards, shardshuffle=False):
+        sid = json.loads(sample["json"])["sample_id"]
+        assert sample["jpg"] == images[sid]
+        seen[sid] = seen.get(sid, 0) + 1
+    assert seen == want and sum(seen.values()) == result.rows_out

@@ -5,7 +5,8 @@
 2. serve the images from a loopback HTTP server (fixed port, so URLs and therefore
    sample_ids are identical on every run: a second run adds nothing);
 3. run extract -> download -> embed -> score -> curate -> index through Spark, with
-   Delta tables under the workdir, then search the index;
+   Delta tables under the workdir, export the curated subset as WebDataset shards, then
+   search the index;
 4. print the per-stage summary and SQL a user can paste.
 
 A third of the pages are in German, French, Spanish or Russian (captions from templates in
@@ -173,6 +174,7 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
         results = run_pipeline(spark, cfg, tables, extract={"inputs": [crawl["wat"]]})
 
     _print_groups(results)
+    results.append(_export_subset(spark, cfg, tables))
     _search_examples(spark, cfg, tables)
     _write_report(spark, cfg, tables)
     _print_next_steps(cfg)
@@ -192,6 +194,31 @@ def _write_report(spark, cfg: Config, tables) -> None:
         print(f"[demo] no report: {e}")
         return
     print(f"[demo] report: {result.files['index.html']} ({result.seconds:.1f}s)")
+
+
+DEMO_EXPORT_SUBSET = "clip_filter"
+
+
+def demo_export_dir(cfg: Config) -> str:
+    return os.path.join(cfg.workdir_path, "export", DEMO_EXPORT_SUBSET)
+
+
+def _export_subset(spark, cfg: Config, tables):
+    """The curated subset as WebDataset shards, the way a trainer would read it."""
+    from datetime import UTC, datetime
+
+    from laion_spark.export.stage import run
+    from laion_spark.stage import record_run
+
+    started = datetime.now(UTC)
+    target = demo_export_dir(cfg)
+    result = run(spark, cfg, tables, subset=DEMO_EXPORT_SUBSET, to=target, fmt="webdataset")
+    record_run(tables, cfg, result, {"subset": DEMO_EXPORT_SUBSET, "to": target}, started)
+    print(
+        f"[demo] exported subset {DEMO_EXPORT_SUBSET!r} as WebDataset: {result.rows_out} samples "
+        f"in {result.notes.get('shards')} shard(s) under {target}"
+    )
+    return result
 
 
 def _print_groups(results: list) -> None:
@@ -236,3 +263,7 @@ def _print_next_steps(cfg: Config) -> None:
         print(f'  .venv/bin/laion-spark sql{wd} "{q}"')
     print(f"  .venv/bin/laion-spark tables{wd}")
     print(f"  .venv/bin/laion-spark serve{wd}     # web page to search the index")
+    print(
+        f"  .venv/bin/laion-spark export{wd} --subset {DEMO_EXPORT_SUBSET} --format laion "
+        f"--to ./{DEMO_EXPORT_SUBSET}_embeddings   # LAION-format embeddings release"
+    )
