@@ -21,6 +21,7 @@ from laion_spark.embed.settings import EmbedSettings
 from laion_spark.export.settings import ExportSettings
 from laion_spark.extract.settings import ExtractSettings
 from laion_spark.index.settings import IndexSettings
+from laion_spark.report.settings import ReportSettings
 from laion_spark.score.settings import ScoreSettings
 from laion_spark.serve.settings import ServeSettings
 from laion_spark.settings import ConfigError, from_dict, require
@@ -78,6 +79,7 @@ class Config:
     index: IndexSettings = field(default_factory=IndexSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
     takedown: TakedownSettings = field(default_factory=TakedownSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
 
     @property

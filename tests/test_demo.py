@@ -28,6 +28,7 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert by_stage["download"].by_status.get("success", 0) > 0
     out = capsys.readouterr().out
     assert "run summary" in out and "search:" in out
+    _check_report(spark, cfg, out)
     assert "search: 'un cercle rouge à gauche'" in out
     assert "[demo] exported subset 'clip_filter' as WebDataset" in out
 
@@ -68,6 +69,31 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert (runs.status == "ok").all() and runs.run_id.is_unique
     assert {r.stage: r.rows_in for r in again}["download"] == 0
     assert {r.stage: r.rows_in for r in again}["embed"] == 0
+
+
+def _check_report(spark, cfg, out: str) -> None:
+    """The demo's report step: the three files, and report.json agrees with the tables it
+    names; the keyword probes ran against the demo's merged index (the index path)."""
+    import json
+    import os
+
+    line = next(x for x in out.splitlines() if x.startswith("[demo] report: "))
+    html = line.split(": ", 1)[1].rsplit(" (", 1)[0]
+    folder = os.path.dirname(html)
+    for name in ("index.html", "README.md", "report.json"):
+        assert os.path.getsize(os.path.join(folder, name)) > 500, name
+    with open(os.path.join(folder, "report.json"), encoding="utf-8") as f:
+        rep = json.load(f)
+    t = rep["tables"]["candidates"]
+    n = spark.sql(f"SELECT count(*) FROM delta.`{t['location']}` VERSION AS OF {t['version']}")
+    assert rep["population"]["rows"] == n.first()[0] > 0
+    steps = {s["step"]: s["count"] for s in rep["funnel"]["steps"]}
+    assert steps["candidates"] >= steps["downloaded"] >= steps["embedded"] > 0
+    probes = rep["probes"]
+    assert probes["status"] == "ok" and probes["index"]["status"] == "ok", probes["index"]
+    returned = [f["returned"] for f in probes["index"]["terms"].values()]
+    assert returned and all(0 < r <= probes["index"]["k"] for r in returned)
+    assert rep["model_id"] and rep["toxicity"]["kind"] in ("word list", "classifier", "mixed")
 
 
 def _multilingual_checks(spark, cfg, tables, by_stage, out: str) -> None:

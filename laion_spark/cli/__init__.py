@@ -5,6 +5,7 @@
     laion-spark pipeline                   every stage in order
     laion-spark sql "SELECT ..."           SQL over the Delta tables (each table is a view)
     laion-spark tables                     tables with row counts and Delta versions
+    laion-spark report [--subset NAME]     dataset report: index.html, dataset card, report.json
     laion-spark merge-index | search | serve | takedown | train-head | import | export
 
 Every command takes `--conf NAME|PATH` and `--set key=value`. The jobs in jobs/ are this

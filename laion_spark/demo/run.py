@@ -176,9 +176,24 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
     _print_groups(results)
     results.append(_export_subset(spark, cfg, tables))
     _search_examples(spark, cfg, tables)
+    _write_report(spark, cfg, tables)
     _print_next_steps(cfg)
     print(f"[demo] finished in {time.time() - t0:.0f}s; tables under {tables.root}")
     return results
+
+
+def _write_report(spark, cfg: Config, tables) -> None:
+    """The dataset report of what the demo built (index.html, README.md card, report.json)."""
+    from laion_spark.extras import MissingExtra
+
+    try:
+        from laion_spark.report.build import build_report
+
+        result = build_report(spark, cfg, tables)
+    except MissingExtra as e:  # matplotlib absent: the demo still runs
+        print(f"[demo] no report: {e}")
+        return
+    print(f"[demo] report: {result.files['index.html']} ({result.seconds:.1f}s)")
 
 
 DEMO_EXPORT_SUBSET = "clip_filter"

@@ -76,8 +76,12 @@ SubsetWriter = Callable[[str, list[str]], int]
 
 
 def report_dir(cfg: Config) -> str:
-    """Where the report stage writes its pages; the service serves them at /report/."""
-    return os.path.join(cfg.workdir_path, "report")
+    """The folder served at /report/: the newest complete `laion-spark report` output
+    (report.root, default <workdir>/reports/<UTC time>/), else <workdir>/report."""
+    from laion_spark.report.output import latest_report
+
+    html = latest_report(cfg)
+    return os.path.dirname(html) if html else os.path.join(cfg.workdir_path, "report")
 
 
 def report_link(cfg: Config) -> str | None:
