@@ -1,7 +1,7 @@
 """Search service throughput: req/s and latency at 8 concurrent clients, before and after.
 
     .venv/bin/python benchmarks/bench_serve.py [--n 20000] [--seconds 30] [--clients 8] \\
-        [--before /path/to/checkout/of/main] [--after .]
+        --before /path/to/old/checkout [--after .]
 
 One index (--n random unit vectors of tiny-clip's width, Flat, inner product) with its
 metadata tables is written once with delta-rs; then each code version is started as its
@@ -228,7 +228,12 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--before", default="/work/main", help="checkout with the stdlib server")
+    ap.add_argument(
+        "--before",
+        required=True,
+        help="a checkout with the stdlib server, e.g. `git worktree add /tmp/serve-before "
+        "ad3055a` (the last commit before the FastAPI service)",
+    )
     ap.add_argument("--after", default=str(ROOT), help="checkout with the FastAPI service")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
