@@ -17,6 +17,7 @@ import yaml
 
 from laion_spark.curate.settings import CurateSettings
 from laion_spark.download.settings import DownloadSettings
+from laion_spark.dpo.settings import DpoSettings
 from laion_spark.embed.settings import EmbedSettings
 from laion_spark.extract.settings import ExtractSettings
 from laion_spark.index.settings import IndexSettings
@@ -75,6 +76,7 @@ class Config:
     curate: CurateSettings = field(default_factory=CurateSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    dpo: DpoSettings = field(default_factory=DpoSettings)
 
     @property
     def workdir_path(self) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from laion_spark.cli import io, pipeline, query, safety
+from laion_spark.cli import dpo, io, pipeline, query, safety
 from laion_spark.extras import MissingExtra
 from laion_spark.settings import ConfigError
 from laion_spark.stage import StageOptionError
 
 # command groups in help order; each module's `register(sub)` adds its commands
-GROUPS = (pipeline, query, safety, io)
+GROUPS = (pipeline, query, safety, io, dpo)
 
 
 def build_parser() -> argparse.ArgumentParser:
