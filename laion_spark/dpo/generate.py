@@ -226,8 +226,9 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     notes.update(model_id=mid, device=vlm.device)
     if rows_in == 0:
         return StageResult("dpo_generate", 0, 0, {}, time.time() - t0, notes)
+    # no task with less than one generate() batch: each task loads the model once
     par = spark.sparkContext.defaultParallelism
-    todo = todo.repartition(max(1, min(par, rows_in)))
+    todo = todo.repartition(max(1, min(par, -(-rows_in // gen_cfg.batch_size))))
     started = spark.sql("SELECT current_timestamp() AS t").collect()[0]["t"]
     out = todo.mapInArrow(
         _generate_partition(conf, mid), spark_schema("dpo_candidates", OUT_COLUMNS)

@@ -249,7 +249,8 @@ def detect_text(spark, cfg, tables, ens: Ensemble, confs: list[dict]) -> dict[st
     if n == 0:
         return {"text_checked": 0}
     s = cfg.dpo.score
-    out = todo.repartition(max(1, min(spark.sparkContext.defaultParallelism, n))).mapInArrow(
+    par = max(1, min(spark.sparkContext.defaultParallelism, -(-n // s.batch_rows)))
+    out = todo.repartition(par).mapInArrow(
         _text_partition(s.text_detector, detector, s.text_threshold, confs[0]),
         spark_schema("sft_pool", TEXT_COLUMNS),
     )
@@ -288,7 +289,8 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     rows_in = todo.count()
     if rows_in == 0:
         return StageResult("dpo_score", 0, 0, {}, time.time() - t0, notes)
-    par = max(1, min(spark.sparkContext.defaultParallelism, rows_in))
+    # no task with less than one Arrow batch: each task loads the ensemble once
+    par = max(1, min(spark.sparkContext.defaultParallelism, -(-rows_in // s.batch_rows)))
     # one image's responses together: each image is decoded and encoded once per batch
     todo = todo.repartition(par, "pool_id").sortWithinPartitions("pool_id")
     started = spark.sql("SELECT current_timestamp() AS t").collect()[0]["t"]
