@@ -79,10 +79,13 @@ SPECS: dict[str, TableSpec] = {
                 ("errors", T.MapType(STRING, LONG)),
                 ("seconds", DOUBLE),
                 ("finished_at", TIMESTAMP),
-                # ok | partial (some bad records) | failed (file unreadable); first error text
+                # ok | partial (some bad records) | failed (file unreadable, retried) |
+                # unsupported_format (e.g. ARC, not retried); first error text
                 ("status", STRING),
                 ("error_message", STRING),
                 ("crawl_id", STRING),
+                # which entity rule a WAT got (decoded | raw, and why); null for WARC
+                ("wat_entities", STRING),
             ),
             "per input file: records read, pairs emitted, rejections and errors by reason",
         ),
@@ -501,8 +504,48 @@ class Tables:
             done = done.where(where)
         return source.join(done.select(*keys).distinct(), on=list(keys), how="left_anti")
 
+    def distinct(self, name: str, column: str) -> list:
+        """Distinct non-null values of a low-cardinality column (e.g. embeddings.model_id).
+
+        Path-based local tables answer from the Delta log's per-file min/max statistics
+        when every file holds one value (no data file is read: the usual case of one model
+        per commit); otherwise, and for catalog tables, a Spark DISTINCT.
+        """
+        if not self.exists(name):
+            return []
+        from laion_spark.storage import is_local
+
+        if not self.database and is_local(self.location(name)):
+            try:
+                import pyarrow as pa
+                from deltalake import DeltaTable
+
+                adds = pa.table(DeltaTable(self.location(name)).get_add_actions(flatten=True))
+                lo = adds.column(f"min.{column}").to_pylist()
+                hi = adds.column(f"max.{column}").to_pylist()
+                nulls = adds.column(f"null_count.{column}").to_pylist()
+                counts = adds.column("num_records").to_pylist()
+                if all(a is not None and a == b for a, b in zip(lo, hi, strict=True)) or all(
+                    n == c for n, c in zip(nulls, counts, strict=True)
+                ):
+                    return sorted({a for a in lo if a is not None})
+            except Exception:  # no statistics for the column: ask Spark
+                pass
+        rows = self.read(name).select(column).where(F.col(column).isNotNull()).distinct()
+        return sorted(r[0] for r in rows.collect())
+
     def version(self, name: str) -> int | None:
-        """Current Delta version of table `name` (None when it does not exist)."""
+        """Current Delta version of table `name` (None when it does not exist); read from the
+        log by delta-rs for local path tables (no Spark job), from history otherwise."""
+        from laion_spark.storage import is_local
+
+        if not self.database and is_local(self.location(name)):
+            from deltalake import DeltaTable
+
+            try:
+                return int(DeltaTable(self.location(name)).version())
+            except Exception:  # not a Delta table (yet)
+                return None
         if not self.exists(name):
             return None
         hist = self.delta(name).history(1).select("version").collect()

@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     except (StageOptionError, MissingExtra) as e:
         print(f"laion-spark: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a failed stage or command: say what, exit 1; -v shows where
+        if getattr(args, "verbose", False):
+            raise
+        print(f"laion-spark: {args.command} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        print("laion-spark: run again with -v for the traceback", file=sys.stderr)
+        return 1
 
 
 def job_main(stage: str, argv: list[str] | None = None) -> int:

@@ -222,8 +222,9 @@ def _wat_json(
         }
     else:
         links: list[dict] = []
-        # Common Crawl's WAT keeps attribute values as written in the HTML source, entities
-        # included (hence LAION's "&amp;" captions); the extractor decodes them
+        # written as Maven Central's webarchive-commons writes a WAT: attribute values as in
+        # the HTML source, entities included (Common Crawl's own generator decodes them since
+        # CC-MAIN-2019-26); extract.wat_entities=auto detects this file as raw and decodes once
         for src, alt in images:
             link = {"path": "IMG@/src", "url": html.escape(src, quote=True)}
             if alt is not None:

@@ -21,7 +21,7 @@ from laion_spark.download.settings import DownloadSettings
 from laion_spark.tables import SPECS, arrow_schema
 
 # statuses worth another try with --retry-failed (the server or network may recover)
-RETRYABLE_STATUSES = ("failed_to_download", "timeout", "http_error")
+RETRYABLE_STATUSES = ("failed_to_download", "timeout", "http_error", "empty_body")
 
 # the images columns a task yields (downloaded_at is added at commit time)
 OUTPUT_COLUMNS = [f.name for f in SPECS["images"].schema.fields if f.name != "downloaded_at"]

@@ -18,6 +18,9 @@ class EmbedSettings:
     batch_size: int = 256  # images per model forward pass
     arrow_batch_size: int = 1024  # rows per Arrow batch handed to the Python worker
     decode_threads: int = 2  # JPEG decode + preprocess threads per task, overlapped with compute
+    # cpu: PIL on the decode threads; device: JPEGs decoded and preprocessed where the model
+    # runs (nvJPEG on a GPU; models/device_decode.py), other formats on the CPU
+    decode: str = "cpu"
     # torch threads per task on CPU; 0 = spark.task.cpus (the task's cores)
     cpu_threads: int = 0
     max_image_pixels: int = 64_000_000  # refuse larger images (decompression bombs)
@@ -39,5 +42,6 @@ class EmbedSettings:
         require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
         require(self.arrow_batch_size >= 1, f"{p}.arrow_batch_size", "must be >= 1")
         require(self.decode_threads >= 1, f"{p}.decode_threads", "must be >= 1")
+        require(self.decode in ("cpu", "device"), f"{p}.decode", "must be cpu or device")
         require(self.cpu_threads >= 0, f"{p}.cpu_threads", "must be >= 0")
         require(self.max_image_pixels >= 1, f"{p}.max_image_pixels", "must be >= 1")

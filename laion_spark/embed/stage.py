@@ -77,6 +77,10 @@ class BatchEmbedder:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _decode_part(self, images: list[bytes | None]) -> list[Any]:
+        if self.cfg.decode == "device":
+            from laion_spark.models.device_decode import decode_on_device
+
+            return decode_on_device(self.clip, images)
         out: list[Any] = []
         for b in images:
             try:
@@ -111,7 +115,7 @@ class BatchEmbedder:
         try:
             if ok.any():
                 batch = torch.stack([x for x, o in zip(decoded, ok, strict=False) if o])
-                if self.clip.device.startswith("cuda"):
+                if self.clip.device.startswith("cuda") and not batch.is_cuda:
                     batch = batch.pin_memory()  # async host->device copy
                 img[ok] = self.clip.encode_image_tensor(batch)
             txt[:] = self.clip.encode_text([t or "" for t in texts])
