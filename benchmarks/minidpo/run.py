@@ -16,6 +16,8 @@ Per seed:
    accuracy (chosen has fewer hallucinations than rejected).
 
 Prints a markdown table (mean ± std over seeds) and one final `result:` line.
+Each finished seed is printed as one JSON line first; `--from-log FILE` rebuilds the table
+from those lines when a run was cut short.
 """
 
 from __future__ import annotations
@@ -242,32 +244,8 @@ def _ms(values: list[float]) -> str:
     return f"{m:.3f} ± {s:.3f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--pool", type=int, default=200, help="scenes in the SFT pool")
-    p.add_argument("--eval", type=int, default=200, help="held-out scenes per prompt")
-    p.add_argument("--sft-steps", type=int, default=400)
-    p.add_argument("--responses", type=int, default=6, help="sampled responses per prompt")
-    p.add_argument("--dpo-steps", type=int, default=150)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
-    args = p.parse_args(argv)
-
-    from laion_spark.config import load_config
-    from laion_spark.session import get_spark
-
-    base = Path(args.workdir or tempfile.mkdtemp(prefix="minidpo-"))
-    spark = get_spark(load_config("local", [f"workdir={base}"]))
-    t0 = time.time()
-    try:
-        runs = [one_seed(spark, args, seed, base) for seed in range(args.seeds)]
-    finally:
-        spark.stop()
-        if not args.workdir:
-            shutil.rmtree(base, ignore_errors=True)
+def summarize(runs: list[dict], seconds: float) -> None:
+    """The markdown table (mean ± std over seeds) and the final `result:` line."""
     print(
         "\n| model | decoding | CHAIR_s | CHAIR_i | all correct | shape errors / caption | "
         "position errors / caption |"
@@ -286,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nmined pairs per seed: {[m['pairs'] for m in mined]}; chosen better "
         f"{_ms([m['better'] for m in mined])}, tie {_ms([m['tie'] for m in mined])}, "
-        f"worse {_ms([m['worse'] for m in mined])}; total {time.time() - t0:.0f}s"
+        f"worse {_ms([m['worse'] for m in mined])}; total {seconds:.0f}s"
     )
 
     def mean(name, dec, key):
@@ -298,8 +276,48 @@ def main(argv: list[str] | None = None) -> int:
         f"chair_s_random_dpo={mean('random_dpo', 'greedy', 'chair_s'):.4f} "
         f"chair_i_before={mean('before', 'greedy', 'chair_i'):.4f} "
         f"chair_i_clip_dpo={mean('clip_dpo', 'greedy', 'chair_i'):.4f} "
-        f"pair_better={statistics.mean(m['better'] for m in mined):.4f} seeds={args.seeds}"
+        f"pair_better={statistics.mean(m['better'] for m in mined):.4f} seeds={len(runs)}"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pool", type=int, default=200, help="scenes in the SFT pool")
+    p.add_argument("--eval", type=int, default=200, help="held-out scenes per prompt")
+    p.add_argument("--sft-steps", type=int, default=400)
+    p.add_argument("--responses", type=int, default=6, help="sampled responses per prompt")
+    p.add_argument("--dpo-steps", type=int, default=150)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
+    p.add_argument(
+        "--from-log",
+        help="summarise the per-seed JSON lines an earlier (possibly interrupted) run printed",
+    )
+    args = p.parse_args(argv)
+    if args.from_log:
+        lines = Path(args.from_log).read_text().splitlines()
+        runs = [json.loads(ln) for ln in lines if ln.startswith('{"seed"')]
+        if not runs:
+            raise SystemExit(f"no finished seed in {args.from_log}")
+        summarize(runs, sum(r["seconds"] for r in runs))
+        return 0
+
+    from laion_spark.config import load_config
+    from laion_spark.session import get_spark
+
+    base = Path(args.workdir or tempfile.mkdtemp(prefix="minidpo-"))
+    spark = get_spark(load_config("local", [f"workdir={base}"]))
+    t0 = time.time()
+    try:
+        runs = [one_seed(spark, args, seed, base) for seed in range(args.seeds)]
+    finally:
+        spark.stop()
+        if not args.workdir:
+            shutil.rmtree(base, ignore_errors=True)
+    summarize(runs, time.time() - t0)
     return 0
 
 
