@@ -257,3 +257,25 @@ def test_tiny_llava_loads_and_samples(tiny_llava_dir):
     assert out == vlm.generate(images, ["Describe the image."] * 3, **kw)  # seeded
     with pytest.raises(ValueError, match="cannot decode"):
         vlm.decode(b"not an image")
+
+
+def test_cached_tiny_llava_has_one_id_on_driver_and_executors(
+    tiny_llava_dir, tmp_path, monkeypatch
+):
+    """Executors get the cache folder the driver resolved; both must record `tiny-llava@…`
+    (the demo failed with tiny-llava-v1@… vs tiny-llava@… before `name` was shipped)."""
+    import shutil
+
+    from laion_spark.dpo import tiny_llava
+    from laion_spark.dpo.generate import worker_config
+    from laion_spark.dpo.settings import GenerateSettings
+    from laion_spark.models.vlm import load_vlm, model_name
+
+    monkeypatch.setenv("LAION_SPARK_CACHE", str(tmp_path))
+    shutil.copytree(tiny_llava_dir, tiny_llava.cache_dir())  # built: no training here
+    gen = GenerateSettings(model="tiny-llava", device="cpu")
+    driver = load_vlm(gen)
+    executor_cfg = GenerateSettings(**worker_config(gen))
+    assert executor_cfg.model == str(tiny_llava.cache_dir())
+    executor = load_vlm(executor_cfg, name=model_name(gen.model))
+    assert driver.model_id == executor.model_id and driver.model_id.startswith("tiny-llava@")

@@ -141,7 +141,7 @@ def generate_units(vlm, gen_cfg, units: list[dict]) -> list[dict]:
     return out
 
 
-def _generate_partition(gen_conf: dict, model_id: str):
+def _generate_partition(gen_conf: dict, model_id: str, name: str):
     """mapInArrow function over (pool_id, template, prompt, image) rows."""
 
     def fn(batches):
@@ -150,7 +150,7 @@ def _generate_partition(gen_conf: dict, model_id: str):
         from laion_spark.models.vlm import load_vlm
 
         gen_cfg = GenerateSettings(**gen_conf)
-        vlm = load_vlm(gen_cfg)  # once per Python worker
+        vlm = load_vlm(gen_cfg, name=name)  # once per Python worker
         if vlm.model_id != model_id:
             raise RuntimeError(
                 f"executor loaded {vlm.model_id}, driver expected {model_id}: point "
@@ -198,7 +198,7 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     from pyspark.sql import functions as F
 
     from laion_spark.dpo.pool import pool_from_images
-    from laion_spark.models.vlm import load_vlm
+    from laion_spark.models.vlm import load_vlm, model_name
     from laion_spark.session import ARROW_BATCH_ROWS, session_conf
     from laion_spark.tables import spark_schema
 
@@ -231,7 +231,8 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     todo = todo.repartition(max(1, min(par, -(-rows_in // gen_cfg.batch_size))))
     started = spark.sql("SELECT current_timestamp() AS t").collect()[0]["t"]
     out = todo.mapInArrow(
-        _generate_partition(conf, mid), spark_schema("dpo_candidates", OUT_COLUMNS)
+        _generate_partition(conf, mid, model_name(gen_cfg.model)),
+        spark_schema("dpo_candidates", OUT_COLUMNS),
     ).withColumn("generated_at", F.current_timestamp())
     redo = (
         tables.read("dpo_candidates")

@@ -154,13 +154,22 @@ def model_directory(name: str) -> str:
     )
 
 
-def load_vlm(gen_cfg: Any, device: str | None = None) -> LoadedVlm:
-    """Load (once per process) the model `gen_cfg.model` names (dpo.generate settings)."""
+def model_name(model: str) -> str:
+    """The name part of `model_id`: "tiny-llava", else the hub id's or directory's last part."""
+    return TINY_NAME if model == TINY_NAME else model.rstrip("/").rsplit("/", 1)[-1]
+
+
+def load_vlm(gen_cfg: Any, device: str | None = None, name: str | None = None) -> LoadedVlm:
+    """Load (once per process) the model `gen_cfg.model` names (dpo.generate settings).
+
+    `name` overrides the name part of `model_id`: executors get the directory the driver
+    resolved (tiny-llava's cache folder) and must still record the driver's id.
+    """
     directory = model_directory(gen_cfg.model)
     dev = resolve_device(device or gen_cfg.device)
     prec = resolve_precision(gen_cfg.precision, dev)
-    key = ("vlm", directory, dev, prec, gen_cfg.max_image_pixels)
-    name = TINY_NAME if gen_cfg.model == TINY_NAME else gen_cfg.model.rstrip("/").rsplit("/", 1)[-1]
+    name = name or model_name(gen_cfg.model)
+    key = ("vlm", directory, name, dev, prec, gen_cfg.max_image_pixels)
     return cached(key, lambda: _load(directory, name, dev, prec, gen_cfg.max_image_pixels))
 
 
