@@ -19,11 +19,13 @@ from laion_spark.curate.settings import CurateSettings
 from laion_spark.download.settings import DownloadSettings
 from laion_spark.dpo.settings import DpoSettings
 from laion_spark.embed.settings import EmbedSettings
+from laion_spark.export.settings import ExportSettings
 from laion_spark.extract.settings import ExtractSettings
 from laion_spark.index.settings import IndexSettings
 from laion_spark.score.settings import ScoreSettings
 from laion_spark.serve.settings import ServeSettings
 from laion_spark.settings import ConfigError, from_dict, require
+from laion_spark.takedown.settings import TakedownSettings
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ class Config:
     curate: CurateSettings = field(default_factory=CurateSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    takedown: TakedownSettings = field(default_factory=TakedownSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
     dpo: DpoSettings = field(default_factory=DpoSettings)
 
     @property

@@ -89,3 +89,84 @@ def local_copy(path: str, cache_dir: str) -> str:
         fs.get_file(p, target + ".tmp")
         os.replace(target + ".tmp", target)
     return target
+
+
+# --- shard writing (export): temporary names renamed when complete -------------------------
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_name(path: str, token: str) -> str:
+    """`dir/.name.tmp-token`: hidden, so no reader's `*.tar` / `*.npy` pattern matches it."""
+    head, _, name = path.rpartition("/")
+    return f"{head}/.{name}{TMP_MARK}{token}" if head else f".{name}{TMP_MARK}{token}"
+
+
+def is_tmp_name(path: str) -> bool:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return name.startswith(".") and TMP_MARK in name
+
+
+def rename(src: str, dst: str) -> None:
+    """Move `src` to `dst` (atomic on local filesystems; copy + delete on object stores,
+    where the final name still appears only once its content is complete)."""
+    fs, s = fs_path(src)
+    d = fs_path(dst)[1]
+    if is_local(src):
+        os.replace(s, d)
+    else:
+        fs.mv(s, d)
+
+
+def remove(path: str) -> None:
+    fs, p = fs_path(path)
+    try:
+        fs.rm(p)
+    except FileNotFoundError:
+        pass
+
+
+def makedirs(path: str) -> None:
+    fs, p = fs_path(path)
+    fs.makedirs(p, exist_ok=True)
+
+
+def list_files(path: str) -> dict[str, int]:
+    """Every file under folder `path` (recursively): path relative to it -> size in bytes."""
+    fs, p = fs_path(path)
+    if not fs.exists(p):
+        return {}
+    root = p.rstrip("/")
+    out = {}
+    for name, info in fs.find(root, detail=True).items():
+        rel = name[len(root) :].lstrip("/") if name.startswith(root) else name
+        out[rel] = int(info.get("size") or 0)
+    return out
+
+
+class AtomicFile:
+    """A file written under a temporary name in its final folder; `commit()` renames it.
+
+    A writer killed before `commit` leaves only the hidden temporary file (removed by the
+    next run), never a partial file under the final name.
+    """
+
+    def __init__(self, path: str, token: str):
+        self.path = path
+        self.tmp = tmp_name(path, token)
+        fs, p = fs_path(self.tmp)
+        fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+        self.file = fs.open(p, "wb")
+
+    def commit(self) -> int:
+        """Close and rename to the final name; returns the file's size."""
+        self.file.close()
+        n = size(self.tmp)
+        rename(self.tmp, self.path)
+        return n
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            remove(self.tmp)

@@ -3,7 +3,8 @@
 Locally (and on S3/DBFS paths) a table is a Delta folder `<tables_root>/<name>`; with
 `tables.database` set (Databricks Unity Catalog, Glue) it is the catalog table
 `<database>.<name>`. Every table carries `sample_id` (see laion_spark.ids), except the
-bookkeeping tables keyed otherwise (`extract_stats`, `runs`, `takedowns`, `index_manifest`).
+bookkeeping tables keyed otherwise (`extract_stats`, `runs`, `takedowns`, `purges`,
+`index_manifest`).
 
 `SPECS` is the contract: Spark schemas (`spark_schema`) and Arrow schemas (`arrow_schema`)
 of what stages write are derived from it, never written out again.
@@ -11,15 +12,21 @@ of what stages write are derived from it, never written out again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from laion_spark.config import Config
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 STRING, INT, LONG = T.StringType(), T.IntegerType(), T.LongType()
 FLOAT, DOUBLE, BINARY, TIMESTAMP = T.FloatType(), T.DoubleType(), T.BinaryType(), T.TimestampType()
@@ -109,8 +116,12 @@ SPECS: dict[str, TableSpec] = {
                 ("num_bytes", LONG),
                 ("fetch_seconds", DOUBLE),
                 ("downloaded_at", TIMESTAMP),
+                # PDQ perceptual hash of the stored image (64 hex digits) and its quality
+                # (0-100; below 50 the hash is unreliable), matched by `takedown --kind pdq`
+                ("pdq", STRING),
+                ("pdq_quality", INT),
             ),
-            "one row per candidate: status, error message, resized encoded image bytes",
+            "one row per candidate: status, error message, resized encoded image bytes, PDQ hash",
         ),
         TableSpec(
             "embeddings",
@@ -118,6 +129,9 @@ SPECS: dict[str, TableSpec] = {
             _schema(
                 ("sample_id", STRING),
                 ("model_id", STRING),
+                # the text tower of text_embedding/similarity: model_id's own, or the
+                # multilingual tower of the caption's language group (null: model_id's own)
+                ("text_model_id", STRING),
                 ("image_embedding", T.ArrayType(FLOAT)),
                 ("text_embedding", T.ArrayType(FLOAT)),
                 ("similarity", FLOAT),
@@ -125,7 +139,10 @@ SPECS: dict[str, TableSpec] = {
                 ("error_message", STRING),
                 ("embedded_at", TIMESTAMP),
             ),
-            "L2-normalised CLIP image/text embeddings and their cosine similarity, per model",
+            "L2-normalised CLIP image/text embeddings and their cosine similarity, per image "
+            "model; `text_model_id` is the text tower that embedded the caption (the model's "
+            "own, or the multilingual tower of its language group; null in rows written "
+            "before the column existed: the model's own)",
         ),
         TableSpec(
             "scores",
@@ -196,8 +213,67 @@ SPECS: dict[str, TableSpec] = {
                 ("reason", STRING),
                 ("removed", T.MapType(STRING, LONG)),
                 ("requested_at", TIMESTAMP),
+                # the resolution, taken before anything is deleted: everything derived from
+                # the matched samples, so merge, search, export and purge honour it later
+                ("sample_ids", T.ArrayType(STRING)),
+                ("faiss_ids", T.MapType(STRING, T.ArrayType(LONG))),  # index name -> ids
+                ("shards", T.MapType(STRING, T.ArrayType(STRING))),  # index name -> shards
+                ("sha256", T.ArrayType(STRING)),
+                ("pdq", T.ArrayType(STRING)),
+                ("url_hashes", T.ArrayType(STRING)),  # sha256 of each normalised URL
+                ("max_distance", INT),  # pdq: Hamming distance the match used
+                ("resolved_at", TIMESTAMP),
+                # set by purge (the value of a url request is then kept only as sha256:<hex>)
+                ("purge_id", STRING),
+                ("purged_at", TIMESTAMP),
             ),
-            "takedown requests (url, domain, sha256, md5, sample_id) and what they removed",
+            "takedown requests (url, domain, sha256, md5, pdq, sample_id), their resolution "
+            "to every derived id, and what they removed",
+        ),
+        TableSpec(
+            "purges",
+            ("purge_id",),
+            _schema(
+                ("purge_id", STRING),
+                ("request_ids", T.ArrayType(STRING)),
+                ("samples", LONG),
+                # table -> data files VACUUM deleted; table -> log files removed before the
+                # checkpoint (old versions, whose stats hold column prefixes)
+                ("files_removed", T.MapType(STRING, LONG)),
+                ("log_files_removed", T.MapType(STRING, LONG)),
+                ("retain_hours", DOUBLE),
+                ("index_files", T.ArrayType(STRING)),  # "rewritten|deleted: <path>"
+                ("exports", T.ArrayType(STRING)),  # "rewritten|deleted|listed: <path> (why)"
+                ("complete", T.BooleanType()),
+                ("notes", STRING),
+                ("started_at", TIMESTAMP),
+                ("seconds", DOUBLE),
+            ),
+            "purges: what `laion-spark purge` physically erased (Delta files, old log "
+            "versions, index shards and merged files, export shards) for which requests",
+        ),
+        TableSpec(
+            "exports",
+            ("export_id",),
+            _schema(
+                # 16 hex of sha256(target): one row per target, describing what is there now
+                ("export_id", STRING),
+                ("subset", STRING),
+                # webdataset | laion | parquet | uids (export.formats); a reshard writes webdataset
+                ("format", STRING),
+                ("target", STRING),
+                # every file the export wrote, as full paths (shards and their metadata)
+                ("shard_paths", T.ArrayType(STRING)),
+                ("sample_count", LONG),
+                ("created_at", TIMESTAMP),
+                ("manifest_path", STRING),
+                # sha256 of the inputs (Delta versions read, options): equal = nothing to do
+                ("inputs_digest", STRING),
+                ("delta_versions", T.MapType(STRING, LONG)),
+            ),
+            "exported shard sets (WebDataset, LAION format, parquet, uids) and where they are, "
+            "so a takedown can find the shards that hold a sample (each shard's parquet lists "
+            "its sample_ids)",
         ),
         TableSpec(
             "sft_pool",
@@ -358,6 +434,10 @@ class Tables:
     returns Delta's own operation metrics, so callers never count twice.
     """
 
+    # how many times a MERGE is tried when concurrent writers keep committing first
+    commit_attempts = 5
+    retry_backoff_s = 0.5
+
     def __init__(self, spark: SparkSession, cfg: Config):
         self.spark = spark
         self.cfg = cfg
@@ -440,14 +520,22 @@ class Tables:
         """
         keys = tuple(keys or SPECS[name].keys)
         src = df.dropDuplicates(list(keys)) if dedup else df
-        self._create_for(src, name)
-        cond = _key_condition(keys)
         cols = {f"`{c}`": f"s.`{c}`" for c in src.columns}
-        merge = self.delta(name).alias("t").merge(src.alias("s"), cond).withSchemaEvolution()
         updates = {k: v for k, v in cols.items() if k.strip("`") not in keys}
-        if update and updates:
-            merge = merge.whenMatchedUpdate(set=updates)
-        return _metrics(merge.whenNotMatchedInsert(values=cols).execute())
+
+        def attempt() -> dict[str, int]:
+            self._create_for(src, name)
+            merge = (
+                self.delta(name)
+                .alias("t")
+                .merge(src.alias("s"), _key_condition(keys))
+                .withSchemaEvolution()
+            )
+            if update and updates:
+                merge = merge.whenMatchedUpdate(set=updates)
+            return _metrics(merge.whenNotMatchedInsert(values=cols).execute())
+
+        return self._committed(name, "upsert", attempt)
 
     def replace(
         self, df: DataFrame, name: str, scope: dict[str, Any], keys: Sequence[str] | None = None
@@ -458,17 +546,49 @@ class Tables:
         are deleted; rows outside the scope are never touched. `df` must lie in the scope.
         """
         keys = tuple(keys or SPECS[name].keys)
-        self._create_for(df, name)
         in_scope = F.lit(True)
         for col, value in scope.items():
             in_scope = in_scope & (F.col(f"t.`{col}`") == F.lit(value))
         cols = {f"`{c}`": f"s.`{c}`" for c in df.columns}
         updates = {k: v for k, v in cols.items() if k.strip("`") not in keys}
-        merge = self.delta(name).alias("t").merge(df.alias("s"), _key_condition(keys))
-        if updates:
-            merge = merge.whenMatchedUpdate(set=updates)
-        merge = merge.whenNotMatchedInsert(values=cols)
-        return _metrics(merge.whenNotMatchedBySourceDelete(condition=in_scope).execute())
+
+        def attempt() -> dict[str, int]:
+            self._create_for(df, name)
+            merge = self.delta(name).alias("t").merge(df.alias("s"), _key_condition(keys))
+            if updates:
+                merge = merge.whenMatchedUpdate(set=updates)
+            merge = merge.whenNotMatchedInsert(values=cols)
+            return _metrics(merge.whenNotMatchedBySourceDelete(condition=in_scope).execute())
+
+        return self._committed(name, "replace", attempt)
+
+    def _committed(self, name: str, what: str, attempt: Callable[[], _T]) -> _T:
+        """Run one MERGE under Delta's optimistic concurrency: when another writer committed
+        to `name` between our read and our commit, Delta refuses ours; run it again from the
+        new version (the MERGE re-reads the table, so its join and any anti-join the source
+        was built with are recomputed, and rows the other writer added are matched, not
+        duplicated). After `commit_attempts` refusals, stop with a message that says so."""
+        for n in range(1, self.commit_attempts + 1):
+            try:
+                return attempt()
+            except Exception as e:  # noqa: BLE001 - only commit conflicts are retried
+                conflict = _conflict_name(e)
+                if conflict is None:
+                    raise
+                if n >= self.commit_attempts:
+                    raise TableConflictError(
+                        f"{what} of table {name} ({self.location(name)}) lost the commit to "
+                        f"another writer {n} time(s) ({conflict}); another run is writing this "
+                        "table: let it finish (or stop it), then run this stage again, which "
+                        "resumes where the other stopped"
+                    ) from e
+                log.warning(
+                    "%s of table %s: another writer committed first (%s); retrying (%d/%d)",
+                    what, name, conflict, n, self.commit_attempts - 1,
+                )
+                # back off with jitter so two losers do not collide again in lockstep
+                time.sleep(self.retry_backoff_s * n * (1 + random.random()))
+        raise AssertionError("unreachable")
 
     def delete(self, name: str, keys: DataFrame) -> dict[str, int]:
         """Delete the rows of `name` whose key columns (the columns of `keys`) match a row of
@@ -566,6 +686,38 @@ class Tables:
                 }
             )
         return out
+
+
+class TableConflictError(RuntimeError):
+    """Another writer kept committing to the table first (Delta optimistic concurrency)."""
+
+
+# Delta's commit-conflict exceptions (Python classes in delta.exceptions; the Java names
+# match what a plain Py4JJavaError carries, e.g. a racing first commit of a new table)
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "ConcurrentWriteException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+    "DeltaConcurrentModificationException",
+)
+
+
+def _conflict_name(e: BaseException) -> str | None:
+    """The Delta conflict `e` is (its class name), or None when it is some other error."""
+    for cls in type(e).__mro__:
+        if cls.__name__ in _CONFLICTS:
+            return cls.__name__
+    text = str(e)
+    for name in _CONFLICTS:
+        if name in text.split("\n", 1)[0] or f"delta.exceptions.{name}" in text:
+            return name
+    if "FileAlreadyExistsException" in text and "_delta_log" in text:
+        return "FileAlreadyExistsException (a concurrent commit of the same version)"
+    return None
 
 
 def _key_condition(keys: Iterable[str]) -> str:

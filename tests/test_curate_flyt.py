@@ -163,3 +163,42 @@ def test_semdedup_stage_removes_planted_near_duplicates(spark, tables, make_cfg)
     assert all((a in kept) != (b in kept) for a, b in pairs)
     assert len(kept) == n
     assert res.notes["semdedup_kept_fraction"] == round(n / (n + 30), 4)
+
+
+def test_near_duplicate_counts_size_each_planted_group():
+    from laion_spark.curate.dedup import near_duplicate_counts
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(40, 16))
+    groups = [0] * 6 + [1] * 3 + list(range(2, 40))  # sample 0 six times, sample 1 three times
+    x = base[groups] + 0.005 * rng.normal(size=(len(groups), 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    got = near_duplicate_counts(x.astype(np.float32), eps=0.02, block=7)
+    want = np.array([groups.count(g) for g in groups])
+    np.testing.assert_array_equal(got, want)
+    # eps 0: nothing is a near-duplicate of anything else, every row counts itself once
+    assert (near_duplicate_counts(x.astype(np.float32), eps=0.0) == 1).all()
+
+
+def test_flyt_early_stopping_keeps_the_best_head_and_takes_several_tasks():
+    img, txt, bad, (t_img, t_lab, protos) = _pool()
+    # two downstream tasks: the 4-way prototype task and a 2-way task over its halves
+    tasks = [(t_img, t_lab, protos), (t_img, t_lab % 2, protos[:2])]
+    s = FlytSettings(
+        steps=400, batch_size=64, lr=3e-2, hidden=16, inner_lr=0.5, temperature=0.1,
+        patience=3, eval_every=10, val_batches=4,
+    )  # fmt: skip
+    model = flyt.train_flyt_tasks(img, txt, tasks, s, seed=0)
+    info = model.info
+    gains = [g for _, g in info["evals"]]
+    assert info["best_val_gain"] == max(gains)
+    assert info["best_step"] == info["evals"][int(np.argmax(gains))][0]
+    # stopped by patience: exactly `patience` evaluations after the best one
+    if info["steps"] < s.steps:
+        assert len(gains) - 1 - int(np.argmax(gains)) == s.patience
+    assert max(gains) > 0  # the learned weights beat uniform weights on held-out images
+    sc = model(np.concatenate([img, txt], 1))
+    assert sc[~bad].mean() > sc[bad].mean() + 0.5 * sc.std()
+    # same seed, same head
+    again = flyt.train_flyt_tasks(img, txt, tasks, s, seed=0)
+    np.testing.assert_array_equal(again(np.concatenate([img, txt], 1)), sc)

@@ -1,29 +1,249 @@
-"""Generated mini-DataComp pool with realistic noise, and the held-out evaluation tasks.
+"""The mini-DataComp world: generated image-caption pairs with web-data noise in known
+proportions, a long tail of rare concepts, and the held-out evaluation/task sets.
 
-Noise kinds (recorded per sample in `kind`): clean, mismatched (caption of other
-attributes), near_duplicate (a re-render of an earlier sample with pixel noise, same
-caption, new URL), off_topic (no shape drawn: background or noise, with a shape caption),
-low_info (caption like "IMG_0042.jpg" or "photo"). Sizes and languages vary so the
-DataComp basic filter has something to remove.
+A concept is (colour, shape, position, background). Shapes follow a Zipf law (the rarest
+shapes are a few hundred samples in a 24k pool), colours a milder one, so that "rare
+concept" is a measurable thing: the balanced shape task weighs every shape equally.
+
+Noise kinds (recorded per sample in `Pool.kinds`, proportions in NOISE):
+  clean           the caption describes the image
+  partial         correct but names one attribute only ("a red thing", "a star")
+  mismatched      the caption of different attributes (colour and shape both wrong)
+  near_duplicate  a re-upload of an earlier sample (pixel noise, same or re-templated
+                  caption); sources are chosen by preferential attachment, so a few
+                  images are copied many times (heavy-tailed duplicate clusters)
+  off_topic       no object drawn (plain, noise or stripe texture) under a shape caption
+  low_info        "IMG_0042.jpg", "photo", "click to enlarge" on a real image
+  watermark       a real pair with a stock-photo watermark grid painted over the image
+  unsafe          a checkerboard "unsafe" picture (stands in for NSFW content) with a
+                  shape caption: bad data a safety head should catch
+Independent of kind: 8% of captions are German/French (same facts in other words) and 12%
+have sizes the DataComp basic filter rejects (small or extreme aspect).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from laion_spark.demo.synthetic import (
-    BACKGROUNDS,
-    COLORS,
-    SHAPES,
-    make_samples,
-    random_attributes,
-    render,
-)
+PIX = 32
 
-PIX = 20  # images are rendered at PIX x PIX: enough for colour and coarse shape
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (30, 70, 220),
+    "yellow": (235, 215, 30),
+    "purple": (140, 40, 170),
+    "orange": (245, 140, 20),
+    "black": (15, 15, 15),
+    "white": (245, 245, 245),
+}
+SHAPES = [
+    "circle", "square", "triangle", "star", "cross", "ring",
+    "diamond", "hexagon", "crescent", "arrow", "frame", "bar",
+]  # fmt: skip
+POSITIONS = ["left", "right", "top", "bottom", "center"]
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "gray": (128, 128, 128),
+    "sky": (170, 200, 235),
+    "sand": (215, 195, 150),
+    "dark": (40, 40, 55),
+}
+# frequency ranks: a fixed shuffle so the rare shapes are not simply the last-drawn ones
+SHAPE_RANK = ["square", "circle", "triangle", "cross", "ring", "star",
+              "bar", "diamond", "frame", "hexagon", "arrow", "crescent"]  # fmt: skip
+COLOR_RANK = ["red", "blue", "black", "white", "green", "yellow", "orange", "purple"]
+SHAPE_ZIPF, COLOR_ZIPF = 1.3, 0.6
+TAIL_SHAPES = SHAPE_RANK[-4:]  # the four rarest shapes (reported separately)
+
+NOISE = {
+    "clean": 0.40,
+    "partial": 0.04,
+    "mismatched": 0.18,
+    "near_duplicate": 0.12,
+    "off_topic": 0.12,
+    "low_info": 0.10,
+    "watermark": 0.02,
+    "unsafe": 0.02,
+}
+_TEMPLATES = [
+    "a {color} {shape} on the {position}",
+    "photo of a {color} {shape} at the {position}",
+    "a {color} {shape} placed {position}, {bg} background",
+    "{color} {shape} in the {position} of the picture",
+    "an image with a {color} {shape} on the {position}",
+    "a {color} {shape} on a {bg} background",
+    "{color} {shape}, {position}",
+]
+_LOW_INFO = ["photo", "image", "untitled", "click to enlarge", "download", "picture"]
+_FOREIGN = {
+    "de": {
+        "red": "rot", "green": "grün", "blue": "blau", "yellow": "gelb", "purple": "lila",
+        "orange": "orangefarben", "black": "schwarz", "white": "weiß", "circle": "Kreis",
+        "square": "Quadrat", "triangle": "Dreieck", "star": "Stern", "cross": "Kreuz",
+        "ring": "Reif", "diamond": "Raute", "hexagon": "Sechseck", "crescent": "Mondsichel",
+        "arrow": "Pfeil", "frame": "Rahmen", "bar": "Balken", "left": "links",
+        "right": "rechts", "top": "oben", "bottom": "unten", "center": "Mitte",
+    },
+    "fr": {
+        "red": "rouge", "green": "vert", "blue": "bleu", "yellow": "jaune",
+        "purple": "violet", "orange": "orangé", "black": "noir", "white": "blanc",
+        "circle": "cercle", "square": "carré", "triangle": "triangle", "star": "étoile",
+        "cross": "croix", "ring": "anneau", "diamond": "losange", "hexagon": "hexagone",
+        "crescent": "croissant", "arrow": "flèche", "frame": "cadre", "bar": "barre",
+        "left": "gauche", "right": "droite", "top": "haut", "bottom": "bas",
+        "center": "centre",
+    },
+}  # fmt: skip
+_FOREIGN_TEMPLATE = {
+    "de": "ein {shape} in {color}, {position}",
+    "fr": "un {shape} {color}, {position}",
+}
+
+
+@dataclass(frozen=True)
+class Attrs:
+    color: str
+    shape: str
+    position: str
+    background: str
+
+    def caption(self, rng: random.Random) -> str:
+        t = rng.choice(_TEMPLATES)
+        return t.format(
+            color=self.color, shape=self.shape, position=self.position, bg=self.background
+        )
+
+
+def _zipf(names: list[str], s: float) -> np.ndarray:
+    p = 1.0 / np.arange(1, len(names) + 1) ** s
+    return p / p.sum()
+
+
+SHAPE_P = dict(zip(SHAPE_RANK, _zipf(SHAPE_RANK, SHAPE_ZIPF), strict=True))
+COLOR_P = dict(zip(COLOR_RANK, _zipf(COLOR_RANK, COLOR_ZIPF), strict=True))
+
+
+def draw_attrs(rng: random.Random, balanced: bool = False) -> Attrs:
+    """Pool distribution (Zipf shapes and colours) or, `balanced`, uniform attributes."""
+    if balanced:
+        shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+    else:
+        shape = rng.choices(SHAPE_RANK, weights=[SHAPE_P[s] for s in SHAPE_RANK])[0]
+        color = rng.choices(COLOR_RANK, weights=[COLOR_P[c] for c in COLOR_RANK])[0]
+    bgs = [b for b in BACKGROUNDS if not (b == "dark" and color == "black")]
+    return Attrs(color, shape, rng.choice(POSITIONS), rng.choice(bgs))
+
+
+def _poly(cx: float, cy: float, r: float, n: int, rot: float = 0.0) -> list[tuple[float, float]]:
+    return [
+        (cx + r * math.cos(rot + 2 * math.pi * i / n), cy + r * math.sin(rot + 2 * math.pi * i / n))
+        for i in range(n)
+    ]
+
+
+def render(a: Attrs, seed: int, size: int = PIX) -> np.ndarray:
+    """The attributes drawn as float32 [size*size*3] in [0, 1] (jittered, deterministic)."""
+    rng = random.Random(seed)
+    bgc = BACKGROUNDS[a.background]
+    bg = tuple(max(0, min(255, c + rng.randint(-14, 14))) for c in bgc)
+    img = Image.new("RGB", (size, size), bg)  # type: ignore[arg-type]
+    d = ImageDraw.Draw(img)
+    q, h = size / 4, size / 2
+    cx, cy = {
+        "left": (q, h), "right": (3 * q, h), "top": (h, q), "bottom": (h, 3 * q),
+        "center": (h, h),
+    }[a.position]  # fmt: skip
+    cx += rng.uniform(-size * 0.05, size * 0.05)
+    cy += rng.uniform(-size * 0.05, size * 0.05)
+    r = size * rng.uniform(0.15, 0.21)
+    col = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLORS[a.color])
+    box = [cx - r, cy - r, cx + r, cy + r]
+    s = a.shape
+    if s == "circle":
+        d.ellipse(box, fill=col)
+    elif s == "square":
+        d.rectangle(box, fill=col)
+    elif s == "triangle":
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=col)
+    elif s == "star":
+        pts = []
+        for i in range(10):
+            ang = math.pi / 2 + i * math.pi / 5
+            rr = r if i % 2 == 0 else r * 0.45
+            pts.append((cx + rr * math.cos(ang), cy - rr * math.sin(ang)))
+        d.polygon(pts, fill=col)
+    elif s == "cross":
+        w = r * 0.35
+        d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=col)
+        d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=col)
+    elif s == "ring":
+        d.ellipse(box, outline=col, width=max(2, int(r * 0.35)))
+    elif s == "diamond":
+        d.polygon(_poly(cx, cy, r, 4, math.pi / 2), fill=col)
+    elif s == "hexagon":
+        d.polygon(_poly(cx, cy, r, 6), fill=col)
+    elif s == "crescent":
+        d.ellipse(box, fill=col)
+        o = r * 0.55
+        d.ellipse([cx - r + o, cy - r, cx + r + o, cy + r], fill=bg)
+    elif s == "arrow":
+        w = r * 0.3
+        d.rectangle([cx - r, cy - w, cx + 0.1 * r, cy + w], fill=col)
+        d.polygon(
+            [(cx + r, cy), (cx + 0.1 * r, cy - r * 0.8), (cx + 0.1 * r, cy + r * 0.8)], fill=col
+        )
+    elif s == "frame":
+        d.rectangle(box, outline=col, width=max(2, int(r * 0.3)))
+    elif s == "bar":
+        d.rectangle([cx - r, cy - r * 0.3, cx + r, cy + r * 0.3], fill=col)
+    return np.asarray(img, np.float32).reshape(-1) / 255.0
+
+
+def _texture(rng: random.Random, nrng: np.random.Generator, size: int = PIX) -> np.ndarray:
+    """An off-topic picture: plain background, noise, or stripes, no object."""
+    r = rng.random()
+    bg = np.array(BACKGROUNDS[rng.choice(list(BACKGROUNDS))], np.float32) / 255.0
+    if r < 0.4:
+        arr = np.ones((size, size, 3), np.float32) * bg + nrng.normal(0, 0.03, (size, size, 3))
+    elif r < 0.7:
+        arr = nrng.random((size, size, 3)).astype(np.float32)
+    else:
+        period = rng.randint(3, 8)
+        stripe = (np.arange(size) // period % 2).astype(np.float32)
+        c = np.array(COLORS[rng.choice(list(COLORS))], np.float32) / 255.0
+        mask = stripe[None, :, None] if rng.random() < 0.5 else stripe[:, None, None]
+        arr = np.where(mask > 0, c, bg) * np.ones((size, size, 3), np.float32)
+    return np.clip(arr, 0, 1).reshape(-1).astype(np.float32)
+
+
+def watermark(px: np.ndarray, size: int = PIX) -> np.ndarray:
+    """A semi-transparent white diagonal grid over the image (stock-photo style)."""
+    img = px.reshape(size, size, 3).copy()
+    yy, xx = np.mgrid[0:size, 0:size]
+    mask = ((xx + yy) % 8 < 2) | ((xx - yy) % 8 < 2)
+    img[mask] = 0.45 * img[mask] + 0.55
+    return img.reshape(-1)
+
+
+def unsafe_picture(rng: random.Random, size: int = PIX) -> np.ndarray:
+    """The stand-in for NSFW content: a magenta/black checkerboard of random cell size."""
+    cell = rng.randint(3, 6)
+    yy, xx = np.mgrid[0:size, 0:size]
+    chk = ((xx // cell + yy // cell) % 2).astype(np.float32)[..., None]
+    mag = np.array([0.9, 0.1, 0.7], np.float32)
+    return (chk * mag + (1 - chk) * 0.05).astype(np.float32).reshape(-1)
+
+
+def foreign_caption(a: Attrs, lang: str) -> str:
+    w = _FOREIGN[lang]
+    return _FOREIGN_TEMPLATE[lang].format(
+        color=w[a.color], shape=w[a.shape], position=w[a.position]
+    )
 
 
 @dataclass
@@ -32,94 +252,153 @@ class Pool:
     texts: list[str]
     pixels: np.ndarray  # [n, PIX*PIX*3] float32 in [0, 1]
     kinds: list[str]
+    attrs: list[Attrs | None]  # what the IMAGE shows (None: no object)
+    dup_of: np.ndarray  # index of the copied sample, -1 if not a near-duplicate
     language: list[str]
     width: list[int]
     height: list[int]
 
 
-def pixels(img) -> np.ndarray:
-    return np.asarray(img, np.float32).reshape(-1) / 255.0
-
-
 def make_pool(n: int, seed: int = 0) -> Pool:
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
-    base = make_samples(n, seed=seed, mismatch_rate=0.25)
-    texts, pix, kinds = [], [], []
-    for i, s in enumerate(base):
-        r = rng.random()
-        if i > 20 and r < 0.15:  # near-duplicate of an earlier sample
-            j = rng.randrange(i)
+    kinds_all = list(NOISE)
+    weights = [NOISE[k] for k in kinds_all]
+    texts: list[str] = []
+    pix: list[np.ndarray] = []
+    kinds: list[str] = []
+    attrs: list[Attrs | None] = []
+    dup_of = np.full(n, -1, np.int64)
+    copied: list[int] = []  # preferential attachment: a copied source is copied again
+    originals: list[int] = []
+    for i in range(n):
+        kind = rng.choices(kinds_all, weights=weights)[0]
+        if kind == "near_duplicate" and not originals:
+            kind = "clean"
+        if kind == "near_duplicate":
+            j = rng.choice(copied) if copied and rng.random() < 0.6 else rng.choice(originals)
+            copied.append(j)
+            dup_of[i] = j
             p = pix[j] + nrng.normal(0, 0.02, pix[j].shape).astype(np.float32)
-            texts.append(texts[j])
             pix.append(np.clip(p, 0, 1))
-            kinds.append("near_duplicate")
+            a = attrs[j]
+            keep = rng.random() < 0.7 or a is None
+            texts.append(texts[j] if keep else a.caption(rng))  # type: ignore[union-attr]
+            attrs.append(a)
+            kinds.append(kind)
             continue
-        if r < 0.25:  # off-topic: nothing drawn, but a caption that names a shape
-            bg = BACKGROUNDS[rng.choice(list(BACKGROUNDS))]
-            arr = np.ones((PIX, PIX, 3), np.float32) * np.array(bg, np.float32) / 255.0
-            if rng.random() < 0.5:
-                arr = nrng.random((PIX, PIX, 3)).astype(np.float32)
-            texts.append(random_attributes(rng).caption(rng))
-            pix.append(arr.reshape(-1))
-            kinds.append("off_topic")
-            continue
-        img = pixels(render(s.attrs, PIX, s.image_seed))
-        if r < 0.35:
-            texts.append(
-                rng.choice(["photo", "image", f"IMG_{rng.randrange(10000):04d}.jpg", "untitled"])
-            )
-            kinds.append("low_info")
+        a = draw_attrs(rng)
+        img_seed = rng.randrange(2**31)
+        if kind == "off_topic":
+            pix.append(_texture(rng, nrng))
+            texts.append(a.caption(rng))
+            attrs.append(None)
+        elif kind == "unsafe":
+            pix.append(unsafe_picture(rng))
+            texts.append(a.caption(rng))
+            attrs.append(None)
         else:
-            texts.append(s.caption)
-            kinds.append("mismatched" if s.mismatched else "clean")
-        pix.append(img)
+            img = render(a, img_seed)
+            attrs.append(a)
+            if kind == "mismatched":
+                b = a
+                while b.color == a.color or b.shape == a.shape:
+                    b = draw_attrs(rng)
+                texts.append(b.caption(rng))
+            elif kind == "low_info":
+                t = rng.choice(_LOW_INFO + ["IMG"])
+                texts.append(f"IMG_{rng.randrange(10000):04d}.jpg" if t == "IMG" else t)
+            elif kind == "partial":
+                texts.append(
+                    rng.choice([f"a {a.color} thing", f"something {a.color}"])
+                    if rng.random() < 0.5
+                    else rng.choice([f"a {a.shape}", f"the {a.shape}"])
+                )
+            else:
+                texts.append(a.caption(rng))
+            if kind == "watermark":
+                img = watermark(img)
+            pix.append(img)
+            originals.append(i)
+        kinds.append(kind)
     width, height, lang = [], [], []
-    for _ in range(n):
+    for i in range(n):
         if rng.random() < 0.12:
-            w, h = rng.choice([(120, 300), (900, 200), (1500, 300), (180, 180)])
+            w, h = rng.choice([(120, 300), (900, 200), (1500, 300), (180, 180), (150, 400)])
         else:
             w = rng.randint(256, 1024)
             h = int(w * rng.uniform(0.6, 1.6))
         width.append(w)
         height.append(h)
-        lang.append("en" if rng.random() < 0.92 else rng.choice(["de", "fr"]))
+        r = rng.random()
+        code = "en" if r >= 0.08 else ("de" if r < 0.04 else "fr")
+        a = attrs[i]
+        if code != "en" and a is not None and kinds[i] in ("clean", "watermark", "near_duplicate"):
+            texts[i] = foreign_caption(a, code)
+        else:
+            code = "en"
+        lang.append(code)
     urls = [f"http://pool.example/{seed}/{i}.jpg" for i in range(n)]
-    return Pool(urls, texts, np.stack(pix), kinds, lang, width, height)
+    return Pool(urls, texts, np.stack(pix), kinds, attrs, dup_of, lang, width, height)
 
 
-def labelled(n: int, seed: int) -> tuple[np.ndarray, list[str], list[str], list[str]]:
-    """Held-out clean images with their colour, shape and full caption."""
-    samples = make_samples(n, seed=seed)
-    px = np.stack([pixels(render(s.attrs, PIX, s.image_seed)) for s in samples])
-    return (
-        px,
-        [s.attrs.color for s in samples],
-        [s.attrs.shape for s in samples],
-        [s.caption for s in samples],
-    )
+@dataclass
+class Labelled:
+    """Clean pairs with their attributes (scorer training, FLYT task, evaluation)."""
+
+    pixels: np.ndarray
+    attrs: list[Attrs]
+    captions: list[str]
 
 
-def class_prompts(kind: str, per_class: int = 24, seed: int = 5) -> dict[str, list[str]]:
-    """Prompt ensembles: captions mentioning the class, other attributes random."""
+def labelled(n: int, seed: int, balanced: bool) -> Labelled:
     rng = random.Random(seed)
-    names = list(COLORS) if kind == "color" else SHAPES if kind == "shape" else None
+    a = [draw_attrs(rng, balanced) for _ in range(n)]
+    px = np.stack([render(x, rng.randrange(2**31)) for x in a])
+    return Labelled(px, a, [x.caption(rng) for x in a])
+
+
+def flagged(n: int, seed: int, kind: str) -> np.ndarray:
+    """Separate pictures of one flagged kind (watermark / unsafe) for the safety heads."""
+    rng = random.Random(seed)
+    if kind == "unsafe":
+        return np.stack([unsafe_picture(rng) for _ in range(n)])
+    return np.stack([watermark(render(draw_attrs(rng), rng.randrange(2**31))) for _ in range(n)])
+
+
+TASKS = {
+    "color": list(COLORS),
+    "shape": SHAPES,
+    "position": POSITIONS,
+    "background": list(BACKGROUNDS),
+}
+
+
+def task_labels(attrs: list[Attrs], task: str) -> np.ndarray:
+    names = TASKS[task]
+    return np.array([names.index(getattr(a, task)) for a in attrs], np.int64)
+
+
+def class_prompts(task: str, per_class: int = 16, seed: int = 5) -> dict[str, list[str]]:
+    """Prompt ensembles: captions naming the class, the other attributes random (like
+    CLIP's templates, but in this world's words)."""
+    rng = random.Random(seed)
     out: dict[str, list[str]] = {}
-    if names is None:  # joint colour+shape classes (the FLYT training task)
-        for c in COLORS:
-            for s in SHAPES:
-                out[f"{c} {s}"] = [f"a {c} {s}", f"photo of a {c} {s}", f"a {c} {s} on the left"]
-        return out
-    for name in names:
+    for name in TASKS[task]:
         caps = []
         for _ in range(per_class):
-            a = random_attributes(rng)
-            a = type(a)(
-                name if kind == "color" else a.color,
-                name if kind == "shape" else a.shape,
-                a.position,
-                a.background,
-            )
+            a = draw_attrs(rng, balanced=True)
+            a = Attrs(**{**a.__dict__, task: name})
             caps.append(a.caption(rng))
         out[name] = caps
     return out
+
+
+def aesthetic_rating(px: np.ndarray, size: int = PIX) -> np.ndarray:
+    """A generated "human rating" for the aesthetic head: contrast of the picture against
+    its own border plus colour saturation (plain or noisy pictures rate low)."""
+    img = px.reshape(-1, size, size, 3)
+    border = np.concatenate([img[:, 0], img[:, -1], img[:, :, 0], img[:, :, -1]], axis=1)
+    contrast = np.abs(img - border.mean(1)[:, None, None]).mean((1, 2, 3))
+    sat = (img.max(-1) - img.min(-1)).mean((1, 2))
+    return (10 * contrast + 2 * sat).astype(np.float32)

@@ -68,7 +68,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.image:
         with open(args.query, "rb") as f:
             query = f.read()
-    hits = searcher.search(query, k=args.k, safe_mode=not args.unsafe, language=args.language)
+    hits = searcher.search(
+        query,
+        k=args.k,
+        safe_mode=not args.unsafe,
+        language=args.language,
+        query_language=args.query_language,
+    )
     if args.json:
         print(json.dumps(hits, indent=2, default=str))
         return 0
@@ -118,7 +124,11 @@ def register(sub) -> None:
     p.add_argument("query", help="text, or an image path with --image")
     p.add_argument("--image", action="store_true", help="QUERY is an image file")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--language")
+    p.add_argument("--language", help="only results in this language code")
+    p.add_argument(
+        "--query-language",
+        help="language code or group of a text query: picks its text tower (default: detected)",
+    )
     p.add_argument("--unsafe", action="store_true", help="include punsafe > threshold results")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)

@@ -1,4 +1,5 @@
-"""Deduplication: exact (image sha256, url+caption) and semantic (SemDeDup).
+"""Deduplication: exact (image sha256, url+caption) and semantic (SemDeDup), and the
+per-sample near-duplicate count (`dedup_size`, a score column for M-FLYT and analysis).
 
 SemDeDup (Abbas et al. 2023): k-means over L2-normalised embeddings; inside each cluster,
 items are visited in a fixed order and an item is dropped when its max cosine to an
@@ -83,3 +84,44 @@ def semdedup(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
     n_in, n_out = base.count(), out.count()
     ctx.note("semdedup_kept_fraction", round(n_out / n_in, 4) if n_in else None)
     return kept(out)
+
+
+def near_duplicate_counts(x: np.ndarray, eps: float, block: int = 1024) -> np.ndarray:
+    """For each row of normalised `x`: how many rows (itself included) have cosine
+    > 1 - eps to it, i.e. the size of its near-duplicate neighbourhood. Blocked: memory
+    is block x n floats."""
+    n = len(x)
+    out = np.ones(n, np.int32)  # itself
+    limit = 1.0 - eps
+    for s in range(0, n, block):
+        sim = x[s : s + block] @ x.T
+        rows = np.arange(len(sim))
+        sim[rows, s + rows] = -np.inf  # the row itself, whatever rounding says
+        out[s : s + block] += (sim > limit).sum(1).astype(np.int32)
+    return out
+
+
+def dedup_size(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
+    """Score column `dedup_cluster_size`: the near-duplicate count of each sample among the
+    pool's `column` embeddings (within SemDeDup's k-means clusters, same eps), so a picture
+    uploaded 40 times scores 40 and a unique one 1."""
+    cur = ctx.cfg.curate
+    col = params.get("column", "image_embedding")
+    eps = float(params.get("eps", cur.semdedup_eps))
+    k = int(params.get("clusters", cur.semdedup_clusters))
+    out = params.get("output", "dedup_cluster_size")
+    base = pool.where(F.col(col).isNotNull()).select("sample_id", col)
+    x = sample_embeddings(base, col, int(params.get("max_train", 200_000)), cur.seed)
+    if len(x) == 0:
+        return pool.sparkSession.createDataFrame([], f"sample_id string, {out} int")
+    cents = train_kmeans(x, k, cur.seed)
+
+    def _count(pdf: pd.DataFrame) -> pd.DataFrame:
+        c = near_duplicate_counts(normalise(to_matrix(pdf[col].tolist())), eps)
+        return pd.DataFrame({"sample_id": pdf["sample_id"].to_numpy(), out: c})
+
+    return (
+        assign(base, col, cents)
+        .groupBy("cluster")
+        .applyInPandas(_count, f"sample_id string, {out} int")
+    )

@@ -4,7 +4,12 @@ executors, and upsert the score column (flyt_score / mflyt_score) into `scores`.
 The downstream task is given as two tables (Delta path, parquet path or catalog name):
   task:    image_embedding array<float>, label string   (labelled training images)
   classes: label string, text_embedding array<float>    (one prompt embedding per class)
-or programmatically as ctx.targets["flyt_task"] = (task_img, task_labels, class_txt).
+or programmatically as ctx.targets["flyt_task"] = (task_img, task_labels, class_txt), or a
+list of such tuples for several downstream tasks (the loss is their mean).
+
+Notes written per scorer: rows trained on, steps run and best step (early stopping), the
+validation gain curve, and the spread of the trained scores over the training rows (std
+and 5th-95th percentile range: what Soft Cap Sampling's alpha has to be compared with).
 """
 
 from __future__ import annotations
@@ -90,18 +95,37 @@ def run_scorer(
     if n > s.max_train_rows:
         train_df = train_df.sample(fraction=min(1.0, 1.2 * s.max_train_rows / n), seed=cur.seed)
         train_df = train_df.limit(s.max_train_rows)
-    rows = train_df.select(
-        *[F.col(c).cast("double") if c in columns else F.col(c) for c in need]
-    ).toPandas()
+    # sorted: the head's training batches (and so its scores) are the same on every run
+    rows = (
+        train_df.select(
+            "sample_id", *[F.col(c).cast("double") if c in columns else F.col(c) for c in need]
+        )
+        .orderBy("sample_id")
+        .toPandas()
+    )
     img = to_matrix(rows["image_embedding"].tolist())
     txt = to_matrix(rows["text_embedding"].tolist())
     if kind == "flyt":
-        model = flyt.train_flyt(img, txt, *task, s, cur.seed)
+        model = flyt.train_flyt_tasks(img, txt, task, s, cur.seed)
+        x = np.concatenate([img, txt], 1)
     else:
         if not columns:
             raise ValueError("mflyt: none of the score columns exist in the pool")
-        cols = rows[columns].to_numpy(np.float64)
-        model = flyt.train_mflyt(cols, columns, img, txt, *task, s, cur.seed)
+        x = rows[columns].to_numpy(np.float64)
+        model = flyt.train_mflyt_tasks(x, columns, img, txt, task, s, cur.seed)
+        ctx.note(f"{kind}_columns", columns)
+        ctx.note(f"{kind}_weights", [round(float(w), 4) for w in model.layers[0][0][0]])
     out = "flyt_score" if kind == "flyt" else "mflyt_score"
     ctx.note(f"{kind}_train_rows", len(rows))
+    info = model.info
+    ctx.note(f"{kind}_steps", info.get("steps"))
+    ctx.note(f"{kind}_best_step", info.get("best_step"))
+    if info.get("evals"):
+        ev = info["evals"]
+        keep = ev[:: max(1, len(ev) // 12)]
+        keep += [ev[-1]] if keep[-1] != ev[-1] else []
+        ctx.note(f"{kind}_val_gain", [(int(a), round(float(b), 5)) for a, b in keep])
+    z = model(x)
+    ctx.note(f"{kind}_logit_std", round(float(z.std()), 4))
+    ctx.note(f"{kind}_logit_p5_p95", round(float(np.percentile(z, 95) - np.percentile(z, 5)), 4))
     return model, score_frame(pool, model, out)

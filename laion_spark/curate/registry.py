@@ -37,9 +37,10 @@ KINDS: dict[str, Filter] = {
     "hard_cap": sampling.hard_cap,
 }
 SET_KINDS = ("intersect", "union", "difference")
-# kinds that compute score columns instead of subsets (see laion_spark.curate.flyt)
-SCORER_KINDS = ("flyt", "mflyt")
-NEEDS_EMBEDDINGS = ("semdedup", "image_based", "flyt", "mflyt")
+# kinds that compute score columns instead of subsets (see laion_spark.curate.flyt and
+# dedup.dedup_size); the stage upserts them into `scores`
+SCORER_KINDS = ("flyt", "mflyt", "dedup_size")
+NEEDS_EMBEDDINGS = ("semdedup", "image_based", "flyt", "mflyt", "dedup_size")
 
 BUILTIN: dict[str, dict[str, Any]] = {
     "no_filter": {"kind": "all"},
@@ -58,6 +59,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "semdedup": {"kind": "semdedup"},
     "flyt": {"kind": "flyt"},
     "mflyt": {"kind": "mflyt"},
+    "dedup_size": {"kind": "dedup_size"},
     "flyt_scs": {"kind": "soft_cap", "column": "flyt_score"},
     "mflyt_scs": {"kind": "soft_cap", "column": "mflyt_score"},
     "mflyt_hcs": {"kind": "hard_cap", "column": "mflyt_score"},

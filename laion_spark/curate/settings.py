@@ -32,6 +32,20 @@ class FlytSettings:
     online_reference: bool = True  # also update the reference model after each step
     temperature: float = 0.07  # contrastive temperature of the reference model
     max_train_rows: int = 200_000  # rows collected to the driver for training (sampled)
+    # early stopping: 0 = run exactly `steps`; N = stop after N evaluations without a new
+    # best validation gain (steps is then the maximum) and keep the best head
+    patience: int = 0
+    eval_every: int = 50  # steps between validation evaluations
+    val_fraction: float = 0.2  # share of every task's images held out for validation
+    val_batches: int = 8  # fixed upstream batches the validation gain is averaged over
+
+    def validate(self, prefix: str) -> None:
+        p = prefix or "curate.flyt"
+        require(self.steps >= 1, f"{p}.steps", "must be >= 1")
+        require(self.patience >= 0, f"{p}.patience", "must be >= 0")
+        require(self.eval_every >= 1, f"{p}.eval_every", "must be >= 1")
+        require(0 < self.val_fraction < 1, f"{p}.val_fraction", "must be in (0, 1)")
+        require(self.val_batches >= 1, f"{p}.val_batches", "must be >= 1")
 
 
 @dataclass

@@ -3,7 +3,7 @@
     run(spark, cfg, tables, filters=None, targets=None) -> StageResult
 
 For each name in `filters` (default cfg.curate.filters), in order: scorer kinds (flyt,
-mflyt) train and upsert their score column into `scores`; every other name replaces its
+mflyt, dedup_size) compute and upsert their score column into `scores`; every other name replaces its
 rows in `subsets` (idempotent; see subsets.write_subset). A filter that fails is reported
 with status `failed` and its error in notes; the others still run.
 """
@@ -52,6 +52,7 @@ def run(
     filters: list[str] | None = None,
     targets: dict[str, Any] | None = None,
 ) -> StageResult:
+    from laion_spark.curate.dedup import dedup_size
     from laion_spark.curate.flyt_job import run_scorer
 
     t0 = time.time()
@@ -65,11 +66,17 @@ def run(
     result = StageResult("curate", rows_in=rows_in)
     # one context for the run: a subset used by several names (intersections) is computed once
     ctx = FilterContext(cfg, tables, pool, model_id=model_id, targets=dict(targets or {}))
+    seconds: dict[str, float] = {}  # per name: where the stage's time goes
     for name in names:
+        t1 = time.time()
         try:
             d = definition(cfg, name)
             if d["kind"] in SCORER_KINDS:
-                _, scores = run_scorer(tables, pool, d["kind"], d, ctx)
+                ctx.name = name
+                if d["kind"] == "dedup_size":
+                    scores = dedup_size(pool, d, ctx)
+                else:
+                    _, scores = run_scorer(tables, pool, d["kind"], d, ctx)
                 tables.upsert(scores, "scores")
                 # the pool must see the new score column for later names
                 pool = build_pool(tables, cfg, with_embeddings=with_emb, model_id=model_id)
@@ -84,6 +91,8 @@ def run(
         except Exception as e:  # one bad filter must not lose the others' work
             result.by_status[f"failed:{name}"] = 1
             ctx.note(f"{name}_error", f"{type(e).__name__}: {e}"[:500])
+        seconds[name] = round(time.time() - t1, 2)
+    ctx.note("seconds_by_filter", seconds)
     result.notes.update(ctx.notes)
     result.seconds = time.time() - t0
     return result

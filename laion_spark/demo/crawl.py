@@ -81,7 +81,8 @@ def _page_images(page: dict) -> list[tuple[str, str | None]]:
 def _html(page: dict, images: list[tuple[str, str | None]]) -> bytes:
     title = html.escape(page.get("title") or f"Demo page {page['url']}")
     parts = [
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+        f'<!DOCTYPE html>\n<html lang="{html.escape(page.get("lang") or "en")}"><head>'
+        '<meta charset="utf-8">',
         f"<title>{title}</title></head>\n<body>\n<h1>{title}</h1>\n",
     ]
     for src, alt in images:

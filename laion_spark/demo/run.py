@@ -5,10 +5,16 @@
 2. serve the images from a loopback HTTP server (fixed port, so URLs and therefore
    sample_ids are identical on every run: a second run adds nothing);
 3. run extract -> download -> embed -> score -> curate -> index through Spark, with
-   Delta tables under the workdir, then search the index;
+   Delta tables under the workdir, export the curated subset as WebDataset shards, then
+   search the index;
 4. CLIP-DPO on a share of the downloaded images: the tiny captioner samples responses,
    tiny-clip ranks them, the rules pick preference pairs, exported for TRL;
 5. print the per-stage summary and SQL a user can paste.
+
+A third of the pages are in German, French, Spanish or Russian (captions from templates in
+those languages, with wrong captions injected as in the English ones); their captions go
+through a tiny multilingual text tower (tiny-mclip, distilled from tiny-clip once, cached),
+and the summary shows what the CLIP filter kept and removed per language group.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import random
 import time
 
 from laion_spark.config import Config
-from laion_spark.demo.synthetic import make_samples
+from laion_spark.demo.synthetic import CAPTION_LANGUAGES, make_samples
 
 DEFAULT_DEMO_PORT = 18765
 
@@ -28,7 +34,9 @@ def demo_port() -> int:
     return int(os.environ.get("LAION_SPARK_DEMO_PORT", DEFAULT_DEMO_PORT))
 
 
-def demo_pages(n_pages: int, base: str, seed: int = 7) -> tuple[list[dict], dict[str, bytes], set[str]]:
+def demo_pages(
+    n_pages: int, base: str, seed: int = 7
+) -> tuple[list[dict], dict[str, bytes], set[str]]:
     """Pages for the crawl writer, image bodies by server path, and paths served with noai."""
     rng = random.Random(seed)
     samples = make_samples(n_pages * 2, seed=seed, mismatch_rate=0.2)
@@ -62,19 +70,85 @@ def demo_pages(n_pages: int, base: str, seed: int = 7) -> tuple[list[dict], dict
                 "url": f"{base}/page/{p}.html",
                 "images": images,
                 "license": "https://creativecommons.org/licenses/by/4.0/" if p % 4 == 0 else None,
+                "samples": {f"{base}/img/{s.index}.jpg": s for s in page_samples(images, samples)},
             }
         )
+    pages += multilingual_pages(n_pages // 2, base, bodies, seed)
     return pages, bodies, noai
 
 
+def page_samples(images: list[tuple[str, str]], samples: list) -> list:
+    """The generated samples behind a page's image links (by their /img/<index>.jpg path)."""
+    by_path = {f"/img/{s.index}.jpg": s for s in samples}
+    return [by_path[p] for u, _ in images if (p := u[u.find("/img/") :]) in by_path]
+
+
+def multilingual_pages(n: int, base: str, bodies: dict[str, bytes], seed: int) -> list[dict]:
+    """`n` pages in the demo's other languages (one language per page, in turn), 1-3 images
+    each, a fifth of the captions describing another image."""
+    pages = []
+    per_lang = {
+        lang: iter(make_samples(n * 3, seed=seed * 100 + i, mismatch_rate=0.2, languages=(lang,)))
+        for i, lang in enumerate(CAPTION_LANGUAGES)
+    }
+    rng = random.Random(seed + 1)
+    for p in range(n):
+        lang = CAPTION_LANGUAGES[p % len(CAPTION_LANGUAGES)]
+        images, samples = [], {}
+        for _ in range(rng.choice([1, 2, 2, 3])):
+            s = next(per_lang[lang])
+            path = f"/img/{lang}-{s.index}.jpg"
+            bodies[path] = s.jpeg(size=96)
+            images.append((f"{base}{path}", s.caption))
+            samples[f"{base}{path}"] = s
+        pages.append(
+            {
+                "url": f"{base}/{lang}/page/{p}.html",
+                "lang": lang,
+                "title": {"de": "Bilder", "fr": "Images", "es": "Imágenes", "ru": "Картинки"}[lang],
+                "images": images,
+                "samples": samples,
+            }
+        )
+    return pages
+
+
 def demo_config(cfg: Config) -> Config:
-    """The demo's overrides: allow the loopback image server, small images, tiny CLIP."""
+    """The demo's overrides: allow the loopback image server, small images, tiny CLIP, and
+    (multilingual extra installed) the tiny multilingual tower for the multi/nolang groups."""
+    import importlib.util
+
+    from laion_spark.models.text_tower import TINY_TOWER
+    from laion_spark.models.tiny_clip import TINY_NAME
+
     cfg.download.allow_networks = sorted({*cfg.download.allow_networks, "127.0.0.1/32"})
     cfg.download.image_size = min(cfg.download.image_size, 96)
     # CLIP-DPO on a quarter of the downloaded images (chosen by sample_id: the same each run)
     cfg.dpo.pool.from_images = True
     cfg.dpo.pool.images_fraction = min(cfg.dpo.pool.images_fraction, 0.25)
+    multilingual = all(importlib.util.find_spec(m) for m in ("transformers", "tokenizers"))
+    if multilingual and not cfg.embed.text_towers and cfg.embed.model == TINY_NAME:
+        if not cfg.embed.pretrained:
+            cfg.embed.text_towers = {"multi": TINY_TOWER, "nolang": TINY_TOWER}
     return cfg
+
+
+def _text_tower_step(cfg: Config) -> None:
+    """Distil the tiny multilingual tower once (cached), before Spark workers need it."""
+    if not cfg.embed.text_towers:
+        print("[demo] one text tower (CLIP's): install laion_spark[multilingual] for the others")
+        return
+    from laion_spark.models.clip import load_clip
+    from laion_spark.models.text_tower import load_text_towers
+
+    t0 = time.time()
+    clip = load_clip(cfg.embed)
+    towers = load_text_towers(cfg.embed, clip)
+    for group, tower in sorted(towers.items()):
+        print(
+            f"[demo] text tower for {group}: {tower.model_id} (threshold "
+            f"{tower.threshold(group):.3f}) in {time.time() - t0:.0f}s"
+        )
 
 
 def run_demo(cfg: Config, pages: int = 200) -> list:
@@ -93,6 +167,7 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
     page_list, bodies, noai = demo_pages(pages, base)
     crawl = write_synthetic_crawl(os.path.join(workdir, "crawl"), page_list)
     print(f"[demo] wrote {len(page_list)} pages as {crawl['warc']} and {crawl['wat']}")
+    _text_tower_step(cfg)
 
     spark = get_spark(cfg)
     tables = Tables(spark, cfg)
@@ -103,6 +178,8 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
         print(f"[demo] serving {len(bodies)} images at {server.base_url}")
         results = run_pipeline(spark, cfg, tables, extract={"inputs": [crawl["wat"]]})
 
+    _print_groups(results)
+    results.append(_export_subset(spark, cfg, tables))
     _search_examples(spark, cfg, tables)
     _dpo_pairs(spark, cfg, tables)
     _print_next_steps(cfg)
@@ -110,11 +187,55 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
     return results
 
 
+DEMO_EXPORT_SUBSET = "clip_filter"
+
+
+def demo_export_dir(cfg: Config) -> str:
+    return os.path.join(cfg.workdir_path, "export", DEMO_EXPORT_SUBSET)
+
+
+def _export_subset(spark, cfg: Config, tables):
+    """The curated subset as WebDataset shards, the way a trainer would read it."""
+    from datetime import UTC, datetime
+
+    from laion_spark.export.stage import run
+    from laion_spark.stage import record_run
+
+    started = datetime.now(UTC)
+    target = demo_export_dir(cfg)
+    result = run(spark, cfg, tables, subset=DEMO_EXPORT_SUBSET, to=target, fmt="webdataset")
+    record_run(tables, cfg, result, {"subset": DEMO_EXPORT_SUBSET, "to": target}, started)
+    print(
+        f"[demo] exported subset {DEMO_EXPORT_SUBSET!r} as WebDataset: {result.rows_out} samples "
+        f"in {result.notes.get('shards')} shard(s) under {target}"
+    )
+    return result
+
+
+def _print_groups(results: list) -> None:
+    """What the CLIP filter kept and removed per language group (from curate's notes)."""
+    notes = next((r.notes for r in results if r.stage == "curate"), {})
+    groups = sorted(
+        {k.rsplit("_", 1)[1] for k in notes if k.startswith("clip_filter_kept_")}
+        | {k.rsplit("_", 1)[1] for k in notes if k.startswith("clip_filter_removed_")}
+    )
+    parts = [
+        f"{g} kept {notes.get(f'clip_filter_kept_{g}', 0)} removed "
+        f"{notes.get(f'clip_filter_removed_{g}', 0)}"
+        for g in groups
+    ]
+    if parts:
+        print(f"\n[demo] clip_filter per language group: {'; '.join(parts)}")
+
+
 def _search_examples(spark, cfg: Config, tables) -> None:
     from laion_spark.index.search import Searcher
 
     searcher = Searcher.open(spark, cfg, tables)
-    for q in ["a red circle on the left", "a blue square at the top"]:
+    queries = ["a red circle on the left", "a blue square at the top"]
+    if cfg.embed.text_towers:  # other languages go through the multilingual tower
+        queries += ["un cercle rouge à gauche", "ein blaues Quadrat oben"]
+    for q in queries:
         print(f"\n[demo] search: {q!r}")
         for hit in searcher.search(q, k=3):
             print(f"   {hit.get('score', 0):.3f}  {hit.get('caption')!r:60}  {hit.get('url')}")
@@ -150,3 +271,7 @@ def _print_next_steps(cfg: Config) -> None:
         print(f'  .venv/bin/laion-spark sql{wd} "{q}"')
     print(f"  .venv/bin/laion-spark tables{wd}")
     print(f"  .venv/bin/laion-spark serve{wd}     # web page to search the index")
+    print(
+        f"  .venv/bin/laion-spark export{wd} --subset {DEMO_EXPORT_SUBSET} --format laion "
+        f"--to ./{DEMO_EXPORT_SUBSET}_embeddings   # LAION-format embeddings release"
+    )

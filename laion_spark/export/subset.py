@@ -1,4 +1,7 @@
-"""Export a subset: a DataComp-compatible uid array (.npy) and parquet.
+"""Export a subset as one file: a DataComp-compatible uid array (.npy) or a parquet folder.
+
+(`laion-spark export SUBSET --out PATH`; sharded exports with a manifest are
+laion_spark.export.stage.) Taken-down samples are left out.
 
 DataComp's resharder takes a numpy array of dtype `u8,u8` (the uid's 128 bits as two
 unsigned 64-bit halves), sorted. The uid of a sample is its DataComp uid when it was
@@ -16,6 +19,7 @@ from pyspark.sql import functions as F
 
 from laion_spark.curate.subsets import read_subset
 from laion_spark.tables import Tables
+from laion_spark.takedown.rules import exclude_taken_down
 
 UID_DTYPE = np.dtype("u8,u8")
 
@@ -41,7 +45,8 @@ def subset_frame(tables: Tables, name: str) -> DataFrame:
         F.coalesce(F.col("original_id"), F.lit("")).rlike("^[0-9a-fA-F]{32}$"),
         F.lower("original_id"),
     ).otherwise(F.col("sample_id"))
-    return df.withColumn("uid", uid)
+    # a takedown recorded after curate must still keep the sample out of every export
+    return exclude_taken_down(tables, df.withColumn("uid", uid))
 
 
 def export_uids(tables: Tables, name: str, path: str, expand_repeats: bool = False) -> int:

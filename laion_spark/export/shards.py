@@ -1,0 +1,418 @@
+"""Shard sets on any filesystem: plan rows into shards, write one shard per Spark task,
+and keep a target folder consistent across kills and re-runs.
+
+The guarantees, and how:
+
+- **Atomic shards.** Writers put every file under a hidden temporary name and rename it
+  when the shard is complete; then the task writes the shard's marker `_shards/<n>.json`
+  (the inputs digest, its files, its count). A killed run leaves complete shards and
+  temporary files (deleted by the next run), never a partial file under a final name.
+- **Idempotence.** The inputs digest covers the Delta versions read and every option. A
+  run whose digest equals the one in `_SUCCESS` (and whose files are all there) rewrites
+  nothing. After a kill, shards whose marker carries the current digest are kept and only
+  the others are written; a changed input replaces the previous export's shards.
+- **Exact plan.** Rows are sorted once (narrow columns only, no image bytes), numbered
+  with per-partition offsets (no single-partition window), cut into shards by count or
+  by bytes, and routed with a hash partitioning chosen so that shard s lands exactly in
+  partition s: one shard per task, every sample of the plan written exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from laion_spark import storage
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_SUCCESS"
+MARKERS = "_shards"
+LAYOUT_VERSION = 1  # bump when a format's bytes change: old exports then count as stale
+
+RESULT_SCHEMA = T.StructType(
+    [
+        T.StructField("shard", T.LongType()),
+        T.StructField("files", T.ArrayType(T.StringType())),
+        T.StructField("count", T.LongType()),
+        T.StructField("bytes", T.LongType()),
+        T.StructField("seconds", T.DoubleType()),
+    ]
+)
+
+
+def digest_of(inputs: dict[str, Any]) -> str:
+    import hashlib
+
+    text = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def normalize_target(target: str) -> str:
+    """Local paths absolute (the export id is a hash of the target), URIs as given."""
+    target = target.rstrip("/") or "/"
+    return os.path.abspath(os.path.expanduser(target)) if storage.is_local(target) else target
+
+
+def export_id(target: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(normalize_target(target).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Plan:
+    rows: DataFrame  # the planned rows + shard (long) + _pos (long: global order)
+    shards: int
+    samples: int
+    skipped: dict[str, int] = field(default_factory=dict)  # rows left out, by reason
+
+
+def plan_shards(
+    rows: DataFrame,
+    order: list[Column],
+    shard_samples: int,
+    shard_bytes: int | None = None,
+    size_col: str = "size",
+    single_shard: bool = False,
+    skip_col: str | None = None,
+) -> Plan:
+    """Number `rows` in `order` (must be a total order) and cut them into shards.
+
+    Rows whose `skip_col` is set (a reason) are counted by reason and left out: they sort
+    after every planned row, so they never shift a planned row's position.
+    """
+    spark = rows.sparkSession
+    skip = F.col(skip_col) if skip_col else F.lit(None).cast("string")
+    ordered = (
+        rows.withColumn("_skip", skip)
+        .orderBy(F.col("_skip").isNotNull(), *order)
+        .withColumn("_part", F.spark_partition_id())
+        .withColumn("_mid", F.monotonically_increasing_id())
+        .localCheckpoint(eager=True)  # fixes the order's partitioning for the steps below
+    )
+    parts = ordered.groupBy("_part", "_skip").agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.col(size_col)).alias("b")
+    )
+    stats, skipped = [], {}
+    for r in parts.collect():
+        if r["_skip"] is None:
+            stats.append((int(r["_part"]), int(r["n"]), int(r["b"] or 0)))
+        else:
+            skipped[r["_skip"]] = skipped.get(r["_skip"], 0) + int(r["n"])
+    stats.sort()
+    total = sum(n for _, n, _ in stats)
+    offsets_n, offsets_b, acc_n, acc_b = {}, {}, 0, 0
+    for p, n, b in stats:
+        offsets_n[p], offsets_b[p] = acc_n, acc_b
+        acc_n += n
+        acc_b += b
+
+    def lookup(table: dict[int, int]) -> Column:
+        if not table:
+            return F.lit(0).cast("long")
+        pairs = [x for p, o in table.items() for x in (F.lit(p), F.lit(o).cast("long"))]
+        return F.create_map(*pairs)[F.col("_part")]
+
+    # planned rows come first in every partition, so their index there is their rank
+    index_in_part = F.col("_mid") - F.shiftleft(F.col("_part").cast("long"), 33)
+    df = ordered.where(F.col("_skip").isNull()).drop("_skip")
+    df = df.withColumn("_pos", lookup(offsets_n) + index_in_part)
+    if single_shard:
+        df = df.withColumn("shard", F.lit(0).cast("long"))
+        return Plan(df, 1 if total else 0, total, skipped)
+    if shard_bytes is None:
+        df = df.withColumn("shard", F.floor(F.col("_pos") / F.lit(shard_samples)).cast("long"))
+        return Plan(df, -(-total // shard_samples), total, skipped)
+    from pyspark.sql import Window
+
+    before = F.sum(F.col(size_col)).over(
+        Window.partitionBy("_part").orderBy("_mid").rowsBetween(Window.unboundedPreceding, -1)
+    )
+    start = lookup(offsets_b) + F.coalesce(before, F.lit(0))
+    df = df.withColumn("_raw", F.floor(start / F.lit(shard_bytes)).cast("long"))
+    # a sample bigger than shard_bytes skips numbers: renumber the shards densely
+    raw = sorted(r[0] for r in df.select("_raw").distinct().collect())
+    dense = spark.createDataFrame([(r, i) for i, r in enumerate(raw)], "_raw long, shard long")
+    df = df.join(F.broadcast(dense), "_raw").drop("_raw")
+    return Plan(df, len(raw), total, skipped)
+
+
+def _spark_hash_long(value: int, seed: int = 42) -> int:
+    """Spark's `hash()` of a LongType value (Murmur3_x86_32.hashLong, seed 42), as int32."""
+    mask = 0xFFFFFFFF
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & mask
+
+    def mix(h1: int, k1: int) -> int:
+        k1 = rotl((k1 * 0xCC9E2D51) & mask, 15) * 0x1B873593 & mask
+        h1 = rotl(h1 ^ k1, 13)
+        return (h1 * 5 + 0xE6546B64) & mask
+
+    value &= 0xFFFFFFFFFFFFFFFF
+    h1 = mix(mix(seed & mask, value & mask), value >> 32)
+    h1 ^= 8
+    h1 ^= h1 >> 16
+    h1 = (h1 * 0x85EBCA6B) & mask
+    h1 ^= h1 >> 13
+    h1 = (h1 * 0xC2B2AE35) & mask
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 & 0x80000000 else h1
+
+
+def route_values(n: int) -> list[int]:
+    """For each shard s < n a long v with pmod(hash(v), n) == s. Spark's hash partitioning
+    of `repartition(n, col)` is exactly pmod(hash(col), n), so routing shard s by v puts it
+    in partition s: one shard per task, and no task idle while another writes two."""
+    found: dict[int, int] = {}
+    v = 0
+    while len(found) < n:
+        found.setdefault(_spark_hash_long(v) % n, v)
+        v += 1
+    return [found[s] for s in range(n)]
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+@dataclass
+class TaskSpec:
+    """What every write task needs (pickled into the closure)."""
+
+    target: str
+    writer: type
+    digits: int
+    digest: str
+    crash_in_shard: int | None = None  # tests: the worker dies mid-shard, as if killed
+
+
+def marker_path(target: str, shard: int) -> str:
+    return storage.join(target, MARKERS, f"{shard}.json")
+
+
+def write_partition(batches, spec: TaskSpec):
+    """mapInArrow body: the batches of one partition (sorted by shard, _pos) -> shards."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    token = uuid.uuid4().hex[:12]
+    if ctx is not None:
+        token = f"{ctx.stageId()}-{ctx.partitionId()}-{ctx.attemptNumber()}-{token}"
+    writer = None
+
+    def done(w) -> pa.RecordBatch:
+        info = w.close()
+        marker = {**info, "digest": spec.digest}
+        storage.write_bytes(marker_path(spec.target, w.shard), json.dumps(marker).encode())
+        return pa.RecordBatch.from_pylist(
+            [{k: info[k] for k in RESULT_SCHEMA.fieldNames()}],
+            schema=pa.schema(
+                [
+                    ("shard", pa.int64()),
+                    ("files", pa.list_(pa.string())),
+                    ("count", pa.int64()),
+                    ("bytes", pa.int64()),
+                    ("seconds", pa.float64()),
+                ]
+            ),
+        )
+
+    try:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            shards = batch.column("shard").to_numpy()
+            start = 0
+            while start < batch.num_rows:
+                s = int(shards[start])
+                end = start + 1
+                while end < batch.num_rows and shards[end] == s:
+                    end += 1
+                if writer is None or writer.shard != s:
+                    if writer is not None:
+                        yield done(writer)
+                    writer = spec.writer(spec.target, s, spec.digits, token)
+                writer.write_batch(batch.slice(start, end - start))
+                if spec.crash_in_shard == s:
+                    os._exit(17)  # as a killed executor: temporary files stay behind
+                start = end
+        if writer is not None:
+            yield done(writer)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+# ------------------------------------------------------------------------ target state
+
+
+@dataclass
+class TargetState:
+    """What is in the target folder now: files, the manifest, shard markers."""
+
+    target: str
+    files: dict[str, int]
+    manifest: dict[str, Any] | None
+    markers: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, target: str) -> TargetState:
+        files = storage.list_files(target)
+        manifest = None
+        if MANIFEST in files:
+            try:
+                manifest = json.loads(storage.read_bytes(storage.join(target, MANIFEST)))
+            except (ValueError, OSError):
+                manifest = None
+        state = cls(target, files, manifest)
+        for rel in files:
+            if (
+                rel.startswith(MARKERS + "/")
+                and rel.endswith(".json")
+                and not storage.is_tmp_name(rel)
+            ):
+                try:
+                    m = json.loads(storage.read_bytes(storage.join(target, rel)))
+                    state.markers[int(m["shard"])] = m
+                except (ValueError, OSError, KeyError):
+                    storage.remove(storage.join(target, rel))
+        return state
+
+    def complete(self, files: list[str]) -> bool:
+        return all(f in self.files for f in files)
+
+    def up_to_date(self, digest: str) -> bool:
+        m = self.manifest
+        if not m or m.get("inputs_digest") != digest:
+            return False
+        return self.complete([f for s in m.get("shards", []) for f in s["files"]])
+
+    def prepare(self, digest: str) -> dict[int, dict[str, Any]]:
+        """Clear what a new run must not keep; the shards already written for `digest`."""
+        if MANIFEST in self.files:
+            storage.remove(storage.join(self.target, MANIFEST))
+        for rel in self.files:
+            if storage.is_tmp_name(rel):
+                storage.remove(storage.join(self.target, rel))
+        keep = {}
+        for shard, m in self.markers.items():
+            if m.get("digest") == digest and self.complete(m.get("files", [])):
+                keep[shard] = m
+                continue
+            # a shard of other inputs (or incomplete): its files go, then its marker
+            for rel in m.get("files", []):
+                storage.remove(storage.join(self.target, rel))
+            storage.remove(marker_path(self.target, shard))
+        return keep
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+@dataclass
+class ShardSetResult:
+    manifest: dict[str, Any]
+    written: int  # shards written by this run
+    kept: int  # shards of an interrupted run with the same inputs, kept as they were
+    up_to_date: bool
+
+
+def write_shard_set(
+    *,
+    target: str,
+    writer: type,
+    digest: str,
+    describe: dict[str, Any],
+    make_plan,
+    payload,
+    broadcast_rows: int,
+    force: bool = False,
+    crash_in_shard: int | None = None,
+) -> ShardSetResult:
+    """Write the shards `make_plan()` plans (joined with `payload` on sample_id when given)
+    under `target`, unless `_SUCCESS` already holds `digest`; then write `_SUCCESS`.
+
+    `payload`: a DataFrame keyed by sample_id, a callable returning one, or None.
+    `describe`: what the manifest says besides shards and counts (subset, format, Delta
+    versions, options, config, skipped counts).
+    """
+    target = normalize_target(target)
+    state = TargetState.read(target)
+    if not force and state.up_to_date(digest):
+        log.info("export %s is up to date (inputs digest %s): nothing to write", target, digest)
+        return ShardSetResult(state.manifest or {}, 0, 0, True)
+    keep = state.prepare("" if force else digest)
+    plan: Plan = make_plan()
+    if callable(payload):  # a payload that only exists once the plan's pass has run
+        payload = payload()
+    digits = max(5, len(str(max(plan.shards - 1, 0))))
+    todo = [s for s in range(plan.shards) if s not in keep]
+    results: list[dict[str, Any]] = [
+        {k: m[k] for k in ("shard", "files", "count", "bytes")} for m in keep.values()
+    ]
+    if todo:
+        rows = plan.rows
+        if len(keep):
+            rows = rows.where(~F.col("shard").isin(*sorted(keep)))
+        if payload is not None:
+            small = plan.samples <= broadcast_rows
+            rows = payload.join(F.broadcast(rows) if small else rows, "sample_id")
+        spark = plan.rows.sparkSession
+        routes = route_values(plan.shards)
+        route = spark.createDataFrame(list(enumerate(routes)), "shard long, _route long")
+        rows = rows.join(F.broadcast(route), "shard")
+        rows = rows.repartition(plan.shards, "_route").sortWithinPartitions("shard", "_pos")
+        spec = TaskSpec(target, writer, digits, digest, crash_in_shard)
+
+        def fn(batches):
+            yield from write_partition(batches, spec)
+
+        written = rows.mapInArrow(fn, RESULT_SCHEMA).collect()
+        results += [r.asDict() for r in written]
+    results.sort(key=lambda r: r["shard"])
+    if [r["shard"] for r in results] != list(range(plan.shards)):
+        raise RuntimeError(
+            f"export to {target}: planned {plan.shards} shards, got {[r['shard'] for r in results]}"
+        )
+    if sum(int(r["count"]) for r in results) != plan.samples:
+        raise RuntimeError(
+            f"export to {target}: planned {plan.samples} samples, shards hold "
+            f"{sum(int(r['count']) for r in results)}"
+        )
+    manifest = {
+        **describe,
+        "target": target,
+        "export_id": export_id(target),
+        "created_at": datetime.now(UTC).isoformat(),
+        "inputs_digest": digest,
+        "layout_version": LAYOUT_VERSION,
+        "samples": sum(int(r["count"]) for r in results),
+        "bytes": sum(int(r["bytes"]) for r in results),
+        "shard_count": plan.shards,
+        "shards": [
+            {
+                k: (list(r[k]) if k == "files" else int(r[k]))
+                for k in ("shard", "files", "count", "bytes")
+            }
+            for r in results
+        ],
+    }
+    storage.write_bytes(
+        storage.join(target, MANIFEST), json.dumps(manifest, indent=1, default=str).encode()
+    )
+    return ShardSetResult(manifest, len(todo), len(keep), False)
