@@ -17,6 +17,7 @@ import yaml
 
 from laion_spark.curate.settings import CurateSettings
 from laion_spark.download.settings import DownloadSettings
+from laion_spark.dpo.settings import DpoSettings
 from laion_spark.embed.settings import EmbedSettings
 from laion_spark.export.settings import ExportSettings
 from laion_spark.extract.settings import ExtractSettings
@@ -81,6 +82,7 @@ class Config:
     takedown: TakedownSettings = field(default_factory=TakedownSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    dpo: DpoSettings = field(default_factory=DpoSettings)
 
     @property
     def workdir_path(self) -> str:

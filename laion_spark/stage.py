@@ -32,9 +32,18 @@ STAGES: dict[str, str] = {
     "curate": "laion_spark.curate.stage:run",
     "index": "laion_spark.index.stage:run",
     "merge_index": "laion_spark.index.merge:merge_index",
+    # CLIP-DPO (not part of `pipeline`: they run on an SFT pool, see docs/dpo.md)
+    "dpo_generate": "laion_spark.dpo.generate:run",
+    "dpo_score": "laion_spark.dpo.score:run",
+    "dpo_select": "laion_spark.dpo.select:run",
 }
 # the config section each stage reads (its own name, but merge_index reads index:)
-SECTIONS: dict[str, str] = {"merge_index": "index"}
+SECTIONS: dict[str, str] = {
+    "merge_index": "index",
+    "dpo_generate": "dpo",
+    "dpo_score": "dpo",
+    "dpo_select": "dpo",
+}
 # earlier stage names that still work: old name -> (stage, options, what to say)
 RENAMED: dict[str, tuple[str, dict[str, Any], str]] = {
     "clip_filter": (

@@ -276,6 +276,90 @@ SPECS: dict[str, TableSpec] = {
             "its sample_ids)",
         ),
         TableSpec(
+            "sft_pool",
+            ("pool_id",),
+            _schema(
+                # sha256(source, original id, image ref, instruction)[:32 hex]: stable on re-import
+                ("pool_id", STRING),
+                ("source", STRING),  # llava_json | images
+                ("original_id", STRING),  # the SFT record's "id", or our sample_id
+                ("sample_id", STRING),  # set when the row comes from our images table
+                ("image_ref", STRING),  # image path/URI as the SFT file names it, or the URL
+                ("image", BINARY),  # encoded image bytes (executors need no file access)
+                ("image_sha256", STRING),
+                ("instruction", STRING),  # the first human turn without the <image> tag
+                ("reference", STRING),  # the SFT answer (first gpt turn) or our caption
+                ("conversations", STRING),  # the record's conversations as JSON
+                ("status", STRING),  # ok | missing_image | bad_image | too_large | bad_record
+                ("error_message", STRING),
+                ("imported_at", TIMESTAMP),
+                # filled by dpo_score: text-heavy image detection (which detector, its score)
+                ("text_detector", STRING),
+                ("text_score", FLOAT),
+                ("text_heavy", T.BooleanType()),
+            ),
+            "CLIP-DPO input: (image, instruction) rows from LLaVA-style SFT JSON or our images",
+        ),
+        TableSpec(
+            "dpo_candidates",
+            ("candidate_id",),
+            _schema(
+                # sha256(pool_id, template, model_id, sample_index)[:32 hex]
+                ("candidate_id", STRING),
+                ("pool_id", STRING),
+                ("template", STRING),  # prompt template name (short, detailed, instruction, ...)
+                ("prompt", STRING),  # the prompt text the model answered
+                ("response", STRING),
+                ("sample_index", INT),  # 0..N-1 within (pool_id, template)
+                ("source", STRING),  # generated | imported
+                ("model_id", STRING),  # <name>@<12 hex of the weights' sha256>
+                ("temperature", FLOAT),
+                ("top_p", FLOAT),
+                ("max_new_tokens", INT),
+                ("seed", LONG),
+                # success | failed_to_decode | failed_to_generate | empty_response
+                ("status", STRING),
+                ("error_message", STRING),
+                ("generated_at", TIMESTAMP),
+                # filled by dpo_score: raw cosine per CLIP model, their mean, chunk count
+                ("clip_scores", T.MapType(STRING, FLOAT)),
+                ("clip_score", FLOAT),
+                ("score_chunks", INT),
+                ("scorer_id", STRING),  # the ensemble + aggregation that scored the row
+                ("scored_at", TIMESTAMP),
+            ),
+            "CLIP-DPO responses: one row per sampled (or imported) response, with CLIP scores",
+        ),
+        TableSpec(
+            "dpo_pairs",
+            ("selection", "pair_id"),
+            _schema(
+                ("selection", STRING),  # dpo.select.name
+                ("pair_id", STRING),  # sha256(chosen candidate_id, rejected candidate_id)[:32]
+                ("pool_id", STRING),
+                ("image_sha256", STRING),
+                ("image_ref", STRING),
+                ("template", STRING),
+                ("prompt", STRING),
+                ("chosen", STRING),
+                ("rejected", STRING),
+                ("chosen_id", STRING),
+                ("rejected_id", STRING),
+                ("chosen_score", FLOAT),  # ensemble score (normalised, first scorer's scale)
+                ("rejected_score", FLOAT),
+                ("margin", FLOAT),
+                ("length_ratio", FLOAT),  # longer / shorter, in words
+                ("similarity", FLOAT),  # word-sequence similarity of the two responses
+                # rules the pair breaks that this selection does not enforce (e.g. a rule
+                # switched off); kept pairs of a fully enforced selection have none
+                ("flags", T.ArrayType(STRING)),
+                ("generator_model_id", STRING),
+                ("scorer_id", STRING),
+                ("selected_at", TIMESTAMP),
+            ),
+            "CLIP-DPO preference pairs that passed the rule-based filter (chosen, rejected)",
+        ),
+        TableSpec(
             "runs",
             ("run_id",),
             _schema(

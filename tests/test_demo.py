@@ -28,6 +28,9 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert by_stage["download"].by_status.get("success", 0) > 0
     out = capsys.readouterr().out
     assert "run summary" in out and "search:" in out
+    # CLIP-DPO on a share of the images: responses sampled, scored, pairs mined and exported
+    assert by_stage["dpo_generate"].rows_out > 0 and by_stage["dpo_score"].rows_out > 0
+    assert by_stage["dpo_select"].rows_out > 0 and "[demo] dpo:" in out and "chosen:" in out
     _check_report(spark, cfg, out)
     assert "search: 'un cercle rouge à gauche'" in out
     assert "[demo] exported subset 'clip_filter' as WebDataset" in out
@@ -36,7 +39,8 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
 
     tables = Tables(spark, cfg)
     names = tables.register_views()
-    for must in ["candidates", "images", "embeddings", "scores", "subsets", "index_manifest"]:
+    for must in ["candidates", "images", "embeddings", "scores", "subsets", "index_manifest",
+                 "sft_pool", "dpo_candidates", "dpo_pairs"]:
         assert must in names
     first = {}
     for name in names:
@@ -68,7 +72,13 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert sorted(runs.stage.unique()) == sorted(r.stage for r in results)
     assert (runs.status == "ok").all() and runs.run_id.is_unique
     assert {r.stage: r.rows_in for r in again}["download"] == 0
+    assert {r.stage: r.rows_in for r in again}["dpo_generate"] == 0
     assert {r.stage: r.rows_in for r in again}["embed"] == 0
+    # the exported pairs load with the consumer's own tool
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_dir=cfg.workdir_path + "/dpo", split="train")
+    assert len(ds) == first["dpo_pairs"] and ds[0]["images"][0].size[0] > 0
 
 
 def _check_report(spark, cfg, out: str) -> None:

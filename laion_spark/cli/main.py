@@ -8,13 +8,13 @@ import posixpath
 import re
 import sys
 
-from laion_spark.cli import audit, io, models, pipeline, query, safety
+from laion_spark.cli import audit, dpo, io, models, pipeline, query, safety
 from laion_spark.extras import MissingExtra
 from laion_spark.settings import ConfigError
 from laion_spark.stage import StageOptionError
 
 # command groups in help order; each module's `register(sub)` adds its commands
-GROUPS = (pipeline, query, safety, models, audit, io)
+GROUPS = (pipeline, query, safety, models, audit, io, dpo)
 
 
 def build_parser() -> argparse.ArgumentParser:

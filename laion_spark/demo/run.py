@@ -7,7 +7,9 @@
 3. run extract -> download -> embed -> score -> curate -> index through Spark, with
    Delta tables under the workdir, export the curated subset as WebDataset shards, then
    search the index;
-4. print the per-stage summary and SQL a user can paste.
+4. CLIP-DPO on a share of the downloaded images: the tiny captioner samples responses,
+   tiny-clip ranks them, the rules pick preference pairs, exported for TRL;
+5. print the per-stage summary and SQL a user can paste.
 
 A third of the pages are in German, French, Spanish or Russian (captions from templates in
 those languages, with wrong captions injected as in the English ones); their captions go
@@ -121,6 +123,9 @@ def demo_config(cfg: Config) -> Config:
 
     cfg.download.allow_networks = sorted({*cfg.download.allow_networks, "127.0.0.1/32"})
     cfg.download.image_size = min(cfg.download.image_size, 96)
+    # CLIP-DPO on a quarter of the downloaded images (chosen by sample_id: the same each run)
+    cfg.dpo.pool.from_images = True
+    cfg.dpo.pool.images_fraction = min(cfg.dpo.pool.images_fraction, 0.25)
     multilingual = all(importlib.util.find_spec(m) for m in ("transformers", "tokenizers"))
     if multilingual and not cfg.embed.text_towers and cfg.embed.model == TINY_NAME:
         if not cfg.embed.pretrained:
@@ -176,6 +181,7 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
     _print_groups(results)
     results.append(_export_subset(spark, cfg, tables))
     _search_examples(spark, cfg, tables)
+    _dpo_pairs(spark, cfg, tables)
     _write_report(spark, cfg, tables)
     _print_next_steps(cfg)
     print(f"[demo] finished in {time.time() - t0:.0f}s; tables under {tables.root}")
@@ -250,6 +256,22 @@ def _search_examples(spark, cfg: Config, tables) -> None:
             print(f"   {hit.get('score', 0):.3f}  {hit.get('caption')!r:60}  {hit.get('url')}")
 
 
+def _dpo_pairs(spark, cfg: Config, tables) -> None:
+    """Export the CLIP-DPO pairs the pipeline mined for TRL and show one."""
+    from pyspark.sql import functions as F
+
+    from laion_spark.dpo.export import export_dpo
+
+    out = os.path.join(cfg.workdir_path, "dpo")
+    n = export_dpo(spark, cfg, tables, out)
+    print(f"\n[demo] dpo: {n} preference pairs in TRL's vision DPO format at {out}")
+    if n:
+        pair = tables.read("dpo_pairs").orderBy(F.desc("margin"), "pair_id").first()
+        print(f"   prompt:   {pair['prompt']!r}")
+        print(f"   chosen:   {pair['chosen']!r}  (clip {pair['chosen_score']:.3f})")
+        print(f"   rejected: {pair['rejected']!r}  (clip {pair['rejected_score']:.3f})")
+
+
 def _print_next_steps(cfg: Config) -> None:
     wd = f" --set workdir={cfg.workdir}" if cfg.workdir != "./demo-workdir" else ""
     print("\nTry these (SQL over the Delta tables; each table is a view by its name):")
@@ -259,6 +281,7 @@ def _print_next_steps(cfg: Config) -> None:
         "JOIN embeddings e USING (sample_id) LEFT JOIN scores s USING (sample_id) "
         "ORDER BY sim DESC LIMIT 5",
         "SELECT subset, count(*) AS n, sum(repeat) AS draws FROM subsets GROUP BY subset",
+        "SELECT prompt, chosen, rejected, round(margin, 3) AS margin FROM dpo_pairs LIMIT 5",
     ]:
         print(f'  .venv/bin/laion-spark sql{wd} "{q}"')
     print(f"  .venv/bin/laion-spark tables{wd}")
