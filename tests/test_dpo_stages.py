@@ -266,6 +266,22 @@ def test_export_loads_with_datasets(scored, exported):
     assert row["chosen"][0]["content"][0]["text"] == pairs.loc[row["pair_id"], "chosen"]
 
 
+
+def test_export_format_dpo_through_the_cli(scored, exported, tmp_path):
+    """`laion-spark export --format dpo --to DIR` writes the same pairs as dpo-export."""
+    import datasets
+
+    from laion_spark.cli import main as cli
+
+    cfg, *_ = scored
+    out, n = exported
+    to = str(tmp_path / "via-export")
+    assert cli(["export", "--format", "dpo", "--to", to, "--set", f"workdir={cfg.workdir}"]) == 0
+    a = datasets.load_dataset("parquet", data_dir=to, split="train")
+    b = datasets.load_dataset("parquet", data_dir=out, split="train")
+    assert len(a) == n and sorted(a["pair_id"]) == sorted(b["pair_id"])
+
+
 @pytest.mark.slow
 def test_trl_dpo_trainer_takes_one_step(scored, exported, tmp_path, tmp_path_factory):
     import datasets

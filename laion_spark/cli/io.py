@@ -54,7 +54,27 @@ def _export_settings(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _export_dpo(args: argparse.Namespace) -> int:
+    """`export --format dpo --to DIR`: the mined preference pairs (dpo_pairs) as TRL's
+    vision DPO dataset; --subset names the pair selection (default dpo.select.name)."""
+    from laion_spark.dpo.export import export_dpo
+    from laion_spark.extras import require
+
+    require("dpo", "datasets")
+    if not args.to:
+        print("laion-spark export: say where: --to DIR_OR_URI", file=sys.stderr)
+        return 2
+    cfg = config(args)
+    spark, tables = session(cfg)
+    selection = args.subset or args.subset_name
+    n = export_dpo(spark, cfg, tables, args.to, selection=selection)
+    print(f"exported {n} preference pairs in TRL's vision DPO format to {args.to}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "dpo":
+        return _export_dpo(args)
     subset = args.subset or args.subset_name
     if not subset:
         print("laion-spark export: name the subset: --subset NAME", file=sys.stderr)
@@ -145,7 +165,11 @@ def register(sub) -> None:
     add_common(p)
     p.add_argument("subset_name", nargs="?", metavar="SUBSET", help=argparse.SUPPRESS)
     p.add_argument("--subset", help="the subset to export (a name in the subsets table)")
-    p.add_argument("--format", choices=list(FORMATS), help="default: export.format")
+    p.add_argument(
+        "--format",
+        choices=[*FORMATS, "dpo"],
+        help="default: export.format; dpo = the mined preference pairs (dpo_pairs) for TRL",
+    )
     p.add_argument("--to", help="target folder: local path, s3://..., dbfs:/...")
     _shard_options(p)
     p.add_argument(
