@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -28,127 +27,50 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _common import (
+    IMG2DATASET_VENV,
+    ensure_img2dataset,
+    img2dataset_cmd,
+    img2dataset_successes,
+    our_download_overrides,
+    peer_env,
+    start_image_server,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-VENV = ROOT / "benchmarks" / ".venvs" / "img2dataset"
 sys.path.insert(0, str(ROOT))
 
 
-# ---------------------------------------------------------------- the server process
-def serve(n: int, size: int, port_file: str) -> None:
-    """Child process: serve /img/<i>.jpg for i < n until killed."""
-    from laion_spark.demo.image_server import ImageServer, Route
-    from laion_spark.demo.synthetic import make_samples
-
-    samples = make_samples(min(n, 500), seed=1)
-    bodies = [s.jpeg(size, quality=90) for s in samples]  # 500 distinct images, reused
-    routes = [Route(body=b) for b in bodies]
-
-    def handler(path: str) -> Route | None:
-        try:
-            i = int(path[len("/img/") : -len(".jpg")])
-        except ValueError:
-            return None
-        return routes[i % len(routes)] if 0 <= i < n else None
-
-    srv = ImageServer()
-    srv.add_handler("/img/", handler)
-    srv.start()
-    Path(port_file).write_text(str(srv.port))
-    while True:
-        time.sleep(3600)
-
-
-def start_server(n: int, size: int) -> tuple[subprocess.Popen, str]:
-    port_file = tempfile.mktemp(prefix="bench_dl_port_")
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(n), str(size), port_file])
-    for _ in range(600):
-        if os.path.exists(port_file) and Path(port_file).read_text().strip():
-            return proc, f"http://127.0.0.1:{Path(port_file).read_text().strip()}"
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("image server did not start")
-
-
 # ---------------------------------------------------------------- img2dataset
-def ensure_img2dataset() -> str | None:
-    """Path of the img2dataset CLI in its own venv (created on first use), or None + why."""
-    exe = VENV / "bin" / "img2dataset"
-    if exe.exists():
-        return str(exe)
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    r = subprocess.run(
-        [str(VENV / "bin" / "pip"), "install", "-q", "img2dataset"], capture_output=True, text=True
-    )
-    if r.returncode != 0 or not exe.exists():
-        print("img2dataset install failed:\n" + r.stderr[-3000:])
-        return None
-    return str(exe)
-
-
 def run_img2dataset(exe: str, urls: list[str], cores: int, threads: int, work: Path) -> dict:
     url_file = work / "urls.txt"
     url_file.write_text("\n".join(urls) + "\n")
     out = work / "i2d_out"
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(
-        os.environ,
-        NO_ALBUMENTATIONS_UPDATE="1",
-        http_proxy="",
-        https_proxy="",
-        no_proxy="127.0.0.1",
-    )
+    env = peer_env()
     t_import = time.time()
     subprocess.run(
-        [str(VENV / "bin" / "python"), "-c", "import img2dataset"],
+        [str(IMG2DATASET_VENV / "bin" / "python"), "-c", "import img2dataset"],
         env=env,
         check=True,
         capture_output=True,
     )
     import_s = time.time() - t_import
-    cmd = [
+    cmd = img2dataset_cmd(
         exe,
-        "--url_list",
         str(url_file),
-        "--input_format",
-        "txt",
-        "--output_folder",
         str(out),
-        "--output_format",
-        "files",
-        "--processes_count",
-        str(cores),
-        "--thread_count",
-        str(threads),
-        "--image_size",
-        "256",
-        "--resize_mode",
-        "border",
-        "--encode_format",
-        "jpg",
-        "--encode_quality",
-        "95",
-        "--number_sample_per_shard",
-        str(max(1, len(urls) // cores)),
-        "--timeout",
-        "10",
-        "--retries",
-        "0",
-        "--distributor",
-        "multiprocessing",
-        "--enable_wandb",
-        "False",
-    ]
+        cores=cores,
+        threads=threads,
+        per_shard=max(1, len(urls) // cores),
+    )
     t0 = time.time()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.time() - t0
-    ok = 0
-    for st in out.glob("*_stats.json"):
-        ok += json.loads(st.read_text()).get("successes", 0)
     return {
         "wall_s": wall,
         "import_s": import_s,
-        "successes": ok,
+        "successes": img2dataset_successes(out),
         "rc": r.returncode,
         "stderr": r.stderr[-1500:],
         "cmd": " ".join(cmd[:1] + ["..."] + cmd[5:]),
@@ -169,14 +91,7 @@ def run_ours(urls: list[str], cores: int, threads: int, work: Path) -> dict:
         [
             f"workdir={work / 'ours'}",
             f"spark.master=local[{cores}]",
-            "download.image_size=256",
-            "download.resize_mode=border",
-            "download.encode_format=jpg",
-            "download.encode_quality=95",
-            f"download.threads={threads}",
-            "download.retries=0",
-            f"download.partitions={cores}",
-            "download.allow_networks=['127.0.0.1/32']",
+            *our_download_overrides(threads, partitions=cores),
         ],
     )
     spark = get_spark(cfg)
@@ -281,13 +196,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--size", type=int, default=512, help="side of the served images")
     ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.serve:
-        serve(int(a.serve[0]), int(a.serve[1]), a.serve[2])
-        return
     work = Path(tempfile.mkdtemp(prefix="bench_download_"))
-    proc, base = start_server(a.n, a.size)
+    proc, base = start_image_server(a.n, a.size)
     try:
         urls = [f"{base}/img/{i}.jpg" for i in range(a.n)]
         # peers only ever see 127.0.0.1 URLs

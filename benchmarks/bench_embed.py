@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -31,10 +30,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import clip_model_arg, ensure_clip_retrieval, run_clip_inference
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-PEER_VENV = ROOT / "benchmarks" / ".venvs" / "clip-retrieval"
 
 
 def plain_loop(clip, jpegs: list[bytes], texts: list[str], batch: int) -> float:
@@ -185,54 +184,6 @@ def storage_numbers(img: np.ndarray, txt: np.ndarray, tmp: Path) -> dict:
 
 
 # --- clip-retrieval ---------------------------------------------------------------------
-def ensure_peer_venv() -> Path:
-    """benchmarks/.venvs/clip-retrieval: clip-retrieval without re-downloading torch.
-
-    clip-retrieval pins numpy<2, pyarrow<16, open-clip-torch<3 and pulls torch + CUDA wheels,
-    wandb, transformers, sentence-transformers, img2dataset... (several GB). Here the venv
-    gets clip-retrieval and the small pure-Python pieces clip_inference imports (all_clip,
-    webdataset, fire, braceexpand, wandb), and a .pth that puts this project's .venv
-    site-packages (torch, open_clip, numpy, pyarrow, pandas) behind it, so both tools run the
-    very same torch/open_clip build. `sentence_transformers` (used only for multilingual
-    CLIP, which is off) gets a stub module: importing the real one needs transformers.
-    """
-    py = PEER_VENV / "bin" / "python"
-    if not py.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-    pip = [str(py), "-m", "pip", "install", "-q"]
-    check = subprocess.run(
-        [str(py), "-c", "from clip_retrieval.clip_inference.main import main"],
-        capture_output=True,
-    )
-    if check.returncode != 0:
-        # clip_retrieval/__init__ imports every sub-tool (back end, index, end2end), so their
-        # small imports are needed too; the heavy ones come from the project's venv (.pth)
-        subprocess.run(
-            pip
-            + ["--no-deps", "clip-retrieval", "all_clip", "webdataset<0.3", "fire<0.6"]
-            + ["img2dataset", "autofaiss", "embedding-reader", "clip-anytorch"],
-            check=True,
-        )
-        subprocess.run(
-            pip
-            + ["braceexpand", "wandb", "termcolor", "flask", "flask_cors", "flask_restful"]
-            + ["prometheus_client", "h5py"],
-            check=True,
-        )
-    site = next((PEER_VENV / "lib").glob("python3*/site-packages"))
-    main_site = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
-    (site / "zz_laion_main_venv.pth").write_text(str(main_site) + "\n")
-    stub = site / "sentence_transformers.py"
-    if not stub.exists():
-        stub.write_text(
-            '"""stub: multilingual CLIP is disabled in this benchmark"""\n'
-            "class SentenceTransformer:\n"
-            "    def __init__(self, *a, **k):\n"
-            "        raise RuntimeError('sentence_transformers not installed (stub)')\n"
-        )
-    return py
-
-
 def write_webdataset(path: Path, samples, jpegs) -> None:
     with tarfile.open(path, "w") as tar:
         for s, j in zip(samples, jpegs, strict=False):
@@ -242,9 +193,7 @@ def write_webdataset(path: Path, samples, jpegs) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def peer_numbers(
-    py: Path, model: str, ckpt: str, tmp: Path, samples, jpegs, batch: int, arch_json: str | None
-) -> dict:
+def peer_numbers(py: Path, model: str, ckpt: str, tmp: Path, samples, jpegs, batch: int) -> dict:
     # one shard per data-loader worker: clip_inference gives each worker whole shards, and a
     # worker without one fails ("No samples found in dataset")
     workers = os.cpu_count() or 1
@@ -252,24 +201,18 @@ def peer_numbers(
         write_webdataset(tmp / f"shard-{w:05d}.tar", samples[w::workers], jpegs[w::workers])
     tar = tmp / f"shard-{{00000..{workers - 1:05d}}}.tar"
     out = tmp / "peer_out"
-    reg = ""
-    if arch_json:
-        reg = f"import open_clip; open_clip.add_model_config({arch_json!r}); "
-    code = (
-        reg + "import time; from clip_retrieval.clip_inference.main import main; t=time.time(); "
-        f"main(input_dataset={str(tar)!r}, output_folder={str(out)!r}, input_format='webdataset', "
-        f"batch_size={batch}, num_prepro_workers={workers}, enable_text=True, "
-        "enable_image=True, enable_metadata=False, "
-        f"clip_model={'open_clip:' + model + '/' + ckpt!r}, use_jit=False, "
-        "distribution_strategy='sequential'); print('PEER_SECONDS', time.time()-t)"
+    clip_model, arch_json = clip_model_arg(model, ckpt, tmp)
+    t = run_clip_inference(
+        py,
+        str(tar),
+        out,
+        clip_model=clip_model,
+        arch_json=arch_json,
+        batch=batch,
+        workers=workers,
+        cwd=tmp,
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", PYTHONNOUSERSITE="1")
-    t0 = time.time()
-    p = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, cwd=tmp)
-    wall = time.time() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"clip_inference failed:\n{p.stderr[-3000:]}")
-    inner = float(p.stdout.rsplit("PEER_SECONDS", 1)[1].split()[0])
+    inner, wall = t["inner_s"], t["wall_s"]
     img = np.concatenate([np.load(f) for f in sorted((out / "img_emb").glob("*.npy"))])
     txt = np.concatenate([np.load(f) for f in sorted((out / "text_emb").glob("*.npy"))])
     return {
@@ -302,12 +245,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
     overrides = [
         f"workdir={tmp / 'wd'}",
-        f"clip.model={args.model}",
-        f"clip.device={args.device}",
-        f"clip.batch_size={args.batch}",
+        f"embed.model={args.model}",
+        f"embed.device={args.device}",
+        f"embed.batch_size={args.batch}",
     ]
     if args.pretrained:
-        overrides.append(f"clip.pretrained={args.pretrained}")
+        overrides.append(f"embed.pretrained={args.pretrained}")
     cfg = load_config("local", overrides)
     clip = load_clip(cfg.embed)
     ckpt = args.pretrained or tiny.ensure_tiny_clip()
@@ -340,12 +283,8 @@ def main() -> None:
     }
     if not args.skip_peer:
         try:
-            py = ensure_peer_venv()
-            arch_json = None
-            if args.model == tiny.TINY_NAME:
-                arch_json = str(tmp / "tiny-clip.json")
-                Path(arch_json).write_text(json.dumps(tiny.TINY_CONFIG))
-            peer = peer_numbers(py, args.model, ckpt, tmp, samples, jpegs, args.batch, arch_json)
+            py = ensure_clip_retrieval()
+            peer = peer_numbers(py, args.model, ckpt, tmp, samples, jpegs, args.batch)
             # same weights -> same embeddings (up to preprocessing); the peer's output order
             # follows its shards and workers, so match each of its rows to its best of ours
             ours = clip.encode_images(jpegs)

@@ -32,10 +32,11 @@ import sys
 import tempfile
 import time
 
+from _common import CC2DATASET_RULES, CC2DATASET_VENV, ensure_cc2dataset, project_python
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV = os.path.join(ROOT, "benchmarks", ".venvs", "cc2dataset")
-PEER_PY = os.path.join(VENV, "bin", "python")
-OURS_PY = os.path.join(ROOT, ".venv", "bin", "python")
+PEER_PY = str(CC2DATASET_VENV / "bin" / "python")
+OURS_PY = project_python()
 
 WORDS = (
     "red blue green small large old new wooden stone river mountain city street house "
@@ -100,29 +101,6 @@ def make_pages(n_pages: int, imgs: int, links: int, seed: int = 0) -> list[dict]
     return pages
 
 
-def ensure_peer_venv() -> str | None:
-    """Create the cc2dataset venv; returns an error text if it cannot be installed."""
-    if os.path.exists(PEER_PY):
-        ok = subprocess.run(
-            [PEER_PY, "-c", "import cc2dataset.main"], capture_output=True, text=True
-        )
-        if ok.returncode == 0:
-            return None
-    else:
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    # pyspark pinned to the version already in the pip cache: cc2dataset imports it at module
-    # level but process_wat does not use it
-    r = subprocess.run(
-        [os.path.join(VENV, "bin", "pip"), "install", "-q", "cc2dataset==1.5.0", "pyspark==4.2.0"],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        return (r.stderr or r.stdout)[-2000:]
-    ok = subprocess.run([PEER_PY, "-c", "import cc2dataset.main"], capture_output=True, text=True)
-    return None if ok.returncode == 0 else ok.stderr[-2000:]
-
-
 PEER_CODE = r"""
 import json, sys, time, logging
 from loguru import logger
@@ -146,7 +124,7 @@ print(json.dumps({"seconds": best, "pairs": len(rows)}))
 OURS_CODE = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from laion_spark.extract import captions, language, wat_native
+from laion_spark.extract import captions, entities, language, wat_native
 from laion_spark.extract.stage import ROW_SCHEMA, file_rows
 # one-time per worker (a Spark Python worker keeps them for all its files): the language
 # models, ftfy's tables and the core's caption tables; timed separately (load_s), not part
@@ -154,7 +132,7 @@ from laion_spark.extract.stage import ROW_SCHEMA, file_rows
 language._model()
 language._native_model()
 captions.gated_fix_text("\u00e9")
-captions.unescape_entities("&amp;")
+entities.unescape_attribute("&amp;")
 wat_native.caption_tables()
 # a long-lived worker has run a full collection since its imports; a fresh process has
 # not, and its first full collections walk every import-time object (30+ ms here)
@@ -176,9 +154,8 @@ print(json.dumps({"seconds": dt, "load_s": load_s, "pairs": len(pairs),
                   "errors": stats[col["errors"]]}))
 """
 
-# cc2dataset's rules, as far as our config can express them: any non-empty alt (its
-# `len(alt) > 0`; ours strips whitespace first), svg/gif kept, no language id
-SAME_RULES = {"min_caption_chars": 1, "drop_extensions": [], "language_id": False}
+# cc2dataset's rules, as far as our config can express them (see _common)
+SAME_RULES = CC2DATASET_RULES
 
 
 def run_pinned(py: str, code: str, *args: str) -> dict:
@@ -281,7 +258,7 @@ def main() -> None:
         flush=True,
     )
 
-    err = ensure_peer_venv()
+    err = ensure_cc2dataset()
     default_opts = dict(ExtractSettings().to_options(), native=not args.no_native)
     same_opts = dict(default_opts, **SAME_RULES)
     ours_out = os.path.join(work, "ours.jsonl")

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import AUTOFAISS_SCRIPT, ensure_autofaiss
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-VENV = HERE / ".venvs" / "autofaiss"
 
 
 def clustered(n: int, d: int, seed: int, clusters: int = 1000, spread: float = 0.6) -> np.ndarray:
@@ -130,31 +130,6 @@ def evaluate(index, queries: np.ndarray, truth: np.ndarray, to_rows=None) -> dic
 
 
 # ---------------------------------------------------------------- autofaiss (separate venv)
-def ensure_autofaiss() -> Path:
-    py = VENV / "bin" / "python"
-    if not py.exists():
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-    check = "import autofaiss, faiss; assert faiss.__version__ == '1.7.4'"
-    if subprocess.call([str(py), "-c", check], stderr=subprocess.DEVNULL) != 0:
-        # autofaiss pins numpy<2; the newest pyarrow needs numpy>=2, so pin pyarrow too.
-        # autofaiss calls faiss.OPQMatrix(d, M=.., d2=..) with keywords, which faiss-cpu
-        # 1.15's SWIG wrapper rejects (TypeError): pin the 1.7.4 it was written against.
-        subprocess.check_call(
-            [str(py), "-m", "pip", "install", "-q", "autofaiss", "pyarrow<18", "faiss-cpu==1.7.4"]
-        )
-    return py
-
-
-AUTOFAISS_SCRIPT = """
-import sys, json
-from autofaiss import build_index
-emb, out, budget, key = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] or None
-build_index(embeddings=emb, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
-            max_index_memory_usage=budget, current_memory_available="16G", metric_type="ip",
-            make_direct_map=False, should_be_memory_mappable=True, nb_cores=2, index_key=key)
-"""
-
-
 def bench_autofaiss(work: Path, budget_mb: int, key: str = "") -> dict:
     import faiss
 
@@ -162,7 +137,7 @@ def bench_autofaiss(work: Path, budget_mb: int, key: str = "") -> dict:
     out = work / "autofaiss"
     out.mkdir(exist_ok=True)
     secs, peak, _ = run_measured(
-        [str(py), "-c", AUTOFAISS_SCRIPT, str(work / "emb"), str(out), f"{budget_mb}MB", key]
+        [str(py), "-c", AUTOFAISS_SCRIPT, str(work / "emb"), str(out), f"{budget_mb}MB", key, "2"]
     )
     infos = json.loads((out / "infos.json").read_text())
     index = faiss.read_index(str(out / "knn.index"), faiss.IO_FLAG_MMAP)

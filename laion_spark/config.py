@@ -23,6 +23,7 @@ from laion_spark.index.settings import IndexSettings
 from laion_spark.score.settings import ScoreSettings
 from laion_spark.serve.settings import ServeSettings
 from laion_spark.settings import ConfigError, from_dict, require
+from laion_spark.takedown.settings import TakedownSettings
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Config:
     curate: CurateSettings = field(default_factory=CurateSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    takedown: TakedownSettings = field(default_factory=TakedownSettings)
 
     @property
     def workdir_path(self) -> str:

@@ -81,6 +81,25 @@ def spark_settings(cfg: Config, local: bool = True) -> dict[str, str]:
     return out
 
 
+_QUIET = False
+QUIET_LOG4J = os.path.join(os.path.dirname(__file__), "data", "log4j2-quiet.properties")
+
+
+def quiet_console(quiet: bool = True) -> None:
+    """The CLI's calm console: a local driver logs errors only and shows no Spark progress bar
+    (laion_spark.progress draws one line per stage instead). `--verbose` leaves Spark as is."""
+    global _QUIET
+    _QUIET = quiet
+
+
+def _quiet_settings(out: dict[str, str]) -> None:
+    opts = out.get("spark.driver.extraJavaOptions", "")
+    out["spark.driver.extraJavaOptions"] = (
+        f"{opts} -Dlog4j2.configurationFile={QUIET_LOG4J}".strip()
+    )
+    out["spark.ui.showConsoleProgress"] = "false"
+
+
 def get_spark(cfg: Config) -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -92,10 +111,13 @@ def get_spark(cfg: Config) -> SparkSession:
     if cfg.spark.master:
         # None: spark-submit or the platform (Databricks, EMR) supplies the master
         builder = builder.master(cfg.spark.master)
-    for k, v in spark_settings(cfg, local=local).items():
+    settings = spark_settings(cfg, local=local)
+    if _QUIET and local:
+        _quiet_settings(settings)
+    for k, v in settings.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel("ERROR" if _QUIET else "WARN")
     return spark
 
 

@@ -117,7 +117,8 @@ def run_stage(name: str, spark, cfg, tables, **options) -> StageResult:
     t0 = time.time()
     log.info("stage %s ...", name)
     try:
-        result = fn(spark, cfg, tables, **options)
+        with _progress(spark, name):
+            result = fn(spark, cfg, tables, **options)
     except Exception as e:
         failed = StageResult(name, seconds=time.time() - t0, error=f"{type(e).__name__}: {e}")
         record_run(tables, cfg, failed, options, started)
@@ -126,6 +127,14 @@ def run_stage(name: str, spark, cfg, tables, **options) -> StageResult:
     log.info("%s", result.line())
     record_run(tables, cfg, result, options, started)
     return result
+
+
+def _progress(spark, name: str):
+    from contextlib import nullcontext
+
+    from laion_spark import progress
+
+    return progress.StageProgress(spark, name) if progress.ENABLED else nullcontext()
 
 
 def record_run(tables, cfg, result: StageResult, options: dict[str, Any], started) -> None:

@@ -3,7 +3,8 @@
 Locally (and on S3/DBFS paths) a table is a Delta folder `<tables_root>/<name>`; with
 `tables.database` set (Databricks Unity Catalog, Glue) it is the catalog table
 `<database>.<name>`. Every table carries `sample_id` (see laion_spark.ids), except the
-bookkeeping tables keyed otherwise (`extract_stats`, `runs`, `takedowns`, `index_manifest`).
+bookkeeping tables keyed otherwise (`extract_stats`, `runs`, `takedowns`, `purges`,
+`index_manifest`).
 
 `SPECS` is the contract: Spark schemas (`spark_schema`) and Arrow schemas (`arrow_schema`)
 of what stages write are derived from it, never written out again.
@@ -79,10 +80,13 @@ SPECS: dict[str, TableSpec] = {
                 ("errors", T.MapType(STRING, LONG)),
                 ("seconds", DOUBLE),
                 ("finished_at", TIMESTAMP),
-                # ok | partial (some bad records) | failed (file unreadable); first error text
+                # ok | partial (some bad records) | failed (file unreadable, retried) |
+                # unsupported_format (e.g. ARC, not retried); first error text
                 ("status", STRING),
                 ("error_message", STRING),
                 ("crawl_id", STRING),
+                # which entity rule a WAT got (decoded | raw, and why); null for WARC
+                ("wat_entities", STRING),
             ),
             "per input file: records read, pairs emitted, rejections and errors by reason",
         ),
@@ -106,8 +110,12 @@ SPECS: dict[str, TableSpec] = {
                 ("num_bytes", LONG),
                 ("fetch_seconds", DOUBLE),
                 ("downloaded_at", TIMESTAMP),
+                # PDQ perceptual hash of the stored image (64 hex digits) and its quality
+                # (0-100; below 50 the hash is unreliable), matched by `takedown --kind pdq`
+                ("pdq", STRING),
+                ("pdq_quality", INT),
             ),
-            "one row per candidate: status, error message, resized encoded image bytes",
+            "one row per candidate: status, error message, resized encoded image bytes, PDQ hash",
         ),
         TableSpec(
             "embeddings",
@@ -115,6 +123,9 @@ SPECS: dict[str, TableSpec] = {
             _schema(
                 ("sample_id", STRING),
                 ("model_id", STRING),
+                # the text tower of text_embedding/similarity: model_id's own, or the
+                # multilingual tower of the caption's language group (null: model_id's own)
+                ("text_model_id", STRING),
                 ("image_embedding", T.ArrayType(FLOAT)),
                 ("text_embedding", T.ArrayType(FLOAT)),
                 ("similarity", FLOAT),
@@ -122,7 +133,10 @@ SPECS: dict[str, TableSpec] = {
                 ("error_message", STRING),
                 ("embedded_at", TIMESTAMP),
             ),
-            "L2-normalised CLIP image/text embeddings and their cosine similarity, per model",
+            "L2-normalised CLIP image/text embeddings and their cosine similarity, per image "
+            "model; `text_model_id` is the text tower that embedded the caption (the model's "
+            "own, or the multilingual tower of its language group; null in rows written "
+            "before the column existed: the model's own)",
         ),
         TableSpec(
             "scores",
@@ -193,8 +207,44 @@ SPECS: dict[str, TableSpec] = {
                 ("reason", STRING),
                 ("removed", T.MapType(STRING, LONG)),
                 ("requested_at", TIMESTAMP),
+                # the resolution, taken before anything is deleted: everything derived from
+                # the matched samples, so merge, search, export and purge honour it later
+                ("sample_ids", T.ArrayType(STRING)),
+                ("faiss_ids", T.MapType(STRING, T.ArrayType(LONG))),  # index name -> ids
+                ("shards", T.MapType(STRING, T.ArrayType(STRING))),  # index name -> shards
+                ("sha256", T.ArrayType(STRING)),
+                ("pdq", T.ArrayType(STRING)),
+                ("url_hashes", T.ArrayType(STRING)),  # sha256 of each normalised URL
+                ("max_distance", INT),  # pdq: Hamming distance the match used
+                ("resolved_at", TIMESTAMP),
+                # set by purge (the value of a url request is then kept only as sha256:<hex>)
+                ("purge_id", STRING),
+                ("purged_at", TIMESTAMP),
             ),
-            "takedown requests (url, domain, sha256, md5, sample_id) and what they removed",
+            "takedown requests (url, domain, sha256, md5, pdq, sample_id), their resolution "
+            "to every derived id, and what they removed",
+        ),
+        TableSpec(
+            "purges",
+            ("purge_id",),
+            _schema(
+                ("purge_id", STRING),
+                ("request_ids", T.ArrayType(STRING)),
+                ("samples", LONG),
+                # table -> data files VACUUM deleted; table -> log files removed before the
+                # checkpoint (old versions, whose stats hold column prefixes)
+                ("files_removed", T.MapType(STRING, LONG)),
+                ("log_files_removed", T.MapType(STRING, LONG)),
+                ("retain_hours", DOUBLE),
+                ("index_files", T.ArrayType(STRING)),  # "rewritten|deleted: <path>"
+                ("exports", T.ArrayType(STRING)),  # "rewritten|deleted|listed: <path> (why)"
+                ("complete", T.BooleanType()),
+                ("notes", STRING),
+                ("started_at", TIMESTAMP),
+                ("seconds", DOUBLE),
+            ),
+            "purges: what `laion-spark purge` physically erased (Delta files, old log "
+            "versions, index shards and merged files, export shards) for which requests",
         ),
         TableSpec(
             "runs",
@@ -417,8 +467,48 @@ class Tables:
             done = done.where(where)
         return source.join(done.select(*keys).distinct(), on=list(keys), how="left_anti")
 
+    def distinct(self, name: str, column: str) -> list:
+        """Distinct non-null values of a low-cardinality column (e.g. embeddings.model_id).
+
+        Path-based local tables answer from the Delta log's per-file min/max statistics
+        when every file holds one value (no data file is read: the usual case of one model
+        per commit); otherwise, and for catalog tables, a Spark DISTINCT.
+        """
+        if not self.exists(name):
+            return []
+        from laion_spark.storage import is_local
+
+        if not self.database and is_local(self.location(name)):
+            try:
+                import pyarrow as pa
+                from deltalake import DeltaTable
+
+                adds = pa.table(DeltaTable(self.location(name)).get_add_actions(flatten=True))
+                lo = adds.column(f"min.{column}").to_pylist()
+                hi = adds.column(f"max.{column}").to_pylist()
+                nulls = adds.column(f"null_count.{column}").to_pylist()
+                counts = adds.column("num_records").to_pylist()
+                if all(a is not None and a == b for a, b in zip(lo, hi, strict=True)) or all(
+                    n == c for n, c in zip(nulls, counts, strict=True)
+                ):
+                    return sorted({a for a in lo if a is not None})
+            except Exception:  # no statistics for the column: ask Spark
+                pass
+        rows = self.read(name).select(column).where(F.col(column).isNotNull()).distinct()
+        return sorted(r[0] for r in rows.collect())
+
     def version(self, name: str) -> int | None:
-        """Current Delta version of table `name` (None when it does not exist)."""
+        """Current Delta version of table `name` (None when it does not exist); read from the
+        log by delta-rs for local path tables (no Spark job), from history otherwise."""
+        from laion_spark.storage import is_local
+
+        if not self.database and is_local(self.location(name)):
+            from deltalake import DeltaTable
+
+            try:
+                return int(DeltaTable(self.location(name)).version())
+            except Exception:  # not a Delta table (yet)
+                return None
         if not self.exists(name):
             return None
         hist = self.delta(name).history(1).select("version").collect()

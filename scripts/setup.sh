@@ -15,6 +15,9 @@ DELTA_VERSION=4.3.1
 SPARK_MM=4.1
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+# pip's and the build backends' chatter goes to a log; it is shown only when a step fails
+LOG=${SETUP_LOG:-$VENV.setup.log}
+quiet() { "$@" >>"$LOG" 2>&1 || { tail -n 40 "$LOG" >&2; return 1; }; }
 die() { printf '\033[31m[setup] ERROR:\033[0m %s\n' "$*" >&2; exit 1; }
 
 command -v java >/dev/null || die "Java not found. Spark 4 needs a JDK 17 or 21 (Debian: apt-get install openjdk-17-jdk-headless)."
@@ -27,8 +30,8 @@ stamp="$VENV/.laion-spark-installed"
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   say "creating $VENV and installing laion_spark[all,dev] (first time downloads torch; pip caches it)"
   [ -x "$VENV/bin/python" ] || $PY -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
-  "$VENV/bin/pip" install -q -e ".[all,dev]"
+  quiet "$VENV/bin/pip" install --upgrade pip wheel setuptools || die "could not upgrade pip (log: $LOG)"
+  quiet "$VENV/bin/pip" install -e ".[all,dev]" || die "could not install laion_spark (log: $LOG)"
   touch "$stamp"
 else
   say "$VENV up to date"
@@ -39,7 +42,7 @@ command -v cargo >/dev/null || die "Rust's cargo not found; it builds laion-spar
 native_stamp="$VENV/.laion-spark-native-installed"
 if [ ! -f "$native_stamp" ] || [ -n "$(find native -newer "$native_stamp" -not -path 'native/target*' -print -quit)" ]; then
   say "building laion-spark-native (Rust, first time fetches its crates from crates.io)"
-  "$VENV/bin/pip" install -q ./native || die "could not build native/ (see the cargo output above)"
+  quiet "$VENV/bin/pip" install ./native || die "could not build native/ (the cargo output is above; log: $LOG)"
   touch "$native_stamp"
 fi
 
@@ -54,7 +57,7 @@ for art in "io.delta:delta-spark_${SPARK_MM}_2.13:${DELTA_VERSION}" "io.delta:de
 done
 say "Delta jars in $JAR_DIR"
 
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+if [ -z "${LAION_SPARK_SKIP_BROWSER:-}" ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing chromium + chromium-driver (browser test of the search page)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \

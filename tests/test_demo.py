@@ -29,6 +29,7 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert by_stage["download"].by_status.get("success", 0) > 0
     out = capsys.readouterr().out
     assert "run summary" in out and "search:" in out
+    assert "search: 'un cercle rouge à gauche'" in out
 
     from laion_spark.tables import Tables
 
@@ -47,10 +48,11 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     # the failures a real crawl has are rows with a status, not gaps
     statuses = {r["status"] for r in spark.sql("SELECT DISTINCT status FROM images").collect()}
     assert {"success", "opted_out"} <= statuses
-    assert spark.sql("SELECT count(*) n FROM candidates").first()["n"] == spark.sql(
-        "SELECT count(*) n FROM images"
-    ).first()["n"]
-
+    assert (
+        spark.sql("SELECT count(*) n FROM candidates").first()["n"]
+        == spark.sql("SELECT count(*) n FROM images").first()["n"]
+    )
+    _multilingual_checks(spark, cfg, tables, by_stage, out)
     _check_scores(spark, cfg, tables, by_stage["score"], out)
 
     again = run_demo(cfg, pages=24)
@@ -65,6 +67,64 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     assert sorted(runs.stage.unique()) == sorted(r.stage for r in results)
     assert (runs.status == "ok").all() and runs.run_id.is_unique
     assert {r.stage: r.rows_in for r in again}["download"] == 0
+    assert {r.stage: r.rows_in for r in again}["embed"] == 0
+
+
+def _multilingual_checks(spark, cfg, tables, by_stage, out: str) -> None:
+    """Other-language pages: their captions went through the tiny multilingual tower, the
+    summary reports the filter per group, and French/German queries find their scenes."""
+    import random
+
+    from laion_spark.demo.run import demo_pages, demo_port
+    from laion_spark.index.search import Searcher
+    from laion_spark.models.text_tower import TINY_TOWER, query_group
+
+    assert cfg.embed.text_towers == {"multi": TINY_TOWER, "nolang": TINY_TOWER}
+    emb = by_stage["embed"].notes
+    assert emb["rows_multi"] >= 20 and emb["text_model_multi"].startswith("mclip-tiny-xlmr@")
+    cur = by_stage["curate"].notes
+    assert cur["clip_filter_kept_multi"] > 0 and cur["clip_filter_removed_multi"] > 0
+    assert "clip_filter per language group: en kept" in out
+    models: dict[str, set[str]] = {}
+    for r in spark.sql(
+        "SELECT DISTINCT c.language_group, e.text_model_id FROM embeddings e "
+        "JOIN candidates c USING (sample_id)"
+    ).collect():
+        models.setdefault(r["language_group"], set()).add(r["text_model_id"])
+    assert models["multi"] == {emb["text_model_multi"]} and len(models["en"]) == 1
+    assert models["en"] != models["multi"]
+
+    # the filter on the other languages' injected wrong captions
+    pages, _, _ = demo_pages(24, f"http://127.0.0.1:{demo_port()}")
+    samples = {u: s for p in pages for u, s in p["samples"].items()}
+    kept = {r["url"] for r in spark.sql(
+        "SELECT c.url FROM subsets s JOIN candidates c USING (sample_id) "
+        "WHERE s.subset = 'clip_filter' AND c.language_group = 'multi'"
+    ).collect()}  # fmt: skip
+    multi = {r["url"] for r in spark.sql(
+        "SELECT c.url FROM candidates c JOIN embeddings e USING (sample_id) "
+        "WHERE c.language_group = 'multi'"
+    ).collect()}  # fmt: skip
+    multi &= set(samples)  # generated images (not the crawl's junk links)
+    wrong = {u for u in multi if samples[u].mismatched}
+    removed = multi - kept
+    assert wrong and len(removed & wrong) / len(wrong) >= 0.8  # recall
+    assert len(removed & wrong) / len(removed) >= 0.8  # precision
+
+    # French and German queries for scenes of the crawl find them (image index, text tower)
+    searcher = Searcher.open(spark, cfg, tables)
+    indexed = [samples[u] for u in sorted(multi)]
+    rng = random.Random(3)
+    for i, lang in enumerate(["fr", "de", "fr", "de"]):
+        scene = indexed[i * 5].attrs
+        query = scene.caption_in(lang, rng)
+        assert query_group(query, None, cfg) == "multi", query
+        hits = searcher.search(query, k=5)
+        found = [samples[h["url"]].attrs for h in hits if h["url"] in samples]
+        assert any(
+            (a.color, a.shape, a.position) == (scene.color, scene.shape, scene.position)
+            for a in found
+        ), (query, [h["caption"] for h in hits])
 
 
 def _check_scores(spark, cfg, tables, score, out: str) -> None:

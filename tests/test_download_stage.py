@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -80,6 +81,15 @@ def _serve_everything(srv: ImageServer) -> dict[str, tuple[str, str]]:
             "failed_to_decode",
         ),
         "gif": (srv.add("/a.gif", data.gif(), "image/gif"), "unsupported_format"),
+        "svg": (
+            srv.add("/a.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml"),
+            "unsupported_format",
+        ),
+        "empty": (srv.add("/empty.jpg", b""), "empty_body"),
+        "gzip_encoded": (
+            srv.add("/gz.jpg", gzip.compress(data.jpeg()), headers={"Content-Encoding": "gzip"}),
+            "success",
+        ),
         "html": (
             srv.add("/page.html", b"<html><body>hi</body></html>", "text/html"),
             "wrong_content_type",
@@ -149,9 +159,15 @@ def test_every_case_gets_the_right_status_and_rerun_is_noop(spark, make_cfg):
         # --retry-failed fetches only the retryable failures, and the server is fixed now
         srv.add("/500", data.jpeg())
         retried = run(spark, cfg, tables, retry_failed=True)
-        retry_names = {
-            n for n, (_, w) in cases.items() if w in ("http_error", "timeout", "failed_to_download")
+        from laion_spark.download.worker import RETRYABLE_STATUSES
+
+        assert set(RETRYABLE_STATUSES) == {
+            "http_error",
+            "timeout",
+            "failed_to_download",
+            "empty_body",
         }
+        retry_names = {n for n, (_, w) in cases.items() if w in RETRYABLE_STATUSES}
         assert retried.rows_in == len(retry_names)
         after = {r["sample_id"]: r["status"] for r in tables.read("images").collect()}
         assert after[ids["server_error"]] == "success" and after[ids["noai"]] == "opted_out"

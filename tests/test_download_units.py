@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import socket
+import threading
+import time
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -40,6 +46,31 @@ from laion_spark.settings import ConfigError
         ("::ffff:169.254.169.254", "link-local"),
         ("::ffff:127.0.0.1", "loopback"),
         ("2002:0a00:0001::1", "private"),  # 6to4 wrapping 10.0.0.1
+        # IANA IPv4 special-purpose registry, every block not globally reachable
+        ("0.1.2.3", "this network"),
+        ("192.0.0.8", "IETF protocol assignment"),
+        ("192.0.2.1", "documentation"),
+        ("198.51.100.7", "documentation"),
+        ("203.0.113.9", "documentation"),
+        ("198.19.255.255", "benchmarking"),
+        ("192.88.99.1", "6to4 relay"),
+        ("255.255.255.255", "broadcast"),
+        ("172.31.255.255", "private"),
+        # IANA IPv6 special-purpose registry and address space
+        ("fec0::1", "site-local"),  # deprecated (RFC 3879), Python calls it global
+        ("feff:ffff::1", "site-local"),
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 to the metadata service
+        ("64:ff9b::7f00:1", "loopback"),
+        ("64:ff9b:1::1", "local-use IPv4/IPv6 translation"),
+        ("100::1", "discard-only"),
+        ("2001::1", "Teredo"),
+        ("2001:2::1", "IETF protocol assignment"),  # benchmarking 2001:2::/48
+        ("2001:db8::1", "documentation"),
+        ("3fff::1", "documentation"),  # RFC 9637 (2024), Python 3.11 calls it global
+        ("5f00::1", "segment routing"),
+        ("::a9fe:a9fe", "reserved"),  # deprecated IPv4-compatible form
+        ("4000::1", "reserved"),  # outside 2000::/3
+        ("::ffff:0:a9fe:a9fe", "reserved"),  # SIIT IPv4-translated
     ],
 )
 def test_ssrf_refuses_non_public_addresses(ip, word):
@@ -47,7 +78,18 @@ def test_ssrf_refuses_non_public_addresses(ip, word):
     assert reason is not None and word in reason, (ip, reason)
 
 
-@pytest.mark.parametrize("ip", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "93.184.216.34",
+        "8.8.8.8",
+        "2606:4700:4700::1111",
+        "2a00:1450:4001:82b::200e",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",  # NAT64 (DNS64 on IPv6-only executors) to a public address
+        "192.31.196.1",  # AS112: globally reachable per IANA
+    ],
+)
 def test_ssrf_allows_public_addresses(ip):
     assert check_address(ip, []) is None
 
@@ -96,6 +138,9 @@ def test_user_agent_names_our_token_only():
 
 def _cfg(**kw) -> DownloadSettings:
     return DownloadSettings(**kw)
+
+
+_SVG = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>'
 
 
 @pytest.mark.parametrize(
@@ -190,11 +235,26 @@ def test_alpha_composited_on_white_and_cmyk_and_16bit():
         (data.pixel_bomb_png(12000, 12000), "too_large", {}),
         (data.jpeg(30, 20), "too_small", {"min_image_size": 64}),
         (data.webp(), "unsupported_format", {"allowed_formats": ["JPEG"]}),
+        (b"", "empty_body", {}),
+        (_SVG, "unsupported_format", {}),
+        (b"\xef\xbb\xbf<!-- logo -->\n<svg viewBox='0 0 1 1'/>", "unsupported_format", {}),
+        (b"<!DOCTYPE html><html><body>404</body></html>", "failed_to_decode", {}),
+        (b"\x00\x01\x02\x03" * 8, "failed_to_decode", {}),
     ],
 )
 def test_bad_images_get_a_status(payload, status, cfg_kw):
     r = process_image(payload, _cfg(**cfg_kw))
     assert r.status == status and r.image is None and r.error
+    assert "object at 0x" not in r.error and "BytesIO" not in r.error, r.error
+
+
+def test_bad_image_messages_say_what_the_bytes_are():
+    msg = lambda b: process_image(b, _cfg()).error  # noqa: E731
+    assert msg(b"") == "the server answered 200 with an empty body (0 bytes)"
+    assert msg(_SVG).startswith("SVG (a vector drawing, image/svg+xml)")
+    assert msg(b"<html><body>x</body></html>") == "not an image: an HTML page, not an image"
+    assert "gzip-compressed data" in msg(gzip.compress(data.jpeg()))
+    assert msg(b"\x00\x01\x02") == "not an image: 3 bytes of an unknown format starting 00 01 02"
 
 
 def test_pixel_bomb_is_refused_before_decoding():
@@ -272,3 +332,164 @@ def test_image_server_handler_routes():
         assert f.fetch(srv.url("/img/1.jpg")).status == "success"
         missing = f.fetch(srv.url("/img/9.jpg"))
         assert missing.status == "http_error" and missing.http_status == 404
+
+
+# ---------------- hostile servers: encodings, empty bodies, hanging and trickling ----------------
+
+
+def test_content_encoding_and_empty_bodies_get_precise_statuses():
+    jpeg = data.jpeg()
+    deflated = zlib.compress(jpeg)
+    with ImageServer() as srv:
+        gz = {"Content-Encoding": "gzip"}
+        cases = {
+            "gzip": (srv.add("/gz.jpg", gzip.compress(jpeg), headers=gz), "success"),
+            "deflate": (
+                srv.add("/df.jpg", deflated, headers={"Content-Encoding": "deflate"}),
+                "success",
+            ),
+            "raw_deflate": (
+                srv.add("/rd.jpg", deflated[2:-4], headers={"Content-Encoding": "deflate"}),
+                "success",
+            ),
+            "labelled_gzip_but_plain": (srv.add("/pl.jpg", jpeg, headers=gz), "success"),
+            # 2 MB of zeros in 2 kB: stops at max_bytes, never inflates the whole bomb
+            "gzip_bomb": (
+                srv.add("/bomb.jpg", gzip.compress(b"\0" * 2_000_000), headers=gz),
+                "too_large",
+            ),
+            "gzip_corrupt": (
+                srv.add("/bad.jpg", b"\x1f\x8b\x08\x00" + b"\xff" * 64, headers=gz),
+                "failed_to_decode",
+            ),
+            "gzip_truncated": (
+                srv.add("/cut.jpg", gzip.compress(jpeg)[:-40], headers=gz),
+                "failed_to_decode",
+            ),
+            "brotli": (
+                srv.add("/br.jpg", b"\x1b\x00", headers={"Content-Encoding": "br"}),
+                "failed_to_decode",
+            ),
+            "empty": (srv.add("/empty.jpg", b""), "empty_body"),
+            "svg": (srv.add("/logo.svg", _SVG, "image/svg+xml"), "unsupported_format"),
+        }
+        cfg = _cfg(allow_networks=["127.0.0.1/32"], max_bytes=100_000, image_size=32)
+        rows = {
+            r["sample_id"]: r for r in download_rows([(k, u) for k, (u, _) in cases.items()], cfg)
+        }
+    got = {k: rows[k]["status"] for k in cases}
+    assert got == {k: want for k, (_, want) in cases.items()}, {
+        k: rows[k]["error_message"] for k in cases
+    }
+    msgs = {k: rows[k]["error_message"] for k in cases}
+    assert (
+        msgs["gzip_bomb"].startswith("Content-Encoding gzip: ")
+        and "max_bytes 100000" in msgs["gzip_bomb"]
+    )
+    assert "corrupt" in msgs["gzip_corrupt"] and "truncated" in msgs["gzip_truncated"]
+    assert "Content-Encoding 'br' is not supported" in msgs["brotli"]
+    assert "empty body" in msgs["empty"] and rows["empty"]["http_status"] == 200
+    assert msgs["svg"].startswith("SVG") and rows["svg"]["original_format"] == "SVG"
+    assert all("object at 0x" not in (m or "") for m in msgs.values())
+
+
+class _HostileServer:
+    """A TCP server on 127.0.0.1 that reads the request and then: `silent` never answers;
+    `slow_headers` sends its status line one byte every `gap` s (slowloris); `slow_body`
+    sends headers, then one body byte every `gap` s."""
+
+    def __init__(self, mode: str, gap: float = 0.2):
+        self.mode, self.gap = mode, gap
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            if self.mode == "slow_body":
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+                )
+            drip = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 10_000
+            for i in range(10_000):
+                if self.stop.wait(self.gap):
+                    return
+                if self.mode != "silent":
+                    conn.sendall(b"x" if self.mode == "slow_body" else drip[i : i + 1])
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def fetch_hostile(mode: str, n: int = 1, **cfg_kw) -> list[tuple[float, object]]:
+    """(seconds, FetchResult) of n fetches from a _HostileServer, the Fetcher built before
+    the clock starts. For the docs' figures:
+    PYTHONPATH=$PWD:$PWD/tests python -c "import test_download_units as t; t.report()" """
+    srv = _HostileServer(mode)
+    out = []
+    try:
+        for _ in range(n):
+            fetcher = Fetcher(_cfg(allow_networks=["127.0.0.1/32"], **cfg_kw))
+            t0 = time.monotonic()
+            res = fetcher.fetch(f"http://127.0.0.1:{srv.port}/x.jpg")
+            out.append((time.monotonic() - t0, res))
+    finally:
+        srv.close()
+    return out
+
+
+def report() -> None:
+    """Overshoot past timeout_s of each hostile server (docs/download.md)."""
+    import statistics
+
+    for mode in ("silent", "slow_headers", "slow_body"):
+        over = [
+            t - 1.0
+            for t, _ in fetch_hostile(mode, 20, timeout_s=1.0, read_timeout_s=5.0, retries=0)
+        ]
+        print(
+            f"{mode}: timeout_s=1.0 n=20 overshoot ms median {statistics.median(over) * 1e3:.1f}"
+            f" max {max(over) * 1e3:.1f}"
+        )
+    over = [t - 10.0 for t, _ in fetch_hostile("silent", 2)]
+    print(
+        f"silent: defaults (timeout_s=10, read 5, 1 retry) overshoot ms {[round(x * 1e3, 1) for x in over]}"
+    )
+
+
+@pytest.mark.parametrize(
+    "mode, cfg_kw",
+    [
+        # read_timeout_s longer than the deadline: only the deadline can end these
+        ("silent", {"read_timeout_s": 5.0, "retries": 0}),
+        ("slow_headers", {"read_timeout_s": 5.0, "retries": 0}),
+        ("slow_body", {"read_timeout_s": 5.0, "retries": 0}),
+        # a short read timeout and retries: the retry must not run past the deadline
+        ("silent", {"read_timeout_s": 0.4, "retries": 3, "backoff_s": 0.05}),
+    ],
+)
+def test_hanging_or_trickling_server_is_cut_at_the_deadline(mode, cfg_kw):
+    [(took, res)] = fetch_hostile(mode, timeout_s=1.0, **cfg_kw)
+    assert res.status == "timeout" and res.body is None, res
+    # cut at the deadline (measured overshoot 1-2 ms, at most 6 ms with the machine's two
+    # cores loaded 3x; the bound leaves room for a busier CI), never a read timeout or a
+    # retry later (before: 5.07 s, 1.43 s, and no end for the trickling headers)
+    assert 0.95 <= took < 1.15, (took, res.error)
+    assert res.error == "total deadline timeout_s=1.0s passed waiting for 127.0.0.1"

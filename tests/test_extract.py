@@ -240,7 +240,9 @@ def test_caption_rules():
     assert c("x" * 2001) == (None, "caption_too_long")
     assert c("x" * 100_000) == (None, "caption_too_long")
     assert c("abcd", min_chars=3) == ("abcd", None)
-    assert captions.unescape_entities("Tom &amp; Jerry &#39;s &copy=1") == "Tom & Jerry 's &copy=1"
+    # a caption is text: entities were decoded where the attribute was read, never here
+    assert c("Tom &amp; Jerry") == ("Tom &amp; Jerry", None)
+    assert c("Caf&eacute; &amp;amp; Bar é") == ("Caf&eacute; &amp;amp; Bar é", None)
 
 
 def test_language_groups():

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from test_extract_fast import _alt, _crawl_pages, _raw_src, _whirlwind_page
 
 from laion_spark.demo.crawl import write_synthetic_crawl
-from laion_spark.extract.pairs import Rules, page_pairs
+from laion_spark.extract.pairs import PageRejected, Rules, page_pairs
 from laion_spark.extract.reader import extract_file
 from laion_spark.extract.wat import WatError, parse_wat_json
 from laion_spark.extract.wat_native import wat_extractor
@@ -33,20 +33,24 @@ RULE_SETS = [
 ]
 
 
-def _python(data: bytes, record_url: str | None, rules: Rules) -> tuple:
+def _python(data: bytes, record_url: str | None, rules: Rules, decoded: bool = False) -> tuple:
     rejected: Counter = Counter()
     try:
-        page = parse_wat_json(data, record_url)
+        page = parse_wat_json(data, record_url, decoded)
     except WatError as e:
         return ("error", e.reason)
+    except PageRejected as e:
+        return ("not_html", {e.reason: 1})
     if page is None:
-        return ("not_html",)
+        return ("not_html", {})
     return ("pairs", list(page_pairs(page, rules, rejected, False, "CC-X")), dict(rejected))
 
 
-def _native(data: bytes, record_url: str | None, rules: Rules) -> tuple | None:
+def _native(
+    data: bytes, record_url: str | None, rules: Rules, decoded: bool = False
+) -> tuple | None:
     """The compiled path's result in _python's form; None where it hands the record back."""
-    extract = wat_extractor(rules)
+    extract = wat_extractor(rules, decoded)
     assert extract is not None
     rejected: Counter = Counter()
     got = extract(data, record_url, "CC-X")
@@ -55,17 +59,20 @@ def _native(data: bytes, record_url: str | None, rules: Rules) -> tuple | None:
         assert not rejected  # a record handed back counted nothing
         return None
     if got is False:
-        return ("not_html",)
+        return ("not_html", dict(rejected))
     return ("pairs", got, dict(rejected))
 
 
-def _same(data: bytes, rules_kw: dict, record_url: str | None = None) -> bool:
-    """Asserts both paths agree on one record; True when the compiled path handled it."""
+def _same(
+    data: bytes, rules_kw: dict, record_url: str | None = None, decoded: bool = False
+) -> bool:
+    """Asserts both paths agree on one record (for a WAT written with decoded values or
+    raw ones); True when the compiled path handled it."""
     from laion_spark.extract import language
 
     language._CACHE.clear()
-    native = _native(data, record_url, Rules(**rules_kw))
-    python = _python(data, record_url, Rules(**rules_kw, native=False))  # fastText, too
+    native = _native(data, record_url, Rules(**rules_kw), decoded)
+    python = _python(data, record_url, Rules(**rules_kw, native=False), decoded)  # fastText
     if native is not None:
         assert native == python
     return native is not None
@@ -140,7 +147,8 @@ def test_license_base_href_and_entities():
         "http://cdn.example/base/&x/b.jpg?x=1&y=2",
         "http://cdn.example/base/up/c.png",
     ]
-    assert [p.text for p in pairs][:2] == ["Tom & Jerry © 2024", "cats & dogs &nbsp"]
+    # HTML5 attribute rules: "&nbsp" without ';' at the end decodes too (a space, collapsed)
+    assert [p.text for p in pairs][:2] == ["Tom & Jerry © 2024", "cats & dogs"]
     assert rejected == {"data_url": 1, "javascript_url": 1}
     # a <head><base href> beats a BASE link; head <link rel=license> counts too
     head = {
@@ -212,14 +220,20 @@ _page_url = st.sampled_from(
     st.lists(_link, max_size=10),
     st.one_of(st.none(), st.sampled_from(["/b/", "http://base.example/x/y", "", "&amp;/z/"])),
     st.sampled_from(RULE_SETS),
+    st.booleans(),
 )
 @example(
-    "http://h.example/a/", [{"path": "IMG@/src", "url": "x.jpg", "alt": "&#x41;bcdef"}], None, {}
+    "http://h.example/a/",
+    [{"path": "IMG@/src", "url": "x.jpg", "alt": "&#x41;bcdef"}],
+    None,
+    {},
+    False,
 )
-def test_fuzz_native_equals_python_on_wat_records(page_url, links, head_base, rules_kw):
+def test_fuzz_native_equals_python_on_wat_records(page_url, links, head_base, rules_kw, decoded):
     head = {} if head_base is None else {"Base": head_base}
     data = json.dumps(_wat_doc(page_url, links, head), ensure_ascii=bool(len(links) % 2)).encode()
-    assert _same(data, rules_kw)  # well-formed records are always the compiled path's
+    # well-formed records are always the compiled path's
+    assert _same(data, rules_kw, decoded=decoded)
 
 
 @settings(max_examples=300, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
@@ -284,7 +298,27 @@ def test_native_language_id_equals_fasttext(texts):
 def test_entities_decode_like_python(text):
     links = [{"path": "IMG@/src", "url": f"/i.jpg?a=1{text[:6]}", "alt": text}]
     data = json.dumps(_wat_doc("http://h.example/p/q.html", links)).encode()
-    assert _same(data, {"min_caption_chars": 1})
+    for decoded in (False, True):  # decoded: the values are used as they are
+        assert _same(data, {"min_caption_chars": 1}, decoded=decoded)
+
+
+def test_decoded_and_raw_wats_of_real_pages_stay_in_the_core(tmp_path):
+    """Every page record of tests/test_extract_inputs.PAGES (entities, a <base href>, a
+    bracketed target URI, non-2xx statuses), written decoded and raw: the compiled path
+    handles each and agrees with Python, pairs and rejection counts."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+    from test_extract_inputs import CC_2024, OWN_CRAWL, PAGES, write_wat
+
+    for decoded, info in ((True, CC_2024), (False, OWN_CRAWL)):
+        path = write_wat(tmp_path / f"{decoded}.warc.wat.gz", PAGES, decoded, info)
+        with open(path, "rb") as f:
+            it = ArchiveIterator(f, record_types=WarcRecordType.metadata)
+            records = [r.reader.read() for r in it]
+        assert len(records) == len(PAGES)
+        for data in records:
+            for rules_kw in RULE_SETS[:2]:
+                assert _same(data, rules_kw, decoded=decoded)
+        assert _native(records[3], None, Rules(), decoded) == ("not_html", {"page_http_not_ok": 1})
 
 
 def test_stage_rows_same_on_both_paths(tmp_path):

@@ -3,6 +3,8 @@ takedowns, URL dedup, and parquet import for LAION and DataComp layouts."""
 
 from __future__ import annotations
 
+import gzip
+
 import pandas as pd
 from shared_data import WHIRLWIND_WARC
 
@@ -41,6 +43,7 @@ def test_stage_twice_one_row_per_sample_and_stats(spark, make_cfg, tables, tmp_p
     assert cands.select("sample_id").distinct().count() == n
     assert r1.rows_out == n and r1.by_status["inserted"] == n
     assert r1.notes["files"] == 5 and r1.notes["failed_files"] == 1
+    assert r1.error is None  # one missing file among readable ones: the run did its job
     row = cands.where("url = 'http://127.0.0.1:9/img/x1.jpg'").collect()[0]
     assert row["sample_id"] == sample_id(row["url"], row["text"])
     assert row["license"] == "cc-by-4.0" and row["crawl_id"] == "CC-MAIN-DEMO"
@@ -146,3 +149,27 @@ def test_import_laion_and_datacomp_parquet(spark, make_cfg, tables, tmp_path):
     assert c["language"] == "en" and c["sample_id"] == sample_id(c["url"], c["text"])
     a = rows["http://127.0.0.1:9/a.jpg"]
     assert a["original_id"] == "u1" or a["original_id"] in ("101", "u2")
+
+
+def test_run_with_nothing_to_read_is_an_error(spark, make_cfg, tables, tmp_path, capsys):
+    from laion_spark.cli import main
+
+    cfg = make_cfg()
+    r = run(spark, cfg, tables, inputs=[])
+    assert r.error.startswith("no input files: set extract.inputs")
+    arc = tmp_path / "old.arc.gz"
+    arc.write_bytes(gzip.compress(b"filedesc://IA-1.arc 0.0.0.0 19960923142103 text/plain 9\n"))
+    missing = str(tmp_path / "missing.warc.gz")
+    r = run(spark, cfg, tables, inputs=[missing, str(arc)])
+    assert r.error.startswith("all 2 input file(s) failed, none was read; first: ")
+    assert r.notes["failed_files"] == 1 and r.notes["unsupported_files"] == 1
+    stats = {x["source_file"]: x for x in tables.read("extract_stats").collect()}
+    assert stats[str(arc)]["status"] == "unsupported_format"
+    assert "No such file or directory" in stats[missing]["error_message"]
+    # the ARC file is final (not retried); the missing one is retried and still fails
+    r = run(spark, cfg, tables, inputs=[missing, str(arc)])
+    assert r.notes["skipped_files"] == 1 and r.error
+    # the command line exits 1 and says why on stderr
+    workdir = f"workdir={tmp_path / 'cli'}"
+    assert main(["run", "extract", "--set", workdir]) == 1
+    assert "stage extract failed: no input files" in capsys.readouterr().err

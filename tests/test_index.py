@@ -39,7 +39,7 @@ def test_factory_rule():
         choose_factory(1_000_000, 512, 2 * 2**20)
 
 
-def test_flat_build_merge_search_takedown(spark, make_cfg):
+def test_flat_build_merge_search_takedown(spark, make_cfg, tmp_path):
     cfg = make_cfg(["index.partitions=3", "index.heldout_queries=30"])
     tables = Tables(spark, cfg)
     x = clustered(900, 16, seed=1)
@@ -77,10 +77,46 @@ def test_flat_build_merge_search_takedown(spark, make_cfg):
     # language filter
     assert all(r["language"] == "de" for r in s.search(x[1], k=10, language="de"))
 
+    # a real takedown after the merge deletes the index_ids rows; merge still finds the
+    # faiss id in the takedown's resolution: not up to date, ntotal drops, the id is gone
+    from laion_spark.takedown.request import takedown
+
+    fid = ids.where(F.col("sample_id") == sids[1]).first()["faiss_id"]
+    takedown(spark, cfg, tables, "url", ["http://127.0.0.1:9/img/1.jpg"])
+    assert ids.where(F.col("sample_id") == sids[1]).count() == 0
+    m2 = merge_index(spark, cfg, tables)
+    assert "up_to_date" not in m2.by_status and m2.rows_out == 897
+    assert m2.by_status["removed_takedown"] == 1
+    s1 = Searcher.open(None, cfg)
+    assert s1.ntotal == 897
+    _, found = s1.index.search(x[1:2], 897)
+    assert fid not in set(found.ravel().tolist())
+    assert merge_index(spark, cfg, tables).by_status == {"up_to_date": 1}
+
     # a takedown after the merge is honoured at query time on reload
     add_takedowns(spark, tables, [("domain", "127.0.0.1")])
     s2 = Searcher.open(spark, cfg, tables)
     assert s2.search(x[1], k=10, safe_mode=False) == []
+
+    # relocatable: manifest paths are relative; a copied workdir serves its own files
+    import shutil
+
+    man = tables.read("index_manifest").collect()
+    assert all(not r["path"].startswith("/") for r in man), [r["path"] for r in man]
+    moved = tmp_path / "moved"
+    shutil.copytree(cfg.workdir_path, moved)
+    shutil.rmtree(f"{cfg.workdir_path}/indexes")  # the original's files are gone
+    cfg2 = make_cfg(["index.partitions=3"], workdir=moved)
+    s3 = Searcher.open(None, cfg2)
+    assert s3.ntotal == 897 and s3.info()["path"].startswith("indexes/main/merged/")
+    # a manifest written before (absolute paths into the old workdir) is still read
+    t2 = Tables(spark, cfg2)
+    legacy = t2.read("index_manifest").withColumn(
+        "path", F.concat(F.lit(cfg.workdir_path + "/"), F.col("path"))
+    )
+    t2.upsert(legacy, "index_manifest")
+    assert t2.read("index_manifest").first()["path"].startswith(cfg.workdir_path)
+    assert Searcher.open(None, cfg2).ntotal == 897
 
 
 def test_dedup_near_identical(spark, make_cfg):

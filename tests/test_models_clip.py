@@ -135,3 +135,30 @@ def test_gpu_fp16_matches_cpu(clip):
     g = load_clip(EmbedSettings(device="cuda", precision="fp16"))
     jpegs = [s.jpeg(64) for s in make_samples(8, seed=3)]
     np.testing.assert_allclose(g.encode_images(jpegs), clip.encode_images(jpegs), atol=2e-2)
+
+
+def test_device_decode_matches_the_pil_path(clip):
+    """JPEGs decoded where the model runs (torchvision's decode_jpeg; nvJPEG on a GPU, here
+    libjpeg on the CPU) embed like the PIL path; PNG, corrupt and huge images keep their
+    CPU-path outcome."""
+    import io
+
+    from PIL import Image
+
+    from laion_spark.demo.synthetic import make_samples
+    from laion_spark.models.device_decode import decode_on_device
+
+    samples = make_samples(12, seed=3)
+    jpegs = [s.jpeg(size=48 + 8 * (i % 4)) for i, s in enumerate(samples)]
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(png, format="PNG")
+    small = load_clip(EmbedSettings(max_image_pixels=48 * 48))
+    got = decode_on_device(clip, [*jpegs, png.getvalue(), b"\xff\xd8 broken", b""])
+    want = [clip.decode(b) for b in jpegs + [png.getvalue()]]
+    a = clip.encode_image_tensor(__import__("torch").stack(got[:13]))
+    b = clip.encode_image_tensor(__import__("torch").stack(want))
+    assert ((a * b).sum(1) > 0.99).all()
+    assert isinstance(got[13], ImageDecodeError) and "cannot decode" in str(got[13])
+    assert isinstance(got[14], ImageDecodeError) and "empty" in str(got[14])
+    huge = decode_on_device(small, [jpegs[1]])[0]
+    assert isinstance(huge, ImageDecodeError) and "too large" in str(huge)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import os
+import tarfile
 
 import pytest
 from pyspark.sql import functions as F
@@ -146,7 +150,9 @@ def test_takedown_removes_from_every_table_and_stays_gone(spark, tables):
     cands = remaining(tables, "candidates")
     assert ids[1] not in cands and ids[2] not in cands and ids[5] not in cands
     assert sample_id(URLS[1], "new caption") not in cands  # same URL, other caption: still gone
-    assert {ids[0], ids[3], ids[4], ids[6]} <= cands  # hash takedowns are caught at download
+    assert {ids[0], ids[6]} <= cands
+    # hash takedowns resolved to samples 3 and 4: those samples (and their URLs) stay out too
+    assert ids[3] not in cands and ids[4] not in cands
     # ... and download refuses the images by hash
     sha, md5s = taken_down_hashes(tables)
     assert hashlib.sha256(blobs[4]).hexdigest() in sha and md5.lower() in md5s
@@ -167,3 +173,216 @@ def test_takedown_of_unknown_value_records_and_blocks(spark, tables):
     )
     assert exclude_taken_down(tables, df).count() == 0
     assert tables.read("takedowns").where(F.col("kind") == "domain").count() == 1
+
+
+# ---------------------------------------------------------------------------- purge
+
+
+def _scan(root: str, needles: dict[str, bytes]) -> dict[str, list[str]]:
+    """needle name -> files under `root` (every file, logs and caches included) holding it."""
+    hits: dict[str, list[str]] = {k: [] for k in needles}
+    for d, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(d, f)
+            with open(path, "rb") as fh:
+                data = fh.read()
+            for name, needle in needles.items():
+                if needle in data:
+                    hits[name].append(os.path.relpath(path, root))
+    return hits
+
+
+def _webdataset_tar(path: str, rows: list[tuple[str, str, bytes, str]]) -> None:
+    """img2dataset's layout: {key}.jpg, {key}.txt, {key}.json per sample."""
+    with tarfile.open(path, "w") as tf:
+        for key, url, image, caption in rows:
+            meta = json.dumps({"sample_id": key, "url": url, "caption": caption}).encode()
+            for ext, body in (("jpg", image), ("txt", caption.encode()), ("json", meta)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(body)
+                tf.addfile(info, io.BytesIO(body))
+
+
+@pytest.mark.slow
+def test_takedowns_then_purge_leave_no_byte_behind(spark, tmp_path):
+    """url, pdq and domain takedowns, then purge: a byte scan of every file under
+    the workdir finds none of the removed samples' image bytes, URLs or embedding bytes
+    (and finds them all before the purge); everything else still works."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from laion_spark.cli import main as cli
+    from laion_spark.config import load_config
+    from laion_spark.demo.synthetic import make_samples
+    from laion_spark.index.merge import merge_index
+    from laion_spark.index.search import Searcher
+    from laion_spark.index.stage import run as build_index
+    from laion_spark.tables import Tables
+    from laion_spark.takedown.pdq import hash_image
+    from laion_spark.takedown.purge import purge
+
+    wd = str(tmp_path / "wd")
+    cfg = load_config(
+        "local",
+        [f"workdir={wd}", f"index.local_cache={wd}/cache", "index.heldout_queries=5"],
+    )
+    tables = Tables(spark, cfg)
+    rng = np.random.default_rng(3)
+    samples = [s for s in make_samples(60, seed=9) if hash_image(s.jpeg(128))[1] >= 50][:10]
+    n = len(samples)
+    jpegs = [s.jpeg(128) for s in samples]
+    hosts = [f"h{i}-{rng.integers(1 << 40):x}.example" for i in range(n)]
+    urls = [f"https://{hosts[i]}/img/{rng.integers(1 << 60):x}.jpg" for i in range(n)]
+    caps = [s.caption for s in samples]
+    ids = [sample_id(u, c) for u, c in zip(urls, caps, strict=True)]
+    vecs = rng.normal(size=(n, 16)).astype("float32")
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    pdq = [hash_image(j) for j in jpegs]
+    append(
+        tables,
+        spark.createDataFrame(
+            [(ids[i], urls[i], caps[i], "en") for i in range(n)],
+            "sample_id string, url string, text string, language string",
+        ),
+        "candidates",
+    )
+    append(
+        tables,
+        spark.createDataFrame(
+            [
+                (
+                    ids[i],
+                    urls[i],
+                    "success",
+                    bytearray(jpegs[i]),
+                    hashlib.sha256(jpegs[i]).hexdigest(),
+                    "jpeg",
+                    pdq[i][0],
+                    pdq[i][1],
+                )
+                for i in range(n)
+            ],
+            "sample_id string, url string, status string, image binary, sha256 string, "
+            "format string, pdq string, pdq_quality int",
+        ),
+        "images",
+    )
+    append(
+        tables,
+        spark.createDataFrame(
+            [(ids[i], "m@1", [float(x) for x in vecs[i]], 0.3) for i in range(n)],
+            "sample_id string, model_id string, image_embedding array<float>, similarity float",
+        ),
+        "embeddings",
+    )
+    append(
+        tables,
+        spark.createDataFrame([(ids[i], 0.1) for i in range(n)], "sample_id string, punsafe float"),
+        "scores",
+    )
+    append(
+        tables,
+        spark.createDataFrame(
+            [("all", ids[i], 1) for i in range(n)], "subset string, sample_id string, repeat int"
+        ),
+        "subsets",
+    )
+    build_index(spark, cfg, tables)
+    assert merge_index(spark, cfg, tables).rows_out == n
+
+    # an export as `laion-spark export` records it: webdataset tar + parquet + laion npy
+    target = f"{wd}/exports/all-wds"
+    os.makedirs(target)
+    _webdataset_tar(f"{target}/00000.tar", [(ids[i], urls[i], jpegs[i], caps[i]) for i in range(n)])
+    pq.write_table(
+        pa.table({"uid": ids, "url": urls, "caption": caps}), f"{target}/metadata_0.parquet"
+    )
+    np.save(f"{target}/img_emb_0.npy", vecs.astype("float16"))
+    np.save(f"{target}/raw_emb_0.npy", vecs)
+    spark.createDataFrame(
+        [
+            (
+                "e1",
+                "all",
+                "webdataset",
+                target,
+                ["00000.tar", "metadata_0.parquet", "img_emb_0.npy", "raw_emb_0.npy"],
+                n,
+            )
+        ],
+        "export_id string, subset string, format string, target string, shards array<string>, "
+        "samples long",
+    ).write.format("delta").save(tables.location("exports"))
+
+    # take down 1 by url, 2 by a re-encoded + resized copy's PDQ, 4 by domain (sha256 and
+    # the other kinds resolve the same way: tested above and in test_serve.py)
+    copy = io.BytesIO()
+    Image.open(io.BytesIO(jpegs[2])).resize((100, 100)).save(copy, "PNG")
+    takedown(spark, cfg, tables, "url", [urls[1]], reason="DMCA 7")
+    assert takedown(spark, cfg, tables, "pdq", [hash_image(copy.getvalue())[0]])["images"] == 1
+    gone = [1, 2, 4]
+    needles = {}
+    for i in gone:
+        needles[f"image{i}"] = jpegs[i][len(jpegs[i]) // 2 : len(jpegs[i]) // 2 + 48]
+        needles[f"url{i}"] = urls[i].encode()
+        needles[f"embedding{i}"] = vecs[i].tobytes()
+        needles[f"url_prefix{i}"] = urls[i][:32].encode()  # what log statistics keep
+    # merge honours the takedowns at once: ids gone although index_ids rows are deleted
+    m = merge_index(spark, cfg, tables)
+    assert "up_to_date" not in m.by_status and m.rows_out == n - 2
+    # before the purge every removed byte is still on disk somewhere (old Delta versions,
+    # index shards, the first merged file, the export): the scan can find them
+    before = _scan(wd, needles)
+    assert all(before.values()), {k: v for k, v in before.items() if not v}
+    # per-file min/max statistics in the log hold 32-character prefixes of removed URLs
+    assert any("_delta_log" in p for i in gone for p in before[f"url_prefix{i}"])
+
+    # through the CLI: a domain takedown with --purge (erases that request's sample), then
+    # `laion-spark purge` (every request not purged yet)
+    common = [
+        "--set",
+        f"workdir={wd}",
+        "--set",
+        f"index.local_cache={wd}/cache",
+        "--set",
+        "index.heldout_queries=5",
+    ]
+    assert cli(["takedown", "--kind", "domain", hosts[4], *common]) == 0
+    assert cli(["purge", *common]) == 0
+    after = _scan(wd, needles)
+    assert not any(after.values()), {k: v for k, v in after.items() if v}
+
+    # what was erased is recorded, the request keeps no URL in clear, rules still block it
+    rec = tables.read("purges").collect()
+    assert len(rec) == 1 and rec[0]["samples"] == 3 and rec[0]["complete"]
+    assert any(e.startswith("rewritten:") for e in rec[0]["index_files"])
+    assert any(e.startswith("rewritten:") and "00000.tar (-3)" in e for e in rec[0]["exports"])
+    assert purge(spark, cfg, tables)["requests"] == 0  # nothing left to purge
+    td = {r["kind"]: r for r in tables.read("takedowns").collect()}
+    assert td["url"]["value"].startswith("sha256:") and td["url"]["reason"] == "DMCA 7"
+    assert all(r["purged_at"] is not None for r in td.values())
+    again = spark.createDataFrame(
+        [(sample_id(urls[1], "new"), urls[1])], "sample_id string, url string"
+    )
+    assert exclude_taken_down(tables, again).count() == 0
+    # survivors intact: Spark and delta-rs read every table, search serves the rest
+    keep = [ids[i] for i in range(n) if i not in gone]
+    for name in ("candidates", "images", "embeddings", "scores", "subsets", "index_ids"):
+        assert remaining(tables, name) == set(keep), name
+    from deltalake import DeltaTable
+
+    assert DeltaTable(tables.location("images")).to_pyarrow_table().num_rows == len(keep)
+    s = Searcher.open(None, cfg)
+    assert s.ntotal == len(keep)
+    assert s.search(vecs[0], k=1, safe_mode=False, dedup=False)[0]["sample_id"] == ids[0]
+    assert merge_index(spark, cfg, tables).by_status == {"up_to_date": 1}
+    with tarfile.open(f"{target}/00000.tar") as tf:
+        assert {m.name.split(".")[0] for m in tf.getmembers()} == set(keep)
+    assert len(np.load(f"{target}/img_emb_0.npy")) == len(keep)
+    # the cost, as documented: time travel to before the purge is gone
+    with pytest.raises(Exception):  # noqa: B017 (Delta raises a JVM error type)
+        spark.read.format("delta").option("versionAsOf", 0).load(
+            tables.location("candidates")
+        ).count()

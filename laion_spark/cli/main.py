@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from laion_spark.cli import io, pipeline, query, safety
+from laion_spark.cli import io, models, pipeline, query, safety
 from laion_spark.extras import MissingExtra
 from laion_spark.settings import ConfigError
 from laion_spark.stage import StageOptionError
 
 # command groups in help order; each module's `register(sub)` adds its commands
-GROUPS = (pipeline, query, safety, io)
+GROUPS = (pipeline, query, safety, models, io)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     except (StageOptionError, MissingExtra) as e:
         print(f"laion-spark: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a failed stage or command: say what, exit 1; -v shows where
+        if getattr(args, "verbose", False):
+            raise
+        print(f"laion-spark: {args.command} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        print("laion-spark: run again with -v for the traceback", file=sys.stderr)
+        return 1
 
 
 def job_main(stage: str, argv: list[str] | None = None) -> int:

@@ -37,7 +37,12 @@ def session(cfg: Config):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """The library speaks through `logging`; the CLI shows its INFO lines as plain text."""
+    """The library speaks through `logging`; the CLI shows its INFO lines as plain text, a
+    progress line per stage, and (unless --verbose) no Spark warnings or progress bars."""
+    from laion_spark import progress, session
+
+    session.quiet_console(not verbose)
+    progress.ENABLED = True
     logger = logging.getLogger("laion_spark")
     if not any(getattr(h, "_laion_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)

@@ -9,30 +9,36 @@ from laion_spark.cli.options import add_common, config, session
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    from laion_spark.sql import query, render
+
     cfg = config(args)
-    spark, tables = session(cfg)
-    tables.register_views()
-    df = spark.sql(args.query)
+    table = query(cfg, args.query, engine=args.engine)
     if args.output:
-        df.write.mode("overwrite").parquet(args.output)
-        print(f"wrote {args.output}")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, args.output)
+        print(f"wrote {table.num_rows} rows to {args.output}")
     else:
-        df.show(args.limit, truncate=args.truncate)
+        print(render(table, args.limit, args.truncate))
     return 0
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
+    from laion_spark.sql import last_runs, table_counts
+
     cfg = config(args)
-    _, tables = session(cfg)
-    rows = tables.counts()
+    rows = table_counts(cfg) if args.engine != "spark" else _spark_counts(cfg)
     if not rows:
-        print(f"no tables yet under {tables.root}")
+        print(f"no tables yet under {cfg.tables_root}")
+        return 0
     print(f"{'table':<16} {'rows':>10} {'version':>8}  location")
     for r in rows:
         print(f"{r['table']:<16} {r['rows']:>10} {r['version']:>8}  {r['location']}")
-    last = last_runs(tables)
+    last = last_runs(cfg, args.engine)
     if last:
-        print(f"\n{'stage':<12} {'last run (UTC)':<20} {'status':<7} {'in':>8} {'out':>8} {'seconds':>8}")
+        print(
+            f"\n{'stage':<12} {'last run (UTC)':<20} {'status':<7} {'in':>8} {'out':>8} {'seconds':>8}"
+        )
         for r in last:
             print(
                 f"{r['stage']:<12} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['status']:<7} "
@@ -41,16 +47,16 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
-def last_runs(tables) -> list[dict]:
-    """The latest `runs` row of each stage (what `tables` shows under the counts)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+def cmd_status(args: argparse.Namespace) -> int:
+    from laion_spark.status import render_status
 
-    if not tables.exists("runs"):
-        return []
-    w = Window.partitionBy("stage").orderBy(F.col("started_at").desc())
-    latest = tables.read("runs").withColumn("_n", F.row_number().over(w)).where("_n = 1")
-    return [r.asDict() for r in latest.orderBy("started_at").collect()]
+    print(render_status(config(args)))
+    return 0
+
+
+def _spark_counts(cfg) -> list[dict]:
+    _, tables = session(cfg)
+    return tables.counts()
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -62,7 +68,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.image:
         with open(args.query, "rb") as f:
             query = f.read()
-    hits = searcher.search(query, k=args.k, safe_mode=not args.unsafe, language=args.language)
+    hits = searcher.search(
+        query,
+        k=args.k,
+        safe_mode=not args.unsafe,
+        language=args.language,
+        query_language=args.query_language,
+    )
     if args.json:
         print(json.dumps(hits, indent=2, default=str))
         return 0
@@ -79,9 +91,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_engine(p) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["auto", "datafusion", "spark"],
+        default="auto",
+        help="auto: DataFusion over local tables (no JVM, fast), Spark SQL otherwise",
+    )
+
+
 def register(sub) -> None:
     p = sub.add_parser("sql", help="SQL over the Delta tables; each table is a view by its name")
     add_common(p)
+    add_engine(p)
     p.add_argument("query")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--truncate", type=int, default=60, help="truncate cells to N chars (0: never)")
@@ -90,14 +112,23 @@ def register(sub) -> None:
 
     p = sub.add_parser("tables", help="list tables with row counts and Delta versions")
     add_common(p)
+    add_engine(p)
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("status", help="rows each stage would process now, and its last run")
+    add_common(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("search", help="kNN search of the merged index by text or image")
     add_common(p)
     p.add_argument("query", help="text, or an image path with --image")
     p.add_argument("--image", action="store_true", help="QUERY is an image file")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--language")
+    p.add_argument("--language", help="only results in this language code")
+    p.add_argument(
+        "--query-language",
+        help="language code or group of a text query: picks its text tower (default: detected)",
+    )
     p.add_argument("--unsafe", action="store_true", help="include punsafe > threshold results")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)

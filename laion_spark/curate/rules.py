@@ -38,16 +38,29 @@ LANGUAGE_GROUPS = ("en", "multi", "nolang")
 
 
 def model_thresholds(ctx, column: str) -> dict[str, float]:
-    """Default per-group thresholds of the model behind `column`: the embedding model's own
-    (tiny-clip stores a calibrated one) for `similarity`, LAION-5B's for anything else."""
+    """Default thresholds of the model behind `column`, keyed like curate.clip_thresholds:
+    `en` and `*` from the embedding model (tiny-clip stores a calibrated one) for
+    `similarity`, LAION-5B's for anything else; with multilingual text towers configured
+    (embed.text_towers), `multi` and `nolang` too: a tower's own threshold (M-CLIP: LAION's
+    0.26; the tiny one: calibrated) for the group it serves, the model's for one it does
+    not, and `*` = multi's (language codes without a group are routed to the multi tower)."""
+    from laion_spark.embed.settings import TOWER_GROUPS
     from laion_spark.models.clip import LAION_THRESHOLDS, load_clip
+    from laion_spark.models.text_tower import load_text_towers
 
+    base, towers = dict(LAION_THRESHOLDS), {}
     if column == "similarity" and ctx.model_id:
         clip = load_clip(ctx.cfg.embed)
         if clip.model_id == ctx.model_id:
-            return dict(clip.thresholds)
-        ctx.note("clip_threshold_defaults", f"LAION's ({ctx.model_id} is not the loaded model)")
-    return dict(LAION_THRESHOLDS)
+            base, towers = dict(clip.thresholds), load_text_towers(ctx.cfg.embed, clip)
+        else:
+            ctx.note("clip_threshold_defaults", f"LAION's ({ctx.model_id} is not the loaded model)")
+    out = {"en": base["en"], "*": base["multi"]}
+    if towers:
+        for g in TOWER_GROUPS:
+            out[g] = towers[g].threshold(g) if g in towers else base["multi"]
+        out["*"] = out["multi"]
+    return out
 
 
 def clip_threshold(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
@@ -58,7 +71,8 @@ def clip_threshold(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
     pool has no group) or `*` (the rest) to a
     cosine; the code wins over the group, the group over `*`. A sample matching no key is
     not kept. Empty: the model's defaults per group (LAION-5B: en 0.28, every other group
-    0.26; tiny-clip: its calibrated value).
+    0.26; tiny-clip: its calibrated value; a multilingual text tower's for the groups it
+    serves, see model_thresholds).
     """
     col = params.get("column", "similarity")
     thresholds: dict[str, float] = dict(
@@ -66,8 +80,7 @@ def clip_threshold(pool: DataFrame, params: dict[str, Any], ctx) -> DataFrame:
     )
     _need(pool, col)
     if not thresholds:
-        defaults = model_thresholds(ctx, col)
-        thresholds = {"en": defaults["en"], "*": defaults["multi"]}
+        thresholds = model_thresholds(ctx, col)
     lang = F.col("language") if "language" in pool.columns else F.lit(None).cast("string")
     # the group an extracted sample was given; imported pools without one use the code
     group = F.coalesce(

@@ -81,7 +81,8 @@ def _page_images(page: dict) -> list[tuple[str, str | None]]:
 def _html(page: dict, images: list[tuple[str, str | None]]) -> bytes:
     title = html.escape(page.get("title") or f"Demo page {page['url']}")
     parts = [
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+        f'<!DOCTYPE html>\n<html lang="{html.escape(page.get("lang") or "en")}"><head>'
+        '<meta charset="utf-8">',
         f"<title>{title}</title></head>\n<body>\n<h1>{title}</h1>\n",
     ]
     for src, alt in images:
@@ -222,8 +223,9 @@ def _wat_json(
         }
     else:
         links: list[dict] = []
-        # Common Crawl's WAT keeps attribute values as written in the HTML source, entities
-        # included (hence LAION's "&amp;" captions); the extractor decodes them
+        # written as Maven Central's webarchive-commons writes a WAT: attribute values as in
+        # the HTML source, entities included (Common Crawl's own generator decodes them since
+        # CC-MAIN-2019-26); extract.wat_entities=auto detects this file as raw and decodes once
         for src, alt in images:
             link = {"path": "IMG@/src", "url": html.escape(src, quote=True)}
             if alt is not None:

@@ -8,6 +8,11 @@
    Delta tables under the workdir, then search the index;
 4. print the per-stage summary and SQL a user can paste.
 
+A third of the pages are in German, French, Spanish or Russian (captions from templates in
+those languages, with wrong captions injected as in the English ones); their captions go
+through a tiny multilingual text tower (tiny-mclip, distilled from tiny-clip once, cached),
+and the summary shows what the CLIP filter kept and removed per language group.
+
 The crawl plants known rates of three properties (DEMO_RATES) and the score stage runs the
 demo's heads (laion_spark.score.demo_heads, trained once on generated data and cached), so
 punsafe, pwatermark and aesthetic are filled and safe mode visibly hides results. The
@@ -21,7 +26,12 @@ import random
 import time
 
 from laion_spark.config import Config
-from laion_spark.demo.synthetic import STANDIN_UNSAFE_NOTE, Sample, make_samples
+from laion_spark.demo.synthetic import (
+    CAPTION_LANGUAGES,
+    STANDIN_UNSAFE_NOTE,
+    Sample,
+    make_samples,
+)
 
 DEFAULT_DEMO_PORT = 18765
 DEMO_SEED = 7
@@ -76,16 +86,82 @@ def demo_pages(
                 "url": f"{base}/page/{p}.html",
                 "images": images,
                 "license": "https://creativecommons.org/licenses/by/4.0/" if p % 4 == 0 else None,
+                "samples": {f"{base}/img/{s.index}.jpg": s for s in page_samples(images, samples)},
             }
         )
+    pages += multilingual_pages(n_pages // 2, base, bodies, seed)
     return pages, bodies, noai
 
 
+def page_samples(images: list[tuple[str, str]], samples: list) -> list:
+    """The generated samples behind a page's image links (by their /img/<index>.jpg path)."""
+    by_path = {f"/img/{s.index}.jpg": s for s in samples}
+    return [by_path[p] for u, _ in images if (p := u[u.find("/img/") :]) in by_path]
+
+
+def multilingual_pages(n: int, base: str, bodies: dict[str, bytes], seed: int) -> list[dict]:
+    """`n` pages in the demo's other languages (one language per page, in turn), 1-3 images
+    each, a fifth of the captions describing another image."""
+    pages = []
+    per_lang = {
+        lang: iter(make_samples(n * 3, seed=seed * 100 + i, mismatch_rate=0.2, languages=(lang,)))
+        for i, lang in enumerate(CAPTION_LANGUAGES)
+    }
+    rng = random.Random(seed + 1)
+    for p in range(n):
+        lang = CAPTION_LANGUAGES[p % len(CAPTION_LANGUAGES)]
+        images, samples = [], {}
+        for _ in range(rng.choice([1, 2, 2, 3])):
+            s = next(per_lang[lang])
+            path = f"/img/{lang}-{s.index}.jpg"
+            bodies[path] = s.jpeg(size=96)
+            images.append((f"{base}{path}", s.caption))
+            samples[f"{base}{path}"] = s
+        pages.append(
+            {
+                "url": f"{base}/{lang}/page/{p}.html",
+                "lang": lang,
+                "title": {"de": "Bilder", "fr": "Images", "es": "Imágenes", "ru": "Картинки"}[lang],
+                "images": images,
+                "samples": samples,
+            }
+        )
+    return pages
+
+
 def demo_config(cfg: Config) -> Config:
-    """The demo's overrides: allow the loopback image server, small images, tiny CLIP."""
+    """The demo's overrides: allow the loopback image server, small images, tiny CLIP, and
+    (multilingual extra installed) the tiny multilingual tower for the multi/nolang groups."""
+    import importlib.util
+
+    from laion_spark.models.text_tower import TINY_TOWER
+    from laion_spark.models.tiny_clip import TINY_NAME
+
     cfg.download.allow_networks = sorted({*cfg.download.allow_networks, "127.0.0.1/32"})
     cfg.download.image_size = min(cfg.download.image_size, 96)
+    multilingual = all(importlib.util.find_spec(m) for m in ("transformers", "tokenizers"))
+    if multilingual and not cfg.embed.text_towers and cfg.embed.model == TINY_NAME:
+        if not cfg.embed.pretrained:
+            cfg.embed.text_towers = {"multi": TINY_TOWER, "nolang": TINY_TOWER}
     return cfg
+
+
+def _text_tower_step(cfg: Config) -> None:
+    """Distil the tiny multilingual tower once (cached), before Spark workers need it."""
+    if not cfg.embed.text_towers:
+        print("[demo] one text tower (CLIP's): install laion_spark[multilingual] for the others")
+        return
+    from laion_spark.models.clip import load_clip
+    from laion_spark.models.text_tower import load_text_towers
+
+    t0 = time.time()
+    clip = load_clip(cfg.embed)
+    towers = load_text_towers(cfg.embed, clip)
+    for group, tower in sorted(towers.items()):
+        print(
+            f"[demo] text tower for {group}: {tower.model_id} (threshold "
+            f"{tower.threshold(group):.3f}) in {time.time() - t0:.0f}s"
+        )
 
 
 def run_demo(cfg: Config, pages: int = 200) -> list:
@@ -104,7 +180,7 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
     page_list, bodies, noai = demo_pages(pages, base)
     crawl = write_synthetic_crawl(os.path.join(workdir, "crawl"), page_list)
     print(f"[demo] wrote {len(page_list)} pages as {crawl['warc']} and {crawl['wat']}")
-
+    _text_tower_step(cfg)
     _score_heads(cfg)
     spark = get_spark(cfg)
     tables = Tables(spark, cfg)
@@ -115,6 +191,7 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
         print(f"[demo] serving {len(bodies)} images at {server.base_url}")
         results = run_pipeline(spark, cfg, tables, extract={"inputs": [crawl["wat"]]})
 
+    _print_groups(results)
     _planted_vs_found(spark, tables, page_list, samples=demo_samples(pages))
     _search_examples(spark, cfg, tables)
     _print_next_steps(cfg)
@@ -160,11 +237,30 @@ def _img_path(url: str | None) -> str:
     return url[url.find("/img/") :] if url and "/img/" in url else ""
 
 
+def _print_groups(results: list) -> None:
+    """What the CLIP filter kept and removed per language group (from curate's notes)."""
+    notes = next((r.notes for r in results if r.stage == "curate"), {})
+    groups = sorted(
+        {k.rsplit("_", 1)[1] for k in notes if k.startswith("clip_filter_kept_")}
+        | {k.rsplit("_", 1)[1] for k in notes if k.startswith("clip_filter_removed_")}
+    )
+    parts = [
+        f"{g} kept {notes.get(f'clip_filter_kept_{g}', 0)} removed "
+        f"{notes.get(f'clip_filter_removed_{g}', 0)}"
+        for g in groups
+    ]
+    if parts:
+        print(f"\n[demo] clip_filter per language group: {'; '.join(parts)}")
+
+
 def _search_examples(spark, cfg: Config, tables) -> None:
     from laion_spark.index.search import Searcher
 
     searcher = Searcher.open(spark, cfg, tables)
-    for q in ["a red circle on the left", "a blue square at the top"]:
+    queries = ["a red circle on the left", "a blue square at the top"]
+    if cfg.embed.text_towers:  # other languages go through the multilingual tower
+        queries += ["un cercle rouge à gauche", "ein blaues Quadrat oben"]
+    for q in queries:
         print(f"\n[demo] search: {q!r}")
         for hit in searcher.search(q, k=3):
             print(f"   {hit.get('score', 0):.3f}  {hit.get('caption')!r:60}  {hit.get('url')}")

@@ -68,6 +68,12 @@ class Attributes:
         pos = "middle" if self.position == "center" and "{position}," in t else self.position
         return t.format(color=self.color, shape=self.shape, position=pos, bg=self.background)
 
+    def caption_in(self, language: str, rng: random.Random) -> str:
+        """A caption in `language` (en or one of CAPTION_LANGUAGES), from its templates."""
+        if language == "en":
+            return self.caption(rng)
+        return _caption_in(self, language, rng)
+
 
 def random_attributes(rng: random.Random) -> Attributes:
     color = rng.choice(list(COLORS))
@@ -79,7 +85,11 @@ def _center(position: str, size: int, rng: random.Random) -> tuple[float, float]
     q, h = size / 4, size / 2
     jitter = lambda: rng.uniform(-size * 0.05, size * 0.05)  # noqa: E731
     cx, cy = {
-        "left": (q, h), "right": (3 * q, h), "top": (h, q), "bottom": (h, 3 * q), "center": (h, h)
+        "left": (q, h),
+        "right": (3 * q, h),
+        "top": (h, q),
+        "bottom": (h, 3 * q),
+        "center": (h, h),
     }[position]
     return cx + jitter(), cy + jitter()
 
@@ -213,6 +223,7 @@ class Sample:
     caption: str
     image_seed: int
     mismatched: bool = False
+    language: str = "en"  # the caption's language
     unsafe: bool = False  # the stand-in "unsafe" category (STANDIN_UNSAFE_NOTE)
     watermark: bool = False
     quality: float | None = None  # None: the image as drawn
@@ -240,11 +251,14 @@ def make_samples(
     n: int,
     seed: int = 0,
     mismatch_rate: float = 0.0,
+    languages: tuple[str, ...] | None = None,
     unsafe_rate: float = 0.0,
     watermark_rate: float = 0.0,
     low_quality_rate: float | None = None,
 ) -> list[Sample]:
     """`n` samples; a `mismatch_rate` fraction get a caption of different attributes.
+    `languages`: each caption in one of them, drawn per sample (None: English, the sequence
+    of earlier versions unchanged, so tiny-clip's training data stays the same).
 
     `unsafe_rate` / `watermark_rate`: fractions drawn as the stand-in unsafe category /
     with a watermark. `low_quality_rate`: when set, every sample gets a quality, a fraction
@@ -263,6 +277,11 @@ def make_samples(
             # a different colour AND shape, so the caption is plainly wrong
             while cap_attrs.color == attrs.color or cap_attrs.shape == attrs.shape:
                 cap_attrs = random_attributes(rng)
+        if languages:
+            lang = rng.choice(languages)
+            caption = cap_attrs.caption_in(lang, rng)
+        else:
+            lang, caption = "en", cap_attrs.caption(rng)
         # always four draws per sample, whatever the rates, so streams stay aligned
         u, w, low, q = extra.random(), extra.random(), extra.random(), extra.random()
         quality = None
@@ -272,12 +291,210 @@ def make_samples(
             Sample(
                 i,
                 attrs,
-                cap_attrs.caption(rng),
+                caption,
                 rng.randrange(2**31),
                 mismatched,
+                lang,
                 unsafe=u < unsafe_rate,
                 watermark=w < watermark_rate,
                 quality=quality,
             )
         )
+    return out
+
+
+# --- captions in other languages ------------------------------------------------------------
+# Templates per language with the grammar the words need (gender agreement of the colour
+# adjective; German declension with the indefinite article), so captions read like alt text
+# a person wrote. Russian is the non-Latin script.
+CAPTION_LANGUAGES = ("de", "fr", "es", "ru")
+
+# colour -> forms by gender (m, f, n); German: the adjective stem
+_COLOR_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "fr": {
+        "red": ("rouge", "rouge"),
+        "green": ("vert", "verte"),
+        "blue": ("bleu", "bleue"),
+        "yellow": ("jaune", "jaune"),
+        "purple": ("violet", "violette"),
+        "orange": ("orange", "orange"),
+        "black": ("noir", "noire"),
+        "white": ("blanc", "blanche"),
+    },
+    "es": {
+        "red": ("rojo", "roja"),
+        "green": ("verde", "verde"),
+        "blue": ("azul", "azul"),
+        "yellow": ("amarillo", "amarilla"),
+        "purple": ("morado", "morada"),
+        "orange": ("naranja", "naranja"),
+        "black": ("negro", "negra"),
+        "white": ("blanco", "blanca"),
+    },
+    "de": {
+        "red": ("rot",),
+        "green": ("grün",),
+        "blue": ("blau",),
+        "yellow": ("gelb",),
+        "purple": ("violett",),
+        "orange": ("orangefarben",),
+        "black": ("schwarz",),
+        "white": ("weiß",),
+    },
+    "ru": {
+        "red": ("красный", "красная", "красное"),
+        "green": ("зелёный", "зелёная", "зелёное"),
+        "blue": ("синий", "синяя", "синее"),
+        "yellow": ("жёлтый", "жёлтая", "жёлтое"),
+        "purple": ("фиолетовый", "фиолетовая", "фиолетовое"),
+        "orange": ("оранжевый", "оранжевая", "оранжевое"),
+        "black": ("чёрный", "чёрная", "чёрное"),
+        "white": ("белый", "белая", "белое"),
+    },
+}
+# shape -> (noun, gender index into the colour forms)
+_SHAPE_WORDS: dict[str, dict[str, tuple[str, int]]] = {
+    "fr": {
+        "circle": ("cercle", 0),
+        "square": ("carré", 0),
+        "triangle": ("triangle", 0),
+        "star": ("étoile", 1),
+        "cross": ("croix", 1),
+        "ring": ("anneau", 0),
+    },
+    "es": {
+        "circle": ("círculo", 0),
+        "square": ("cuadrado", 0),
+        "triangle": ("triángulo", 0),
+        "star": ("estrella", 1),
+        "cross": ("cruz", 1),
+        "ring": ("anillo", 0),
+    },
+    # German: 0 masculine, 2 neuter (no feminine shape here)
+    "de": {
+        "circle": ("Kreis", 0),
+        "square": ("Quadrat", 2),
+        "triangle": ("Dreieck", 2),
+        "star": ("Stern", 0),
+        "cross": ("Kreuz", 2),
+        "ring": ("Ring", 0),
+    },
+    "ru": {
+        "circle": ("круг", 0),
+        "square": ("квадрат", 0),
+        "triangle": ("треугольник", 0),
+        "star": ("звезда", 1),
+        "cross": ("крест", 0),
+        "ring": ("кольцо", 2),
+    },
+}
+_POSITION_WORDS: dict[str, dict[str, str]] = {
+    "fr": {
+        "left": "à gauche",
+        "right": "à droite",
+        "top": "en haut",
+        "bottom": "en bas",
+        "center": "au centre",
+    },
+    "es": {
+        "left": "a la izquierda",
+        "right": "a la derecha",
+        "top": "arriba",
+        "bottom": "abajo",
+        "center": "en el centro",
+    },
+    "de": {
+        "left": "links",
+        "right": "rechts",
+        "top": "oben",
+        "bottom": "unten",
+        "center": "in der Mitte",
+    },
+    "ru": {
+        "left": "слева",
+        "right": "справа",
+        "top": "сверху",
+        "bottom": "снизу",
+        "center": "в центре",
+    },
+}
+_BACKGROUND_WORDS: dict[str, dict[str, str]] = {
+    "fr": {"gray": "gris", "sky": "ciel", "sand": "sable", "dark": "sombre"},
+    "es": {"gray": "gris", "sky": "cielo", "sand": "arena", "dark": "oscuro"},
+    "de": {"gray": "grau", "sky": "Himmel", "sand": "Sand", "dark": "dunkel"},
+    "ru": {"gray": "серый", "sky": "голубой", "sand": "песочный", "dark": "тёмный"},
+}
+# {a}: article + colour + noun phrase as the language builds it (see _phrase)
+_ML_TEMPLATES: dict[str, list[str]] = {
+    "fr": [
+        "{a} {pos}",
+        "photo d'{a} {pos}",
+        "image avec {a} {pos}",
+        "{a} {pos}, fond {bg}",
+        "{a} {pos} sur l'image",
+    ],
+    "es": [
+        "{a} {pos}",
+        "foto de {a} {pos}",
+        "imagen con {a} {pos}",
+        "{a} {pos}, fondo {bg}",
+        "{a} {pos} en la imagen",
+    ],
+    "de": [
+        "{a} {pos}",
+        "Foto von {d} {pos}",
+        "Bild mit {d} {pos}",
+        "{a} {pos}, Hintergrund {bg}",
+        "{a} {pos} im Bild",
+    ],
+    "ru": [
+        "{a} {pos}",
+        "фото: {a} {pos}",
+        "изображение: {a} {pos}",
+        "{a} {pos}, фон {bg}",
+        "на картинке {a} {pos}",
+    ],
+}
+
+
+def _phrase(attrs: Attributes, language: str) -> tuple[str, str]:
+    """(nominative phrase, German dative phrase) for the colour + shape."""
+    noun, g = _SHAPE_WORDS[language][attrs.shape]
+    forms = _COLOR_WORDS[language][attrs.color]
+    if language == "de":
+        stem = forms[0]
+        nom = f"ein {stem}{'er' if g == 0 else 'es'} {noun}"
+        return nom, f"einem {stem}en {noun}"
+    if language == "ru":
+        return f"{forms[g]} {noun}", ""
+    article = ("un", "une")[g] if language == "fr" else ("un", "una")[g]
+    return f"{article} {noun} {forms[g]}", ""
+
+
+def _caption_in(attrs: Attributes, language: str, rng: random.Random) -> str:
+    if language not in _ML_TEMPLATES:
+        raise ValueError(f"no caption templates for language {language!r}")
+    nom, dat = _phrase(attrs, language)
+    t = rng.choice(_ML_TEMPLATES[language])
+    return t.format(
+        a=nom,
+        d=dat,
+        pos=_POSITION_WORDS[language][attrs.position],
+        bg=_BACKGROUND_WORDS[language][attrs.background],
+    )
+
+
+def parallel_captions(
+    n: int, seed: int, languages: tuple[str, ...] = CAPTION_LANGUAGES
+) -> list[tuple[str, str, str]]:
+    """`n` (english, translation, language) caption pairs of random attributes: the
+    parallel data a multilingual text tower is distilled from (M-CLIP used machine
+    translations of English captions; here the templates translate)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        attrs = random_attributes(rng)
+        lang = rng.choice(languages)
+        en = attrs.caption(rng)
+        out.append((en, attrs.caption_in(lang, rng), lang))
     return out

@@ -5,17 +5,25 @@ address the SSRF guard checked rather than resolving the name again, (2) keep on
 keep-alive connection per host per thread (no TCP handshake per image), and (3) stop
 reading the moment a body passes `max_bytes`. Redirects are followed by hand so every hop
 gets the SSRF check and the redirect cap.
+
+The total deadline `timeout_s` is held by the sockets themselves (_DeadlineSocket): every
+connect, TLS handshake, send and receive waits at most min(its own timeout, time left), so
+a server that hangs or trickles one byte at a time (headers, chunk sizes, body) is cut at
+the deadline, not up to a read timeout later. A gzip/deflate `Content-Encoding` the server
+sent although we ask for none is undone within `max_bytes`.
 """
 
 from __future__ import annotations
 
 import email.utils
 import http.client
+import math
 import socket
 import ssl
 import threading
 import time
 import urllib.robotparser
+import zlib
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -95,6 +103,63 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+class DeadlinePassed(TimeoutError):
+    """The sample's total deadline (`timeout_s`) passed while waiting on the network."""
+
+
+class _Deadline:
+    """What every blocking socket call of one connection waits for: the current request's
+    absolute deadline (time.monotonic) and the per-operation read timeout."""
+
+    deadline: float = math.inf
+    read_timeout: float = 5.0
+
+    def _arm(self, per_call: float | None = None) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlinePassed("total deadline passed")
+        self.settimeout(min(per_call or self.read_timeout, left))  # type: ignore[attr-defined]
+
+    # http.client reads through makefile() -> recv_into; the defaults differ between plain
+    # and TLS sockets, so the arguments pass through as given
+    def recv_into(self, *args):
+        self._arm()
+        return super().recv_into(*args)  # type: ignore[misc]
+
+    def recv(self, *args):
+        self._arm()
+        return super().recv(*args)  # type: ignore[misc]
+
+    def sendall(self, *args):
+        self._arm()
+        return super().sendall(*args)  # type: ignore[misc]
+
+
+class _DeadlineSocket(_Deadline, socket.socket):
+    pass
+
+
+class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
+    pass
+
+
+def _deadline_connect(
+    address: tuple[str, int], deadline: float, connect_timeout: float, read_timeout: float
+) -> _DeadlineSocket:
+    """A TCP connection to an IP literal, its connect bounded by the deadline too."""
+    ip, port = address
+    sock = _DeadlineSocket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+    sock.deadline, sock.read_timeout = deadline, read_timeout
+    try:
+        sock._arm(connect_timeout)
+        sock.connect((ip, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class _PinnedHTTPS(http.client.HTTPSConnection):
     """HTTPS to an already-checked IP, with SNI and certificate check for the host name."""
 
@@ -109,21 +174,82 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
     ):
         super().__init__(ip, port, timeout=connect_timeout, context=context)
         self._server_name, self._read_timeout, self._ctx = server_name, read_timeout, context
+        self.deadline = math.inf
 
     def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), self.timeout)
-        sock.settimeout(self._read_timeout)
-        self.sock = self._ctx.wrap_socket(sock, server_hostname=self._server_name)
+        sock = _deadline_connect(
+            (self.host, self.port), self.deadline, self.timeout, self._read_timeout
+        )
+        sock._arm()  # the handshake as a whole is bounded by this timeout (ssl module)
+        ssock = self._ctx.wrap_socket(sock, server_hostname=self._server_name)
+        ssock.deadline, ssock.read_timeout = self.deadline, self._read_timeout
+        self.sock = ssock
 
 
 class _PinnedHTTP(http.client.HTTPConnection):
     def __init__(self, ip: str, port: int, connect_timeout: float, read_timeout: float):
         super().__init__(ip, port, timeout=connect_timeout)
         self._read_timeout = read_timeout
+        self.deadline = math.inf
 
     def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self._read_timeout)  # type: ignore[union-attr]
+        self.sock = _deadline_connect(
+            (self.host, self.port), self.deadline, self.timeout, self._read_timeout
+        )
+
+
+def _set_deadline(conn: http.client.HTTPConnection, deadline: float) -> None:
+    """The deadline of the request about to run on `conn` (new or kept-alive socket)."""
+    conn.deadline = deadline  # type: ignore[attr-defined]
+    if conn.sock is not None:
+        conn.sock.deadline = deadline
+
+
+def _inflate(body: bytes, encoding: str, max_bytes: int, http_status: int) -> bytes:
+    """The body with its Content-Encoding undone (gzip, x-gzip, deflate; several in the
+    order applied), never more than max_bytes of output; _Fail for anything else."""
+    for coding in reversed([c.strip().lower() for c in encoding.split(",") if c.strip()]):
+        if coding == "identity":
+            continue
+        if coding in ("gzip", "x-gzip"):
+            if not body.startswith(b"\x1f\x8b"):
+                continue  # labelled gzip but sent plain (a common server slip): keep it
+            wbits = 16 + zlib.MAX_WBITS
+        elif coding == "deflate":
+            # RFC 9110 deflate is zlib-wrapped; some servers send raw deflate
+            wbits = zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS
+        else:
+            raise _Fail(
+                "failed_to_decode",
+                f"Content-Encoding {coding!r} is not supported (gzip and deflate are; we send "
+                "no Accept-Encoding, the server compressed the image anyway)",
+                http_status=http_status,
+            )
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(body, max_bytes + 1)
+        except zlib.error as e:
+            raise _Fail(
+                "failed_to_decode",
+                f"Content-Encoding {coding}: the compressed body is corrupt ({e})",
+                http_status=http_status,
+            ) from None
+        if len(out) > max_bytes:
+            raise _Fail(
+                "too_large",
+                f"Content-Encoding {coding}: {len(body)} bytes inflate past max_bytes "
+                f"{max_bytes} (stopped there)",
+                http_status=http_status,
+            )
+        if not d.eof:
+            raise _Fail(
+                "failed_to_decode",
+                f"Content-Encoding {coding}: the compressed body is truncated "
+                f"({len(body)} bytes, inflated {len(out)} before it ended)",
+                http_status=http_status,
+            )
+        body = out
+    return body
 
 
 @dataclass
@@ -145,6 +271,7 @@ class Fetcher:
         self._hosts_lock = threading.Lock()
         self._local = threading.local()
         self._ssl = ssl.create_default_context()
+        self._ssl.sslsocket_class = _DeadlineSSLSocket  # TLS reads keep the deadline too
         self._reject_ct = [c.lower() for c in cfg.reject_content_types]
         self._dns: dict[tuple[str, int], tuple[float, list[str], str | None]] = {}
 
@@ -240,6 +367,7 @@ class Fetcher:
         if time.monotonic() >= deadline:
             raise _Fail("timeout", "deadline passed before connecting")
         conn = self._connection(scheme, host, ip, port)
+        _set_deadline(conn, deadline)
         reused = conn.sock is not None
         try:
             try:
@@ -251,6 +379,7 @@ class Fetcher:
                 # the server closed an idle keep-alive connection: reconnect once
                 self._drop(scheme, host, ip, port)
                 conn = self._connection(scheme, host, ip, port)
+                _set_deadline(conn, deadline)
                 self._send(conn, path, host_header)
                 resp = conn.getresponse()
             headers = {k.lower(): v for k, v in resp.getheaders()}
@@ -281,13 +410,28 @@ class Fetcher:
             body = self._read_body(resp, deadline, max_bytes, headers, drain=False)
             if resp.will_close:
                 self._drop(scheme, host, ip, port)
+            encoding = headers.get("content-encoding")
+            if encoding and body:
+                body = _inflate(body, encoding, max_bytes, code)
             return code, headers, robots, body, location
         except _Fail:
             self._drop(scheme, host, ip, port)
             raise
-        except TimeoutError as e:
+        except TimeoutError:
             self._drop(scheme, host, ip, port)
-            raise _Fail("timeout", f"socket timeout: {e or 'no data'}", retryable=True) from None
+            # the socket waited for min(its timeout, time left): which one ran out?
+            if time.monotonic() >= deadline - 0.002:
+                raise _Fail(
+                    "timeout",
+                    f"total deadline timeout_s={self.cfg.timeout_s}s passed waiting for {host}",
+                    retryable=True,
+                ) from None
+            raise _Fail(
+                "timeout",
+                f"no answer from {host} within connect_timeout_s={self.cfg.connect_timeout_s}s"
+                f" / read_timeout_s={self.cfg.read_timeout_s}s",
+                retryable=True,
+            ) from None
         except (OSError, http.client.HTTPException, ssl.SSLError) as e:
             self._drop(scheme, host, ip, port)
             raise _Fail("failed_to_download", f"{type(e).__name__}: {e}", retryable=True) from None

@@ -10,6 +10,7 @@ to shrink, LANCZOS4 to grow; img2dataset's geometry for every mode) -> encode.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -29,7 +30,9 @@ _SNIFF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 @dataclass
 class ResizeResult:
-    status: str  # success | failed_to_decode | unsupported_format | too_large | too_small | failed_to_resize
+    # success | empty_body | failed_to_decode | unsupported_format | too_large | too_small |
+    # failed_to_resize
+    status: str
     image: bytes | None = None
     width: int | None = None
     height: int | None = None
@@ -38,6 +41,36 @@ class ResizeResult:
     source_format: str | None = None
     format: str | None = None
     error: str | None = None
+
+
+_SVG_START = re.compile(
+    rb"^(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<svg[\s>]",
+    re.I | re.S,
+)
+_HTML_START = re.compile(
+    rb"^(?:\xef\xbb\xbf)?\s*(?:<!--.*?-->\s*)*<(?:!DOCTYPE\s+html|html|head|body)[\s>]", re.I | re.S
+)
+
+
+def is_svg(data: bytes) -> bool:
+    """An SVG document (XML declaration, comments and a doctype may come first)."""
+    return _SVG_START.match(data[:4096]) is not None
+
+
+def describe_bytes(data: bytes) -> str:
+    """What bytes that are not a readable image look like, in words (for error messages:
+    never an object repr)."""
+    head = data[:4096]
+    if _HTML_START.match(head):
+        return "an HTML page, not an image"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data without a Content-Encoding header"
+    if head.lstrip().startswith((b"{", b"[")) and b"\x00" not in head:
+        return "JSON or other text, not an image"
+    preview = data[:16]
+    if preview and all(32 <= c < 127 or c in (9, 10, 13) for c in preview):
+        return f"text starting {preview.decode('ascii')!r}, not an image"
+    return f"{len(data)} bytes of an unknown format starting {preview.hex(' ')}"
 
 
 def encode_params(cfg: DownloadSettings) -> list[int]:
@@ -214,14 +247,29 @@ def resize_image(
 
 def process_image(data: bytes, cfg: DownloadSettings) -> ResizeResult:
     """Bytes from the web -> a ResizeResult with the encoded image or a failure status."""
+    if not data:
+        return ResizeResult(
+            "empty_body", error="the server answered 200 with an empty body (0 bytes)"
+        )
+    if is_svg(data):
+        return ResizeResult(
+            "unsupported_format",
+            source_format="SVG",
+            error="SVG (a vector drawing, image/svg+xml): only raster images are stored "
+            f"(allowed_formats {sorted(f.upper() for f in cfg.allowed_formats)})",
+        )
     try:
         fmt, w, h, mode, orientation = _header(data)
     except Image.DecompressionBombError as e:
         # Pillow's own guard (> 2x its limit) fired while reading the header: same verdict
         return ResizeResult("too_large", error=f"{e} (not decoded)"[:500])
+    except Image.UnidentifiedImageError:
+        # Pillow's message names the BytesIO object; say what the bytes are instead
+        return ResizeResult("failed_to_decode", error=f"not an image: {describe_bytes(data)}")
     except Exception as e:
         return ResizeResult(
-            "failed_to_decode", error=f"not a readable image: {type(e).__name__}: {e}"[:500]
+            "failed_to_decode",
+            error=f"not a readable image ({describe_bytes(data)}): {type(e).__name__}: {e}"[:500],
         )
     res = ResizeResult("failed_to_decode", original_width=w, original_height=h, source_format=fmt)
     if orientation in (5, 6, 7, 8):

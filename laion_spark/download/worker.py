@@ -19,9 +19,10 @@ from laion_spark.download.fetch import Fetcher
 from laion_spark.download.resize import process_image
 from laion_spark.download.settings import DownloadSettings
 from laion_spark.tables import SPECS, arrow_schema
+from laion_spark.takedown.pdq import hash_image
 
 # statuses worth another try with --retry-failed (the server or network may recover)
-RETRYABLE_STATUSES = ("failed_to_download", "timeout", "http_error")
+RETRYABLE_STATUSES = ("failed_to_download", "timeout", "http_error", "empty_body")
 
 # the images columns a task yields (downloaded_at is added at commit time)
 OUTPUT_COLUMNS = [f.name for f in SPECS["images"].schema.fields if f.name != "downloaded_at"]
@@ -83,6 +84,14 @@ def process_sample(
             format=rr.format,
             num_bytes=len(rr.image),
         )
+        # PDQ of the stored image (what takedown --kind pdq / screen match against); a
+        # failure here leaves the hash null, it never fails the sample
+        try:
+            pdq = hash_image(rr.image)
+        except Exception:  # hashing is best effort
+            pdq = None
+        if pdq is not None:
+            row.update(pdq=pdq[0], pdq_quality=pdq[1])
         return row
     except Exception as e:  # a bug or an exotic input must not fail the Spark task
         row.update(

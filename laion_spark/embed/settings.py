@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from laion_spark.settings import require
+
+# language groups a multilingual text tower can serve (en stays with CLIP's own text tower)
+TOWER_GROUPS = ("multi", "nolang")
 
 
 @dataclass
@@ -18,9 +21,16 @@ class EmbedSettings:
     batch_size: int = 256  # images per model forward pass
     arrow_batch_size: int = 1024  # rows per Arrow batch handed to the Python worker
     decode_threads: int = 2  # JPEG decode + preprocess threads per task, overlapped with compute
+    # cpu: PIL on the decode threads; device: JPEGs decoded and preprocessed where the model
+    # runs (nvJPEG on a GPU; models/device_decode.py), other formats on the CPU
+    decode: str = "cpu"
     # torch threads per task on CPU; 0 = spark.task.cpus (the task's cores)
     cpu_threads: int = 0
     max_image_pixels: int = 64_000_000  # refuse larger images (decompression bombs)
+    # language group -> multilingual text tower (M-CLIP layout: a local directory or a hub
+    # id; "tiny-mclip" = the project's tiny one for tiny-clip). Captions of that group get
+    # their text embedding and similarity from it; other groups from the CLIP model.
+    text_towers: dict[str, str] = field(default_factory=dict)
 
     def validate(self, prefix: str) -> None:
         p = prefix or "embed"
@@ -39,5 +49,18 @@ class EmbedSettings:
         require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
         require(self.arrow_batch_size >= 1, f"{p}.arrow_batch_size", "must be >= 1")
         require(self.decode_threads >= 1, f"{p}.decode_threads", "must be >= 1")
+        require(self.decode in ("cpu", "device"), f"{p}.decode", "must be cpu or device")
         require(self.cpu_threads >= 0, f"{p}.cpu_threads", "must be >= 0")
         require(self.max_image_pixels >= 1, f"{p}.max_image_pixels", "must be >= 1")
+        for group, spec in (self.text_towers or {}).items():
+            require(
+                group in TOWER_GROUPS,
+                f"{p}.text_towers.{group}",
+                f"a tower serves a language group: {' or '.join(TOWER_GROUPS)} "
+                "(en uses the CLIP model's own text tower)",
+            )
+            require(
+                isinstance(spec, str) and bool(spec.strip()),
+                f"{p}.text_towers.{group}",
+                "must be a tower directory, a hub id or tiny-mclip",
+            )

@@ -1,7 +1,14 @@
 """EMBED stage: CLIP image + text embeddings for every downloaded image -> `embeddings`.
 
-    images(status=success) ⋈ candidates(text)  ─anti-join embeddings(model_id)─▶  mapInArrow
-        ─▶ embeddings(sample_id, model_id, image_embedding, text_embedding, similarity, status)
+    images(status=success) ⋈ candidates(text, language group)
+        ─anti-join embeddings(model_id, text_model_id)─▶  mapInArrow
+        ─▶ embeddings(sample_id, model_id, text_model_id, image_embedding, text_embedding,
+                      similarity, status)
+
+Captions are routed by language group (models/text_tower.py): a group with a multilingual
+text tower configured (`embed.text_towers`) gets its text embedding and similarity from that
+tower, every other caption from the CLIP model's own text tower; one image embedding per
+sample either way. `text_model_id` records which text tower made the row.
 
 Why `mapInArrow`: the model loads once per Python worker (module-level cache, Spark reuses
 workers), each task streams Arrow record batches in and out (no partition is materialised),
@@ -30,6 +37,13 @@ import numpy as np
 from laion_spark.embed.settings import EmbedSettings
 from laion_spark.models.clip import ImageDecodeError, LoadedClip, load_clip
 from laion_spark.models.device import set_torch_threads
+from laion_spark.models.text_tower import (
+    TextTower,
+    encode_routed,
+    load_text_towers,
+    route_column,
+    tower_paths,
+)
 from laion_spark.session import ARROW_BATCH_ROWS, session_conf
 from laion_spark.stage import StageResult
 from laion_spark.tables import SPECS, arrow_schema, spark_schema
@@ -66,17 +80,25 @@ def _list_array(rows: np.ndarray, valid: np.ndarray):
 
 
 class BatchEmbedder:
-    """Streams (sample_id, image bytes, text) chunks through the model, decode overlapped."""
+    """Streams (sample_id, image bytes, text, route) chunks through the models, decode
+    overlapped; each caption's text through its route's tower (`towers`, may be empty)."""
 
-    def __init__(self, clip: LoadedClip, clip_cfg: EmbedSettings):
+    def __init__(
+        self, clip: LoadedClip, clip_cfg: EmbedSettings, towers: dict[str, TextTower] | None = None
+    ):
         self.clip = clip
         self.cfg = clip_cfg
+        self.towers = towers or {}
         self.pool = ThreadPoolExecutor(max(1, clip_cfg.decode_threads), "clip-decode")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _decode_part(self, images: list[bytes | None]) -> list[Any]:
+        if self.cfg.decode == "device":
+            from laion_spark.models.device_decode import decode_on_device
+
+            return decode_on_device(self.clip, images)
         out: list[Any] = []
         for b in images:
             try:
@@ -93,7 +115,13 @@ class BatchEmbedder:
             for i in range(0, len(images), step)
         ]
 
-    def _finish(self, ids: list[str], texts: list[str | None], parts: list[Future]):
+    def _finish(
+        self,
+        ids: list[str],
+        texts: list[str | None],
+        routes: list[str | None],
+        parts: list[Future],
+    ):
         import pyarrow as pa
         import torch
 
@@ -108,13 +136,14 @@ class BatchEmbedder:
         img = np.zeros((n, dim), np.float32)
         txt = np.zeros((n, dim), np.float32)
         txt_ok = np.ones(n, dtype=bool)
+        text_ids = [self.clip.model_id] * n
         try:
             if ok.any():
                 batch = torch.stack([x for x, o in zip(decoded, ok, strict=False) if o])
-                if self.clip.device.startswith("cuda"):
+                if self.clip.device.startswith("cuda") and not batch.is_cuda:
                     batch = batch.pin_memory()  # async host->device copy
                 img[ok] = self.clip.encode_image_tensor(batch)
-            txt[:] = self.clip.encode_text([t or "" for t in texts])
+            txt[:], text_ids = encode_routed(self.clip, self.towers, texts, routes)
         except Exception as e:  # a model failure marks the batch, the job goes on
             msg = f"{type(e).__name__}: {e}"[:1000]
             status[ok] = FAILED_EMBED
@@ -126,6 +155,7 @@ class BatchEmbedder:
             [
                 pa.array(ids, pa.string()),
                 pa.array([self.clip.model_id] * n, pa.string()),
+                pa.array(text_ids, pa.string()),
                 _list_array(img, ok),
                 _list_array(txt, txt_ok),
                 pa.array(sim, pa.float32(), mask=~ok),
@@ -136,7 +166,7 @@ class BatchEmbedder:
         )
 
     def run(self, batches: Iterator[Any]) -> Iterator[Any]:
-        """Arrow batches of (sample_id, image, text) -> Arrow batches of embeddings."""
+        """Arrow batches of (sample_id, image, text, route) -> Arrow batches of embeddings."""
         bs = self.cfg.batch_size
         inflight: deque = deque()
 
@@ -145,19 +175,22 @@ class BatchEmbedder:
                 ids = rb.column("sample_id").to_pylist()
                 imgs = rb.column("image").to_pylist()
                 texts = rb.column("text").to_pylist()
+                names = rb.schema.names
+                routes = rb.column("route").to_pylist() if "route" in names else [None] * len(ids)
                 for i in range(0, len(ids), bs):
-                    yield ids[i : i + bs], imgs[i : i + bs], texts[i : i + bs]
+                    yield ids[i : i + bs], imgs[i : i + bs], texts[i : i + bs], routes[i : i + bs]
 
-        for ids, imgs, texts in chunks():
-            inflight.append((ids, texts, self._submit(imgs)))
+        for ids, imgs, texts, routes in chunks():
+            inflight.append((ids, texts, routes, self._submit(imgs)))
             if len(inflight) > 1:  # decode of this chunk runs while the previous one computes
                 yield self._finish(*inflight.popleft())
         while inflight:
             yield self._finish(*inflight.popleft())
 
 
-def _embed_partition(conf: dict, model_id: str):
-    """mapInArrow function; `conf` is the EmbedSettings as a dict (pretrained path resolved)."""
+def _embed_partition(conf: dict, model_id: str, tower_ids: dict[str, str] | None = None):
+    """mapInArrow function; `conf` is the EmbedSettings as a dict (pretrained path and tower
+    directories resolved on the driver); `tower_ids` the text tower ids the driver loaded."""
 
     def fn(batches):
         clip_cfg = EmbedSettings(**conf)
@@ -167,8 +200,16 @@ def _embed_partition(conf: dict, model_id: str):
                 f"executor loaded {clip.model_id}, driver expected {model_id}: "
                 "point embed.pretrained at the same weights on every node"
             )
+        towers = load_text_towers(clip_cfg, clip, paths=clip_cfg.text_towers)
+        for group, tower in towers.items():
+            want = (tower_ids or {}).get(group)
+            if tower.model_id != want:
+                raise RuntimeError(
+                    f"executor loaded text tower {tower.model_id} for {group}, driver expected "
+                    f"{want}: point embed.text_towers.{group} at the same weights on every node"
+                )
         set_torch_threads(clip_cfg.cpu_threads, clip.device)
-        emb = BatchEmbedder(clip, clip_cfg)
+        emb = BatchEmbedder(clip, clip_cfg, towers)
         try:
             yield from emb.run(batches)
         finally:
@@ -177,25 +218,86 @@ def _embed_partition(conf: dict, model_id: str):
     return fn
 
 
-def worker_config(clip_cfg: EmbedSettings) -> dict:
-    """Config to ship to executors: tiny-clip's checkpoint path resolved on the driver."""
+def worker_config(clip_cfg: EmbedSettings, clip: LoadedClip | None = None) -> dict:
+    """Config to ship to executors: tiny-clip's checkpoint path and the text towers'
+    directories (tiny-mclip trained, hub ids fetched) resolved on the driver."""
     from laion_spark.models import tiny_clip as tiny
 
     conf = dataclasses.asdict(clip_cfg)
     if clip_cfg.model == tiny.TINY_NAME and not clip_cfg.pretrained:
         conf["pretrained"] = tiny.ensure_tiny_clip()
+    if clip_cfg.text_towers:
+        conf["text_towers"] = tower_paths(clip_cfg, clip)
     return conf
 
 
-def source_rows(tables) -> Any:
-    """images with status success, with their caption (candidates.text), minus takedowns."""
+def source_rows(tables, english: list[str] | tuple[str, ...] = ("en",)) -> Any:
+    """images with status success, with their caption (candidates.text) and the language
+    group whose text tower embeds it (`route`, models.text_tower.route_column), minus
+    takedowns."""
     from laion_spark.takedown.rules import exclude_taken_down
 
     imgs = tables.read("images").where("status = 'success'").select("sample_id", "url", "image")
-    cands = tables.read("candidates").select("sample_id", "text")
-    df = imgs.join(cands, "sample_id", "left")
+    cands = tables.read("candidates")
+    route = route_column(cands.columns, list(english)).alias("route")
+    df = imgs.join(cands.select("sample_id", "text", route), "sample_id", "left")
     df = exclude_taken_down(tables, df)
-    return df.select("sample_id", "image", "text")
+    return df.select("sample_id", "image", "text", "route")
+
+
+def expected_text_model(clip: LoadedClip, tower_ids: dict[str, str]) -> Any:
+    """Column: the text model id a row of each route should carry under this config."""
+    from pyspark.sql import functions as F
+
+    want = F.lit(clip.model_id)
+    for group, tid in sorted(tower_ids.items()):
+        want = F.when(F.col("route") == group, F.lit(tid)).otherwise(want)
+    return want
+
+
+def pending_rows(tables, source: Any, model_id: str, want: Any) -> Any:
+    """Source rows without a final row of this image model made by the text model their
+    route now wants. Rows from before text_model_id existed (null) were made by the CLIP
+    model's own text tower. So adding (or changing, or removing) a group's tower makes that
+    group's rows pending, and only those; with no tower, exactly the rows of before."""
+    from pyspark.sql import functions as F
+
+    emb = tables.read("embeddings")
+    text_model = (
+        F.coalesce(F.col("text_model_id"), F.col("model_id"))
+        if "text_model_id" in emb.columns
+        else F.col("model_id")
+    )
+    done = (
+        emb.where((F.col("model_id") == F.lit(model_id)) & F.col("status").isin(*FINAL_STATUSES))
+        .select(F.col("sample_id").alias("_done_id"), text_model.alias("_done_text_model"))
+        .distinct()
+    )
+    src = source.withColumn("_want_text_model", want)
+    cond = (F.col("sample_id") == F.col("_done_id")) & (
+        F.col("_want_text_model") == F.col("_done_text_model")
+    )
+    return src.join(done, cond, "left_anti").drop("_want_text_model")
+
+
+def _has_rows_to_redo(tables, pending: Any, model_id: str, towers: bool) -> bool:
+    from pyspark.sql import functions as F
+
+    emb = tables.read("embeddings").where(F.col("model_id") == F.lit(model_id))
+    if towers:  # a group's rows may be another text model's: only a per-sample look tells
+        have = emb.select("sample_id")
+        return bool(
+            pending.select("sample_id").join(have, "sample_id", "left_semi").limit(1).count()
+        )
+    # one text tower: a row to redo has a non-final status or another (removed) tower's text
+    text_model = (
+        F.coalesce(F.col("text_model_id"), F.col("model_id"))
+        if "text_model_id" in emb.columns
+        else F.col("model_id")
+    )
+    status = F.col("status")
+    again = ~status.isin(*FINAL_STATUSES) | status.isNull() | (text_model != F.lit(model_id))
+    return bool(emb.where(again).limit(1).count())
 
 
 def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
@@ -206,31 +308,32 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     clip_cfg: EmbedSettings = cfg.embed
     clip = load_clip(clip_cfg)  # driver: model id, dim, tiny-clip trained/cached once
     mid = clip.model_id
-    conf = worker_config(clip_cfg)
-    done = (F.col("model_id") == F.lit(mid)) & F.col("status").isin(*FINAL_STATUSES)
-    todo = tables.pending(source_rows(tables), "embeddings", where=done)
-    if limit:
-        todo = todo.limit(int(limit))
-    rows_in = todo.count()
+    conf = worker_config(clip_cfg, clip)  # tiny-mclip distilled/cached once here too
+    towers = load_text_towers(clip_cfg, clip, paths=conf["text_towers"])
+    tower_ids = {g: t.model_id for g, t in towers.items()}
+    source = source_rows(tables, cfg.extract.english_codes)
+    pending = pending_rows(tables, source, mid, expected_text_model(clip, tower_ids))
+    todo = pending.limit(int(limit)) if limit else pending
+    tower_notes = {f"text_model_{g}": tid for g, tid in sorted(tower_ids.items())}
+    # one pass counts the pending rows of each route (what the summary reports per group)
+    by_route = {
+        (r["route"] or "none"): int(r["count"]) for r in todo.groupBy("route").count().collect()
+    }
+    rows_in = sum(by_route.values())
     if rows_in == 0:
-        return StageResult("embed", 0, 0, {}, time.time() - t0, {"model_id": mid})
+        return StageResult("embed", 0, 0, {}, time.time() - t0, {"model_id": mid, **tower_notes})
     # spread the work over every core/executor even when the input is one small Delta file
     par = spark.sparkContext.defaultParallelism
     if todo.rdd.getNumPartitions() < par:
         todo = todo.repartition(par)
     started = spark.sql("SELECT current_timestamp() AS t").collect()[0]["t"]
-    out = todo.mapInArrow(_embed_partition(conf, mid), SPARK_OUT_SCHEMA).withColumn(
+    out = todo.mapInArrow(_embed_partition(conf, mid, tower_ids), SPARK_OUT_SCHEMA).withColumn(
         "embedded_at", F.current_timestamp()
     )
-    # rows to redo (a non-final status for this model) need an updating MERGE; when there
+    # pending rows that already have a row of this model (a non-final status, or made by
+    # a text tower the config no longer routes them to) need an updating MERGE; when there
     # are none every pending row is new and an insert-only MERGE (anti-join + append) does
-    redo = (
-        tables.read("embeddings")
-        .where(F.col("model_id") == mid)
-        .where(~F.col("status").isin(*FINAL_STATUSES) | F.col("status").isNull())
-        .limit(1)
-        .count()
-    )
+    redo = _has_rows_to_redo(tables, pending, mid, bool(tower_ids))
     # rows per Arrow batch into the task
     with session_conf(spark, {ARROW_BATCH_ROWS: clip_cfg.arrow_batch_size}):
         # images and pending are unique per sample_id, and the UDF maps rows 1:1
@@ -254,6 +357,9 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
         seconds=time.time() - t0,
         notes={
             "model_id": mid,
+            **tower_notes,
+            # pending captions per language group (route): which text tower embedded them
+            **{f"rows_{g}": n for g, n in sorted(by_route.items())},
             "device": clip.device,
             "dim": clip.dim,
             # the embedding pass and its Delta commit are one Spark action

@@ -9,18 +9,10 @@ NO_ALT = "no_alt"
 CAPTION_TOO_SHORT = "caption_too_short"
 CAPTION_TOO_LONG = "caption_too_long"
 
-# named/numeric entities WITH their ';' only: WAT text is already decoded, so a bare
-# "&copy" in it is literal text and must not turn into a symbol
-_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
-
-
-def unescape_entities(text: str) -> str:
-    """Decode HTML entities that end with ';' (leave a bare '&' alone)."""
-    if "&" not in text:
-        return text
-    import html
-
-    return _ENTITY.sub(lambda m: html.unescape(m.group(0)), text)
+# what ftfy.fix_text runs with: everything but HTML unescaping. Entities are decoded once,
+# where the alt text is read (the HTML parser, or entities.unescape_attribute for a raw WAT);
+# a caption is text, so an "&amp;" still in it was written "&amp;amp;" and stays
+FTFY_OPTIONS = {"normalization": "NFC", "unescape_html": False}
 
 
 def _strip_controls(text: str) -> str:
@@ -40,16 +32,16 @@ def _strip_controls(text: str) -> str:
 def _ftfy_gate() -> re.Pattern[str]:
     """Characters that one of ftfy's fixers other than the mojibake repair acts on.
 
-    Built from ftfy's own tables: HTML entities ('&'), ligatures, full-/half-width forms,
-    curly quotes, Unicode line/paragraph separators, the control characters it removes,
+    Built from ftfy's own tables: ligatures, full-/half-width forms, curly quotes, Unicode line/paragraph separators, the control characters it removes,
     C1 controls, terminal escapes and surrogates (the last three never survive
     `_strip_controls`, listed for completeness). Text without any of these and without
-    mojibake (`ftfy.badness.is_bad`) comes out of `ftfy.fix_text` as NFC(text) exactly.
+    mojibake (`ftfy.badness.is_bad`) comes out of `ftfy.fix_text(text, **FTFY_OPTIONS)` as
+    NFC(text) exactly. ('&' is not in it: HTML unescaping is off, see FTFY_OPTIONS.)
     """
     from ftfy import chardata
 
     codes = set(chardata.LIGATURES) | set(chardata.WIDTH_MAP) | set(chardata.CONTROL_CHARS)
-    codes |= {ord(c) for c in "&\r\x1b\u0085\u2028\u2029\u02bc"}
+    codes |= {ord(c) for c in "\r\x1b\u0085\u2028\u2029\u02bc"}
     codes |= set(range(0x2018, 0x2020)) | set(range(0x80, 0xA0))
     ranges: list[list[int]] = []
     for c in sorted(codes):
@@ -65,7 +57,7 @@ _FTFY_GATE: re.Pattern[str] | None = None
 
 
 def gated_fix_text(text: str) -> str:
-    """== ftfy.fix_text(text, normalization="NFC"), running ftfy only when it can change more
+    """== ftfy.fix_text(text, **FTFY_OPTIONS), running ftfy only when it can change more
     than the normalisation: a fixer's character is present (`_ftfy_gate`) or the text looks
     like mojibake (`is_bad`, the test ftfy's own encoding fix starts with). A test checks the
     gate character by character against ftfy's fixers and the whole result against ftfy."""
@@ -76,18 +68,19 @@ def gated_fix_text(text: str) -> str:
     if _FTFY_GATE is None:
         _FTFY_GATE = _ftfy_gate()
     if _FTFY_GATE.search(text) or is_bad(text):
-        return ftfy.fix_text(text, normalization="NFC")
+        return ftfy.fix_text(text, **FTFY_OPTIONS)
     out = unicodedata.normalize("NFC", text)
     # ftfy loops until stable: NFC can compose characters into a mojibake-looking sequence
     if out != text and (_FTFY_GATE.search(out) or is_bad(out)):
-        return ftfy.fix_text(text, normalization="NFC")
+        return ftfy.fix_text(text, **FTFY_OPTIONS)
     return out
 
 
 def clean_caption(
     alt: str | None, min_chars: int = 5, max_chars: int = 2000, fix_text: bool = True
 ) -> tuple[str | None, str | None]:
-    """(clean caption, None) or (None, rejection reason)."""
+    """(clean caption, None) or (None, rejection reason). `alt` is the attribute's value
+    (entities already decoded, once, by whoever read it): nothing here decodes entities."""
     if alt is None:
         return None, NO_ALT
     # bound the work on absurd input before any per-character pass

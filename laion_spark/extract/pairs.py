@@ -17,9 +17,38 @@ from laion_spark.ids import normalize_caption
 TOO_MANY_IMAGES = "too_many_images"
 DUPLICATE_IN_PAGE = "duplicate_in_page"
 DUPLICATE_URL_IN_PAGE = "duplicate_url_in_page"
+# pages (not images) that cannot hold pairs, counted once per page in `rejected`
+NOT_HTML = "page_not_html"
+HTTP_NOT_OK = "page_http_not_ok"
 # per-task caption cache: at most this many alts of at most this many characters (<60 MB)
 CAPTION_CACHE_MAX = 50_000
 CACHE_MAX_CHARS = 256
+
+
+class PageRejected(Exception):
+    """A page the rules refuse as a whole (counted in `rejected`, not an error)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def http_status_code(value: object) -> int | None:
+    """An HTTP status as WAT JSON or a WARC's status line gives it: exactly three ASCII
+    digits (a string or an int); None for anything else (then no status rule applies)."""
+    if value.__class__ is int and 100 <= value <= 999:  # type: ignore[operator]
+        return value  # type: ignore[return-value]
+    if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def http_status_rejection(status: int | None) -> str | None:
+    """The one status rule of both paths (WARC response, WAT HTTP-Response-Metadata and the
+    compiled WAT core): a page whose HTTP status is known and not 2xx holds no pairs."""
+    if status is not None and not 200 <= status < 300:
+        return HTTP_NOT_OK
+    return None
 
 
 @dataclass
@@ -48,6 +77,8 @@ class Rules:
     max_page_bytes: int = 5_000_000
     max_wat_record_bytes: int = 5_000_000
     dedup_by_url: bool = False
+    # whether a WAT's attribute values are already decoded: auto | decoded | raw (entities.py)
+    wat_entities: str = "auto"
     # WAT records through the compiled extractor (laion_spark_native) when it is installed
     native: bool = True
     # clean_caption results per distinct alt text for this task (pure function of the alt

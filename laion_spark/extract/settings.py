@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from laion_spark.extract.entities import WAT_ENTITIES
 from laion_spark.settings import require
 
 LANGUAGE_GROUPS = ("en", "multi", "nolang")
@@ -26,6 +27,11 @@ class ExtractSettings:
     drop_extensions: list[str] = field(default_factory=lambda: ["svg", "gif"])
     # WARC path: also consider <img srcset>, taking its largest candidate instead of src
     use_srcset: bool = False
+    # --- HTML entities: decoded exactly once, from the HTML source ---
+    # are a WAT's attribute values (alt, src, base href) already decoded by its writer?
+    # auto: yes for Common Crawl's own WATs from CC-MAIN-2019-26 on (read from the WAT's
+    # warcinfo / file name), no otherwise; decoded / raw: say so for every WAT file
+    wat_entities: str = "auto"
     # --- dedup ---
     # LAION-5B style: keep one row per image URL (first caption seen); off = one per (url, text)
     dedup_by_url: bool = False
@@ -55,6 +61,11 @@ class ExtractSettings:
             "must be >= min_caption_chars and >= 1",
         )
         require(self.max_url_chars >= 16, f"{p}.max_url_chars", "must be >= 16")
+        require(
+            self.wat_entities in WAT_ENTITIES,
+            f"{p}.wat_entities",
+            f"must be one of {list(WAT_ENTITIES)} (got {self.wat_entities!r})",
+        )
         require(
             0.0 <= self.min_language_score <= 1.0,
             f"{p}.min_language_score",

@@ -2,8 +2,10 @@
 
 One Spark task per input file streams it with fastwarc (bounded memory), applies the
 LAION rules (laion_spark.extract.pairs) and yields pairs plus one stats row. Files that
-already have a non-failed `extract_stats` row are skipped (incremental); candidates are
-MERGEd on sample_id (idempotent: a re-run inserts nothing new).
+already have a non-failed `extract_stats` row are skipped (incremental; an ARC file's
+`unsupported_format` is final too); candidates are MERGEd on sample_id (idempotent: a re-run
+inserts nothing new). A run given no input, or whose every file failed, returns a
+StageResult with `error` set (the CLI exits 1).
 """
 
 from __future__ import annotations
@@ -18,41 +20,16 @@ from pyspark.sql import types as T
 
 from laion_spark.config import Config
 from laion_spark.extract.inputs import expand_inputs
+from laion_spark.extract.reader import STATUS_UNSUPPORTED
 from laion_spark.stage import StageResult
-from laion_spark.tables import Tables
+from laion_spark.tables import SPECS, Tables, spark_schema
 from laion_spark.takedown.rules import exclude_taken_down
 
-_S, _L, _F, _D = T.StringType(), T.LongType(), T.FloatType(), T.DoubleType()
-# what one task emits: pair rows (kind="pair") and one stats row per file (kind="stats")
-ROW_SCHEMA = T.StructType(
-    [
-        T.StructField(n, t, True)
-        for n, t in [
-            ("kind", _S),
-            ("sample_id", _S),
-            ("url", _S),
-            ("text", _S),
-            ("page_url", _S),
-            ("language", _S),
-            ("language_score", _F),
-            ("language_group", _S),
-            ("license", _S),
-            ("source_file", _S),
-            ("source_offset", _L),
-            ("crawl_id", _S),
-            ("source_format", _S),
-            ("records", _L),
-            ("pages", _L),
-            ("pairs", _L),
-            ("bad_records", _L),
-            ("rejected", T.MapType(_S, _L)),
-            ("errors", T.MapType(_S, _L)),
-            ("seconds", _D),
-            ("status", _S),
-            ("error_message", _S),
-        ]
-    ]
-)
+# What one task emits, one schema for both kinds of rows: pair rows (kind="pair": the
+# candidates columns of PAIR_COLS) and one stats row per file (kind="stats": STATS_COLS of
+# extract_stats). Types come from SPECS; only the order is ours.
+# PAIR_COLS is the order reader.RowFormat (and the compiled WAT path) builds a pair's tuple in:
+# the Pair fields up to `license`, then the file's provenance.
 PAIR_COLS = [
     "sample_id",
     "url",
@@ -67,20 +44,16 @@ PAIR_COLS = [
     "crawl_id",
     "source_format",
 ]
-STATS_COLS = [
-    "source_file",
-    "records",
-    "pages",
-    "pairs",
-    "bad_records",
-    "rejected",
-    "errors",
-    "seconds",
-    "status",
-    "error_message",
-    "crawl_id",
-]
-_N_PAIR_PAD = 9  # stats fields after the pair fields
+STATS_COLS = [f.name for f in SPECS["extract_stats"].schema.fields if f.name != "finished_at"]
+_STATS_ONLY = [c for c in STATS_COLS if c not in PAIR_COLS]
+ROW_SCHEMA = T.StructType(
+    [
+        T.StructField("kind", T.StringType(), True),
+        *spark_schema("candidates", PAIR_COLS).fields,
+        *spark_schema("extract_stats", _STATS_ONLY).fields,
+    ]
+)
+ROW_NAMES = ROW_SCHEMA.fieldNames()
 
 
 def _format_of(path: str) -> str:
@@ -92,7 +65,7 @@ def row_format(path: str):
     from laion_spark.extract.reader import RowFormat
 
     fmt = _format_of(path)
-    pad = (None,) * _N_PAIR_PAD
+    pad = (None,) * len(_STATS_ONLY)  # a pair row leaves the stats columns empty
     return RowFormat(("pair",), lambda offset, crawl_id: (path, offset, crawl_id, fmt, *pad))
 
 
@@ -104,13 +77,10 @@ def file_rows(path: str, options: dict):
     for item in iter_file(path, options, row_format(path)):
         if isinstance(item, FileStats):
             d = item.as_dict()
-            yield (
-                ("stats",)
-                + (None,) * 8
-                + (path, None, d["crawl_id"], fmt)
-                # STATS_COLS minus source_file (first) and crawl_id (placed above)
-                + tuple(d[k] for k in STATS_COLS[1:-1])
-            )
+            row = dict.fromkeys(ROW_NAMES)
+            row.update({k: d[k] for k in _STATS_ONLY})
+            row.update(kind="stats", source_file=path, crawl_id=d["crawl_id"], source_format=fmt)
+            yield tuple(row[n] for n in ROW_NAMES)
         else:
             yield item
 
@@ -142,33 +112,55 @@ def run(
     """Extract pairs from WAT/WARC files (default: cfg.extract.inputs) into `candidates`."""
     t0 = time.time()
     ex = cfg.extract
-    files = expand_inputs(list(inputs if inputs is not None else ex.inputs), ex.listing_prefix)
+    given = list(inputs if inputs is not None else ex.inputs)
+    if not given:
+        return StageResult(
+            "extract",
+            notes={"files": 0, "skipped_files": 0},
+            seconds=time.time() - t0,
+            error="no input files: set extract.inputs in the config (WAT/WARC files or "
+            "*.paths.gz listings) or pass them: laion-spark run extract --inputs FILE ...",
+        )
+    try:
+        files = expand_inputs(given, ex.listing_prefix)
+    except Exception as e:  # a listing that cannot be read: say which, do not crash
+        return StageResult(
+            "extract",
+            notes={"files": 0, "skipped_files": 0},
+            seconds=time.time() - t0,
+            error=f"cannot read an input listing: {type(e).__name__}: {e}"[:500],
+        )
     skipped = 0
     if not reprocess:
         done = _done_files(tables)
         skipped = sum(1 for f in files if f in done)
         files = [f for f in files if f not in done]
     if not files:
+        error = None
+        if not skipped:  # listings that expanded to nothing
+            error = f"the inputs name no file to extract (listings are empty): {given[:3]}"
         return StageResult(
-            "extract", notes={"files": 0, "skipped_files": skipped}, seconds=time.time() - t0
+            "extract",
+            notes={"files": 0, "skipped_files": skipped},
+            seconds=time.time() - t0,
+            error=error,
         )
     options = ex.to_options()
     rdd = spark.sparkContext.parallelize(files, len(files)).flatMap(lambda p: file_rows(p, options))
     rows = spark.createDataFrame(rdd, ROW_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         stats = rows.where("kind = 'stats'").select(*STATS_COLS)
-        stat_rows = stats.collect()
+        stat_rows = stats.collect()  # the job that reads the files (rows are persisted)
+        # every pair row a file yielded is counted in its stats row
+        n_pairs = sum(int(r["pairs"] or 0) for r in stat_rows)
         pairs = rows.where("kind = 'pair'").select(*PAIR_COLS)
-        n_pairs = pairs.count()
         by_status: Counter = Counter()
         if ex.dedup_by_url:
             pairs = _dedup_by_url(tables, pairs)
         kept = exclude_taken_down(tables, pairs)
-        before = tables.read("candidates").count() if tables.exists("candidates") else 0
         out = kept.withColumn("extracted_at", F.current_timestamp())
         # insert-only: the first file a sample came from stays its provenance on re-runs
-        tables.upsert(out, "candidates", update=False)
-        after = tables.read("candidates").count()
+        inserted = tables.upsert(out, "candidates", update=False)["num_inserted_rows"]
         tables.upsert(stats.withColumn("finished_at", F.current_timestamp()), "extract_stats")
     finally:
         rows.unpersist()
@@ -177,20 +169,31 @@ def run(
             by_status[f"rejected:{k}"] += v
         for k, v in (r["errors"] or {}).items():
             by_status[f"error:{k}"] += v
-    by_status["inserted"] = after - before
-    by_status["not_inserted"] = n_pairs - (after - before)
+    by_status["inserted"] = inserted
+    by_status["not_inserted"] = n_pairs - inserted
+    failed = [r for r in stat_rows if r["status"] in ("failed", STATUS_UNSUPPORTED)]
+    error = None
+    if failed and len(failed) == len(stat_rows):
+        first = failed[0]
+        error = (
+            f"all {len(failed)} input file(s) failed, none was read; first: "
+            f"{first['source_file']}: {first['error_message']} (details per file in the "
+            "extract_stats table)"
+        )[:1000]
     return StageResult(
         "extract",
         rows_in=n_pairs,
-        rows_out=after - before,
+        rows_out=inserted,
         by_status=dict(by_status),
         seconds=time.time() - t0,
         notes={
             "files": len(files),
             "skipped_files": skipped,
             "failed_files": sum(1 for r in stat_rows if r["status"] == "failed"),
+            "unsupported_files": sum(1 for r in stat_rows if r["status"] == STATUS_UNSUPPORTED),
             "bad_records": sum(r["bad_records"] or 0 for r in stat_rows),
         },
+        error=error,
     )
 
 

@@ -46,6 +46,14 @@ def url_extension(url: str) -> str:
     return seg.rsplit(".", 1)[-1].lower()
 
 
+def target_uri(value: str | None) -> str | None:
+    """A `WARC-Target-URI` as a URL: WARC 1.0's grammar wrote it in angle brackets,
+    `<http://...>`, and some writers still do (wget, for one); they are not part of it."""
+    if value is not None and len(value) >= 2 and value[0] == "<" and value[-1] == ">":
+        return value[1:-1]
+    return value
+
+
 def _clean_raw(raw: str) -> str:
     raw = raw.strip(" \t\n\r\f\v\x00\x0b")  # noqa: B005 (a set of characters)
     if "\t" in raw or "\n" in raw or "\r" in raw:

@@ -3,13 +3,18 @@
 Path in the JSON: Envelope.Payload-Metadata.HTTP-Response-Metadata.HTML-Metadata, with
 `Links` entries like {"path": "IMG@/src", "url": ..., "alt": ...} and `Head.Base`. The page
 URL is Envelope.WARC-Header-Metadata.WARC-Target-URI (the record's WARC header as fallback).
+
+Attribute values are decoded once (laion_spark.extract.entities): `decoded=True` for a WAT
+whose writer already decoded them (Common Crawl's since CC-MAIN-2019-26), else here.
+The page's HTTP status (`Response-Message.Status`) gets the WARC path's rule
+(pairs.http_status_rejection): a non-2xx page raises PageRejected.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from laion_spark.extract.captions import unescape_entities
+from laion_spark.extract.entities import unescape_attribute
 from laion_spark.extract.license import page_license
 
 try:  # orjson is ~3x faster on WAT records; stdlib json is the fallback
@@ -23,7 +28,13 @@ except ImportError:  # pragma: no cover
     _loads = _json.loads
     _JSONError = (ValueError, TypeError)
 
-from laion_spark.extract.pairs import Page
+from laion_spark.extract.pairs import (
+    Page,
+    PageRejected,
+    http_status_code,
+    http_status_rejection,
+)
+from laion_spark.extract.urls import target_uri
 
 INVALID_JSON = "invalid_json"
 BAD_WAT_SHAPE = "bad_wat_shape"
@@ -43,15 +54,29 @@ def _get(d: Any, *keys: str) -> Any:
     return d
 
 
-def decoded_text(v: Any) -> str | None:
-    """A WAT string value with its HTML entities decoded; None for anything else."""
-    return unescape_entities(v) if isinstance(v, str) else None
+def decoded_text(v: Any, decoded: bool = False) -> str | None:
+    """A WAT string value as its HTML attribute value: decoded here unless the WAT writer
+    already did (`decoded`); None for anything that is not a string."""
+    if not isinstance(v, str):
+        return None
+    return v if decoded else unescape_attribute(v)
 
 
-def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page | None:
+def http_status(env: dict) -> int | None:
+    """The HTTP status of a WAT record's response (None when it does not say)."""
+    return http_status_code(
+        _get(env, "Payload-Metadata", "HTTP-Response-Metadata", "Response-Message", "Status")
+    )
+
+
+def parse_wat_json(
+    payload: bytes | str, record_url: str | None = None, decoded: bool = False
+) -> Page | None:
     """Page with IMG links of a WAT record; None when it is not an HTML response record.
 
-    Raises WatError(invalid_json | bad_wat_shape) on broken input.
+    `decoded`: the WAT's attribute values are already decoded (do not decode again).
+    Raises WatError(invalid_json | bad_wat_shape) on broken input, PageRejected for a page
+    the status rule refuses.
     """
     try:
         doc = _loads(payload)
@@ -67,8 +92,11 @@ def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page 
         return None  # request / metadata records, non-HTML responses
     if not isinstance(meta, dict):
         raise WatError(BAD_WAT_SHAPE, "HTML-Metadata is not an object")
+    why = http_status_rejection(http_status(env))
+    if why:
+        raise PageRejected(why)
     page_url = _get(env, "WARC-Header-Metadata", "WARC-Target-URI") or record_url
-    if not isinstance(page_url, str) or not page_url:
+    if not isinstance(page_url, str) or not (page_url := target_uri(page_url)):
         raise WatError(BAD_WAT_SHAPE, "no WARC-Target-URI")
     head = meta.get("Head")
     base = _get(head, "Base") if isinstance(head, dict) else None
@@ -99,7 +127,7 @@ def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page 
                 if u.__class__ is str and a.__class__ is str and "&" not in u and "&" not in a:
                     images.append((u, a))
                 else:
-                    images.append((decoded_text(u), decoded_text(a)))
+                    images.append((decoded_text(u, decoded), decoded_text(a, decoded)))
             elif base is None:
                 base = link.get("url")
         links = ()
@@ -108,7 +136,9 @@ def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page 
             continue
         path = link.get("path")
         if path == "IMG@/src":
-            images.append((decoded_text(link.get("url")), decoded_text(link.get("alt"))))
+            images.append(
+                (decoded_text(link.get("url"), decoded), decoded_text(link.get("alt"), decoded))
+            )
         elif not maybe_cc or not isinstance(path, str):
             if path == "BASE@/href" and base is None:
                 base = link.get("url")
@@ -125,9 +155,11 @@ def parse_wat_json(payload: bytes | str, record_url: str | None = None) -> Page 
             if isinstance(link, dict) and isinstance(link.get("url"), str):
                 rel = link.get("rel")
                 lic_links.append((link["url"], rel if isinstance(rel, str) else None))
+    if lic_links and not decoded:
+        lic_links = [(unescape_attribute(u), decoded_text(r)) for u, r in lic_links]
     return Page(
         url=page_url,
         images=images,
-        base_href=decoded_text(base),
+        base_href=decoded_text(base, decoded),
         license=page_license(lic_links) if lic_links else None,
     )

@@ -1,11 +1,13 @@
 """WAT records through the compiled extractor (package `laion-spark-native`, built from
 `native/` by scripts/setup.sh), with the Python rules as its reference and fallback.
 
-The Rust core parses the record's JSON, walks its links, applies the URL and caption rules
-for the common shapes and identifies the language of the pairs it keeps (lid.176). What it
-does not handle itself it either calls back into (the functions below: entities, non-ASCII
-captions, URLs that need urljoin/IDNA) or hands back whole (unusual JSON shapes), and
-`wat.parse_wat_json` + `pairs.page_pairs` do it.
+The Rust core parses the record's JSON, walks its links, applies the status, URL and
+caption rules for the common shapes and identifies the language of the pairs it keeps
+(lid.176). What it does not handle itself it either calls back into (the functions below:
+entities, non-ASCII captions, URLs that need urljoin/IDNA) or hands back whole (unusual
+JSON shapes), and `wat.parse_wat_json` + `pairs.page_pairs` do it. Attribute values are
+decoded once, by the core (simple references) or `entities.unescape_attribute`, unless the
+WAT's writer already decoded them (`decoded`); the callbacks get decoded values.
 Same pairs, same counts either way (tests/test_extract_native.py).
 """
 
@@ -18,10 +20,9 @@ from collections import Counter
 from typing import Any
 
 from laion_spark.extract import captions, language, urls
-from laion_spark.extract.captions import unescape_entities
+from laion_spark.extract.entities import unescape_attribute
 from laion_spark.extract.license import page_license
 from laion_spark.extract.pairs import Pair, Rules, id_caption
-from laion_spark.extract.wat import decoded_text
 
 log = logging.getLogger(__name__)
 _WARNED = False
@@ -170,9 +171,10 @@ class WatExtractor:
         rejected.update(self._core.take_rejected())
 
 
-def wat_extractor(rules: Rules) -> WatExtractor | None:
-    """The compiled WAT extractor for these rules; None when the rules turn it off or the
-    package is not installed (the caller then parses every record in Python)."""
+def wat_extractor(rules: Rules, decoded: bool = False) -> WatExtractor | None:
+    """The compiled WAT extractor for these rules and a WAT whose attribute values are
+    already decoded (`decoded`) or not; None when the rules turn it off or the package is
+    not installed (the caller then parses every record in Python)."""
     global _WARNED
     if not rules.native:
         return None
@@ -188,7 +190,6 @@ def wat_extractor(rules: Rules) -> WatExtractor | None:
         return None
 
     def clean_alt(alt: str) -> tuple[str | None, str | None, str | None]:
-        alt = unescape_entities(alt)
         text, why = rules.clean_caption(alt)
         if why:
             return None, why, None
@@ -196,7 +197,7 @@ def wat_extractor(rules: Rules) -> WatExtractor | None:
         return text, None, id_caption(text)
 
     def page_setup(page_url: str, base_href: str | None) -> tuple[Any, Any, str]:
-        base = urls.resolve_base(page_url, decoded_text(base_href))
+        base = urls.resolve_base(page_url, base_href)
         parts = urls.base_parts(base)
         return parts, urls.page_origin(parts), base
 
@@ -212,7 +213,7 @@ def wat_extractor(rules: Rules) -> WatExtractor | None:
             rules.max_images_per_page,
             rules.dedup_by_url,
             clean_alt,
-            unescape_entities,
+            unescape_attribute,
             page_setup,
             resolve_url,
             page_license,
@@ -221,5 +222,6 @@ def wat_extractor(rules: Rules) -> WatExtractor | None:
             sorted(rules.english_codes),
             caption_tables(),
             rules.fix_text,
+            decoded,
         )
     )

@@ -4,7 +4,9 @@
   faiss memory-maps when serving (faiss `merge_ondisk`); shards are read memory-mapped,
   so the merge never holds the whole index in RAM.
 - Flat indexes (small sets): the shards' vectors are concatenated.
-- Taken-down samples are removed (`remove_ids`) from the merged index.
+- Taken-down samples are removed (`remove_ids`) from the merged index: ids found through
+  `index_ids` plus the faiss ids kept in takedown resolutions (the takedown deleted their
+  `index_ids` rows). A takedown since the last merge changes the inputs, so the merge runs.
 - recall@10 is measured on held-out queries against exact search over the same vectors
   (computed by Spark, partition by partition), after tuning nprobe to index.target_recall.
 Everything lands in `index_manifest` as a row of kind `merged`.
@@ -27,7 +29,8 @@ from pyspark.sql import functions as F
 from laion_spark import storage
 from laion_spark.config import Config
 from laion_spark.index import build
-from laion_spark.index.source import index_dir, taken_down_ids
+from laion_spark.index.paths import resolve, to_manifest
+from laion_spark.index.source import index_dir, taken_down_faiss_ids, taken_down_ids
 from laion_spark.index.stage import _manifest, _manifest_df
 from laion_spark.stage import StageResult
 
@@ -83,7 +86,9 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
     man = _manifest(tables, ic.name)
     trained_rows = man.where("kind = 'trained'").collect()
     if not trained_rows:
-        return StageResult("merge_index", 0, 0, {"no_index": 1}, time.time() - t0, {"index": ic.name})
+        return StageResult(
+            "merge_index", 0, 0, {"no_index": 1}, time.time() - t0, {"index": ic.name}
+        )
     trained_row = trained_rows[0]
     ids = tables.read("index_ids").where(F.col("index_name") == ic.name)
     committed = {
@@ -92,12 +97,12 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
     shards = [r for r in man.where("kind = 'shard'").collect() if r["shard"] in committed]
     orphans = man.where("kind = 'shard'").count() - len(shards)
     gone = taken_down_ids(tables)
-    remove = np.zeros(0, dtype="int64")
+    removed_ids = taken_down_faiss_ids(tables, ic.name)
     if gone is not None:
-        remove = np.array(
-            [r[0] for r in ids.join(gone, "sample_id", "left_semi").select("faiss_id").collect()],
-            dtype="int64",
-        )
+        removed_ids |= {
+            int(r[0]) for r in ids.join(gone, "sample_id", "left_semi").select("faiss_id").collect()
+        }
+    remove = np.array(sorted(removed_ids), dtype="int64")
     # what this merge would be built from; the same inputs as the latest merge = nothing to do
     inputs = hashlib.sha256(
         json.dumps([sorted(s["shard"] for s in shards), sorted(int(i) for i in remove)]).encode()
@@ -107,7 +112,7 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
         latest is not None
         and not force
         and json.loads(latest["params"] or "{}").get("inputs") == inputs
-        and storage.exists(latest["path"])
+        and storage.exists(resolve(cfg, latest["path"]))
     ):
         return StageResult(
             "merge_index",
@@ -120,8 +125,8 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     work = tempfile.mkdtemp(prefix=f"merge-{ic.name}-", dir=_local_tmp(cfg))
     cache = os.path.join(work, "shards")
-    local = [storage.local_copy(s["path"], cache) for s in shards]
-    trained = build.deserialize(storage.read_bytes(trained_row["path"]))
+    local = [storage.local_copy(resolve(cfg, s["path"]), cache) for s in shards]
+    trained = build.deserialize(storage.read_bytes(resolve(cfg, trained_row["path"])))
     out_local = os.path.join(work, f"merged-{run_id}.index")
     if build.is_ivf(trained):
         merged = build.merge_shards_ondisk(trained, local, out_local, remove)
@@ -130,6 +135,7 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
             local, trained_row["metric"] or ic.metric, trained.d, remove
         )
         faiss.write_index(merged, out_local)
+    ntotal = int(merged.ntotal)  # the shards may hold more than index_ids still lists
     merge_s = time.time() - t0
 
     # recall@10 on held-out queries vs exact search over the same (non-removed) vectors
@@ -156,7 +162,6 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
         + sum(float(s["build_seconds"] or 0) for s in shards)
         + (time.time() - t0)
     )
-    ntotal = sum(committed[s["shard"]] for s in shards) - len(remove)
     params.update(
         {
             "shards": len(shards),
@@ -171,7 +176,7 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
         "index_name": ic.name,
         "shard": f"merged-{run_id}",
         "kind": "merged",
-        "path": path,
+        "path": to_manifest(cfg, path),
         "factory": trained_row["factory"],
         "model_id": trained_row["model_id"],
         "count": int(ntotal),
@@ -193,7 +198,11 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
         "merge_index",
         sum(committed.values()),
         int(ntotal),
-        {"merged": int(ntotal), "removed_takedown": int(len(remove)), "orphan_shards": orphans},
+        {
+            "merged": int(ntotal),
+            "removed_takedown": max(0, sum(int(s["count"] or 0) for s in shards) - int(ntotal)),
+            "orphan_shards": orphans,
+        },
         time.time() - t0,
         {
             "index": ic.name,

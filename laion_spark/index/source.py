@@ -15,8 +15,9 @@ def index_dir(cfg: Config, name: str | None = None) -> str:
 
 
 def taken_down_ids(tables) -> DataFrame | None:
-    """sample_ids removed by takedowns: listed ids, plus candidates matching a listed URL or
-    domain, plus images whose sha256 is listed. None when nothing is taken down."""
+    """sample_ids removed by takedowns: listed and resolved ids, plus candidates matching a
+    listed URL (or URL hash) or domain, plus images whose sha256 is listed. None when nothing
+    is taken down."""
     rules = load_rules(tables)
     if not rules:
         return None
@@ -26,7 +27,7 @@ def taken_down_ids(tables) -> DataFrame | None:
         parts.append(
             spark.createDataFrame([(s,) for s in sorted(rules.sample_ids)], "sample_id string")
         )
-    if (rules.urls or rules.domains) and tables.exists("candidates"):
+    if (rules.urls or rules.url_hashes or rules.domains) and tables.exists("candidates"):
         bc = spark.sparkContext.broadcast(rules)
 
         @F.udf("boolean")
@@ -64,3 +65,15 @@ def source_embeddings(cfg: Config, tables) -> tuple[DataFrame, str | None]:
     if gone is not None:
         emb = emb.join(gone, "sample_id", "left_anti")
     return emb, model_id
+
+
+def taken_down_faiss_ids(tables, index_name: str) -> set[int]:
+    """faiss ids of `index_name` recorded in takedown resolutions: they stay known after the
+    takedown deleted their `index_ids` rows, so merge can still remove them."""
+    if not tables.exists("takedowns"):
+        return set()
+    df = tables.read("takedowns")
+    if "faiss_ids" not in df.columns:
+        return set()
+    rows = df.select(F.col("faiss_ids").getItem(index_name).alias("ids")).collect()
+    return {int(i) for r in rows for i in (r["ids"] or ())}

@@ -25,6 +25,7 @@ from laion_spark.config import Config
 from laion_spark.index import build
 from laion_spark.index.factory import choose_factory
 from laion_spark.index.faiss_ids import assign_ids
+from laion_spark.index.paths import resolve, to_manifest
 from laion_spark.index.source import index_dir, source_embeddings
 from laion_spark.stage import StageResult
 
@@ -46,7 +47,7 @@ def trained_index(
     rows = _manifest(tables, ic.name).where("kind = 'trained'").collect()
     if rows:
         row = rows[0]
-        return storage.read_bytes(row["path"]), row["factory"], 0.0
+        return storage.read_bytes(resolve(cfg, row["path"])), row["factory"], 0.0
     t0 = time.time()
     factory = (
         ic.factory
@@ -70,7 +71,7 @@ def trained_index(
         "index_name": ic.name,
         "shard": "trained",
         "kind": "trained",
-        "path": path,
+        "path": to_manifest(cfg, path),
         "factory": factory,
         "model_id": model_id,
         "count": 0,
@@ -203,7 +204,7 @@ def run(spark, cfg: Config, tables, id_fn: Callable[[str], int] | None = None) -
                 "index_name": ic.name,
                 "shard": s["shard"],
                 "kind": "shard",
-                "path": s["path"],
+                "path": to_manifest(cfg, s["path"]),
                 "factory": factory,
                 "model_id": model_id,
                 "count": int(s["count"]),

@@ -11,9 +11,11 @@ one, so the embeddings table can hold several models side by side.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +206,8 @@ def _load(clip_cfg: EmbedSettings, pretrained: str, dev: str, prec: str) -> Load
     if is_local_weights(pretrained):
         ckpt = checkpoint_file(pretrained)
         meta = _read_meta(ckpt)
-        model = open_clip.create_model(clip_cfg.model, pretrained=None, device="cpu")
+        with _no_random_init_warning():  # the weights are loaded right below
+            model = open_clip.create_model(clip_cfg.model, pretrained=None, device="cpu")
         # open_clip's loader: torch.load(weights_only=True) or safetensors, strips
         # "module." prefixes, resizes position embeddings; the same path as hub weights
         open_clip.load_checkpoint(model, ckpt, weights_only=True)
@@ -239,6 +242,24 @@ def _load(clip_cfg: EmbedSettings, pretrained: str, dev: str, prec: str) -> Load
     )
 
 
+class _DropRandomInit(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_random_init_warning():
+    """open_clip warns (on the root logger, once per worker) that a model built without a hub
+    tag is random, just before we load the local checkpoint into it: a false alarm."""
+    drop = _DropRandomInit()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def embedding_model_id(
     cfg: Any, tables: Any, explicit: str | None = None, key: str = ""
 ) -> str | None:
@@ -250,10 +271,7 @@ def embedding_model_id(
     """
     if explicit:
         return explicit
-    if not tables.exists("embeddings"):
-        return None
-    rows = tables.read("embeddings").select("model_id").distinct().collect()
-    models = sorted(r[0] for r in rows if r[0] is not None)
+    models = tables.distinct("embeddings", "model_id")
     if len(models) <= 1:
         return models[0] if models else None
     try:

@@ -1,4 +1,4 @@
-"""`laion-spark takedown`: remove samples by url, domain, sha256, md5 or sample_id.
+"""`laion-spark takedown`: remove samples by url, domain, sha256, md5, pdq or sample_id.
 
     removed = takedown(spark, cfg, tables, "url", ["https://x.org/a.jpg"], reason="DMCA 123")
     # {"candidates": 1, "images": 1, "embeddings": 1, "scores": 1, ...}
@@ -7,20 +7,26 @@
    value, so repeating a request is idempotent). Recording first means an interrupted
    takedown still blocks the sample: extract and download call
    laion_spark.takedown.rules.exclude_taken_down / taken_down_hashes on everything they write,
-   and the index helper filters search results by this table.
-2. The values resolve to sample_ids: url/domain through the `url` of candidates and
-   images, sha256/md5 through images (md5 computed from the stored bytes; sha256 too where
-   the column is empty), sample_id as given.
-3. Every table with a sample_id column loses those rows (Delta DELETE); the
-   counts removed per table are added to the request's `removed` map.
+   and a running search service re-reads this table within seconds.
+2. Resolution, before anything is deleted: the values resolve to sample_ids (url/domain
+   through the `url` of candidates and images, sha256/md5 through images, pdq by Hamming
+   distance to the images' PDQ hashes, sample_id as given), and every matched sample to what
+   was derived from it: faiss ids and shards per index (`index_ids`), image sha256 and PDQ
+   hash, the sha256 of its URLs. The resolution is stored on the request's row, so merge
+   removes the faiss ids even though `index_ids` rows are gone, search hides the samples at
+   once, and purge knows which shards and exports to rewrite.
+3. Every table with a sample_id column that holds them loses those rows (Delta DELETE);
+   the rows removed per table (counted in one job before the deletes, and recorded with
+   the resolution) are added to the request's `removed` map.
 
-Delta keeps deleted rows in older table versions until VACUUM; for erasure run
-`VACUUM <table> RETAIN n HOURS` after the retention period (docs/score.md).
+Delta keeps deleted rows in older table versions until VACUUM: `purge` (purge.py, or
+`takedown --purge`) erases them physically.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -29,9 +35,12 @@ from pyspark.sql import types as T
 from laion_spark.config import Config
 from laion_spark.ids import normalize_url
 from laion_spark.tables import SPECS, Tables
-from laion_spark.takedown.rules import KINDS, domain_matches, host_of
+from laion_spark.takedown.pdq import normalize_hash
+from laion_spark.takedown.rules import KINDS, domain_matches, host_of, url_hash
 
+log = logging.getLogger(__name__)
 SAMPLE_TABLES = tuple(n for n, s in SPECS.items() if "sample_id" in s.schema.fieldNames())
+RESOLUTION = ("sample_ids", "faiss_ids", "shards", "sha256", "pdq", "url_hashes")
 
 
 def normalize_value(kind: str, value: str) -> str:
@@ -42,6 +51,8 @@ def normalize_value(kind: str, value: str) -> str:
         return v.lower().lstrip(".").rstrip(".")
     if kind in ("sha256", "md5"):
         return v.lower()
+    if kind == "pdq":
+        return normalize_hash(v)
     return v
 
 
@@ -70,7 +81,49 @@ def _url_matches(kind: str, values: list[str]):
     return match
 
 
-def resolve(tables: Tables, kind: str, values: list[str]) -> DataFrame:
+def _pdq_matches(tables: Tables, values: list[str], max_distance: int, min_quality: int):
+    """(sample_id, value) of images whose PDQ hash is within max_distance of a listed one.
+
+    Stored hashes are used; images written before the pdq column existed are hashed from
+    their bytes on the fly. Hashes under min_quality are skipped (PDQ's guidance).
+    """
+    import pandas as pd
+
+    img = tables.read("images")
+    pdq_col = F.col("pdq") if "pdq" in img.columns else F.lit(None).cast("string")
+    img = img.where(F.col("image").isNotNull() | pdq_col.isNotNull())
+    qual_col = F.col("pdq_quality") if "pdq_quality" in img.columns else F.lit(None).cast("int")
+    src = img.select(
+        "sample_id",
+        pdq_col.alias("pdq"),
+        qual_col.alias("pdq_quality"),
+        F.when(pdq_col.isNull(), F.col("image")).alias("image"),
+    )
+    bc = tables.spark.sparkContext.broadcast(sorted(values))
+
+    def match(batches):
+        from laion_spark.takedown.pdq import Matcher, hash_image
+
+        matcher = Matcher(bc.value, max_distance)
+        for pdf in batches:
+            hashes, quality = list(pdf["pdq"]), list(pdf["pdq_quality"])
+            for i, h in enumerate(hashes):
+                if h is None or h != h:  # null: hash the stored bytes now
+                    got = hash_image(pdf["image"].iloc[i])
+                    hashes[i], quality[i] = got if got else (None, None)
+            keep = [
+                h if h and (q is None or q != q or int(q) >= min_quality) else None
+                for h, q in zip(hashes, quality, strict=True)
+            ]
+            rows = [(pdf["sample_id"].iloc[p], listed) for p, listed, _ in matcher.match(keep)]
+            yield pd.DataFrame(rows, columns=["sample_id", "value"])
+
+    return src.mapInPandas(match, "sample_id string, value string")
+
+
+def resolve(
+    tables: Tables, kind: str, values: list[str], max_distance: int = 31, min_quality: int = 50
+) -> DataFrame:
     """(sample_id, value) of every stored sample a request matches."""
     spark = tables.spark
     schema = T.StructType(
@@ -85,6 +138,8 @@ def resolve(tables: Tables, kind: str, values: list[str]) -> DataFrame:
             if tables.exists(name):
                 df = tables.read(name).select("sample_id", m(F.col("url")).alias("value"))
                 parts.append(df.where(F.col("value").isNotNull()))
+    elif kind == "pdq" and tables.exists("images"):
+        parts.append(_pdq_matches(tables, values, max_distance, min_quality))
     elif kind in ("sha256", "md5") and tables.exists("images"):
         img = tables.read("images")
         if kind == "sha256":
@@ -107,10 +162,94 @@ def resolve(tables: Tables, kind: str, values: list[str]) -> DataFrame:
     return out.where(F.col("sample_id").isNotNull()).distinct()
 
 
+def derived(tables: Tables, sample_ids: set[str]) -> dict[str, dict]:
+    """sample_id -> what was derived from it: faiss ids and shards per index, image sha256
+    and PDQ hash, sha256 of each URL. Collected to the driver (takedowns are small)."""
+    out: dict[str, dict] = {
+        s: {"faiss": [], "sha256": set(), "pdq": set(), "url_hashes": set()} for s in sample_ids
+    }
+    if not sample_ids:
+        return out
+    ids = F.broadcast(
+        tables.spark.createDataFrame([(s,) for s in sorted(sample_ids)], "sample_id string")
+    )
+    if tables.exists("index_ids"):
+        for r in tables.read("index_ids").join(ids, "sample_id").collect():
+            out[r["sample_id"]]["faiss"].append((r["index_name"], r["faiss_id"], r["shard"]))
+    if tables.exists("images"):
+        img = tables.read("images")
+        cols = [
+            F.coalesce(F.col("sha256"), F.sha2(F.col("image"), 256)).alias("sha256"),
+            (F.col("pdq") if "pdq" in img.columns else F.lit(None).cast("string")).alias("pdq"),
+            "url",
+        ]
+        for r in img.join(ids, "sample_id").select("sample_id", *cols).collect():
+            d = out[r["sample_id"]]
+            if r["sha256"]:
+                d["sha256"].add(r["sha256"].lower())
+            if r["pdq"]:
+                d["pdq"].add(r["pdq"])
+            if r["url"]:
+                d["url_hashes"].add(url_hash(r["url"]))
+    if tables.exists("candidates"):
+        for r in (
+            tables.read("candidates").join(ids, "sample_id").select("sample_id", "url").collect()
+        ):
+            if r["url"]:
+                out[r["sample_id"]]["url_hashes"].add(url_hash(r["url"]))
+    return out
+
+
+def resolution_of(sids: set[str], info: dict[str, dict]) -> dict:
+    """The resolution columns of one request from its matched samples."""
+    faiss: dict[str, set[int]] = {}
+    shards: dict[str, set[str]] = {}
+    res = {"sha256": set(), "pdq": set(), "url_hashes": set()}
+    for s in sids:
+        d = info.get(s) or {}
+        for index_name, fid, shard in d.get("faiss", ()):
+            faiss.setdefault(index_name, set()).add(int(fid))
+            if shard:
+                shards.setdefault(index_name, set()).add(shard)
+        for key in res:
+            res[key] |= d.get(key, set())
+    return {
+        "sample_ids": sorted(sids),
+        "faiss_ids": {k: sorted(v) for k, v in faiss.items()},
+        "shards": {k: sorted(v) for k, v in shards.items()},
+        **{k: sorted(v) for k, v in res.items()},
+    }
+
+
+def _merge_resolution(prev, new: dict | None) -> dict:
+    """Union of a stored resolution (a Row or None) and a new one: a repeated request keeps
+    what earlier runs resolved (those samples are deleted by now and resolve to nothing)."""
+    out: dict = {}
+    for key in RESOLUTION:
+        old = prev[key] if prev is not None and key in prev.asDict() else None
+        add = (new or {}).get(key)
+        if key in ("faiss_ids", "shards"):
+            merged: dict[str, set] = {k: set(v or ()) for k, v in (old or {}).items()}
+            for k, v in (add or {}).items():
+                merged.setdefault(k, set()).update(v)
+            out[key] = {k: sorted(v) for k, v in merged.items()} if merged else None
+        else:
+            merged_list = sorted(set(old or ()) | set(add or ()))
+            out[key] = merged_list if merged_list or old is not None else None
+    return out
+
+
 def _record(
-    tables: Tables, kind: str, values: list[str], reason: str, removed: dict[str, dict[str, int]]
+    tables: Tables,
+    kind: str,
+    values: list[str],
+    reason: str,
+    removed: dict[str, dict[str, int]],
+    resolutions: dict[str, dict] | None = None,
+    max_distance: int | None = None,
 ) -> None:
-    """Upsert one row per value; `removed` counts add to what earlier runs removed."""
+    """Upsert one row per value; `removed` counts add to what earlier runs removed, a new
+    resolution is united with the stored one."""
     spark = tables.spark
     ids = {request_id(kind, v): v for v in values}
     old = {}
@@ -123,42 +262,70 @@ def _record(
         counts = dict(prev["removed"] or {}) if prev is not None else {}
         for t, n in removed.get(v, {}).items():
             counts[t] = int(counts.get(t, 0)) + int(n)
+        res = _merge_resolution(prev, (resolutions or {}).get(v))
+        fields = prev.asDict() if prev is not None else {}
         out.append(
             {
                 "request_id": rid,
                 "kind": kind,
-                "value": v,
-                "reason": reason or (prev["reason"] if prev is not None else ""),
+                "value": fields.get("value") or v,
+                "reason": reason or fields.get("reason") or "",
                 "removed": counts,
-                "requested_at": prev["requested_at"] if prev is not None else None,
+                "requested_at": fields.get("requested_at"),
+                **res,
+                "max_distance": max_distance if kind == "pdq" else None,
+                "resolved_at": None,
+                "purge_id": fields.get("purge_id"),
+                "purged_at": fields.get("purged_at"),
             }
         )
     df = spark.createDataFrame(out, SPECS["takedowns"].schema)
     df = df.withColumn("requested_at", F.coalesce("requested_at", F.current_timestamp()))
+    if resolutions is not None:
+        df = df.withColumn("resolved_at", F.current_timestamp())
+    else:
+        df = df.drop("resolved_at")
     tables.upsert(df, "takedowns")
 
 
-def _delete(tables: Tables, name: str, hits: dict[str, set[str]]) -> dict[str, int]:
-    """Delete the rows of `name` whose sample_id was hit; rows removed per value.
+def present(tables: Tables, sample_ids: set[str]) -> dict[str, dict[str, int]]:
+    """table -> {sample_id: rows} of the given samples in every table with a sample_id, in
+    ONE Spark job (a union of small filtered reads): only tables with hits are written."""
+    if not sample_ids:
+        return {}
+    ids = sorted(sample_ids)
+    parts = [
+        tables.read(name)
+        .where(F.col("sample_id").isin(ids))
+        .groupBy("sample_id")
+        .count()
+        .withColumn("table", F.lit(name))
+        for name in SAMPLE_TABLES
+        if tables.exists(name)
+    ]
+    if not parts:
+        return {}
+    union = parts[0]
+    for p in parts[1:]:
+        union = union.unionByName(p)
+    out: dict[str, dict[str, int]] = {}
+    for r in union.collect():
+        out.setdefault(r["table"], {})[r["sample_id"]] = int(r["count"])
+    return out
 
-    One small read finds which ids the table holds (no write when none), then one Delta
-    DELETE; takedown lists are small, so the ids travel as a literal IN list.
-    """
-    if not tables.exists(name):
-        return {}
-    ids = sorted(set().union(*hits.values()))
-    present: dict[str, int] = {}
-    for r in (
-        tables.read(name).where(F.col("sample_id").isin(ids)).groupBy("sample_id").count().collect()
-    ):
-        present[r["sample_id"]] = int(r["count"])
-    if not present:
-        return {}
-    ids_df = tables.spark.createDataFrame([(s,) for s in sorted(present)], "sample_id string")
+
+def _delete(tables: Tables, name: str, sample_ids: set[str]) -> None:
+    """One Delta DELETE (MERGE ... WHEN MATCHED DELETE) of these samples' rows."""
+    ids_df = tables.spark.createDataFrame([(s,) for s in sorted(sample_ids)], "sample_id string")
     tables.delete(name, ids_df)
-    return {
-        v: sum(present.get(s, 0) for s in sids) for v, sids in hits.items() if sids & present.keys()
-    }
+
+
+def delete_samples(tables: Tables, sample_ids: set[str]) -> dict[str, dict[str, int]]:
+    """Delete the samples from every table holding them; what each table held."""
+    found = present(tables, sample_ids)
+    for name, rows in found.items():
+        _delete(tables, name, set(rows))
+    return found
 
 
 def takedown(
@@ -168,27 +335,49 @@ def takedown(
     kind: str,
     values: list[str],
     reason: str = "",
+    max_distance: int | None = None,
+    purge: bool = False,
 ) -> dict[str, int]:
-    """Record the request, delete the matching samples from every table; rows removed per table."""
+    """Record the request, resolve it, delete the matching samples from every table; rows
+    removed per table. `purge=True` then erases them physically (purge.purge)."""
     if kind not in KINDS:
         raise ValueError(f"takedown kind must be one of {', '.join(KINDS)}, not {kind!r}")
     vals = sorted({normalize_value(kind, v) for v in values if v and v.strip()})
     if not vals:
         raise ValueError("takedown needs at least one non-empty value")
-    _record(tables, kind, vals, reason, {})  # blocks re-entry even if deletion is interrupted
+    dist = cfg.takedown.pdq_max_distance if max_distance is None else int(max_distance)
+    if not 0 <= dist <= 128:
+        raise ValueError(f"max_distance must be in 0..128, not {dist}")
+    _record(tables, kind, vals, reason, {}, max_distance=dist)  # blocks even if interrupted
     # resolve once, before deleting (the resolution reads tables we delete from)
     hits: dict[str, set[str]] = {v: {v} for v in vals} if kind == "sample_id" else {}
     if kind != "sample_id":
-        for r in resolve(tables, kind, vals).collect():
+        found = resolve(tables, kind, vals, dist, cfg.takedown.pdq_min_quality).collect()
+        for r in found:
             hits.setdefault(r["value"], set()).add(r["sample_id"])
-    totals: dict[str, int] = {name: 0 for name in SAMPLE_TABLES}
-    per_value: dict[str, dict[str, int]] = {}
-    if hits:
-        for name in SAMPLE_TABLES:
-            counts = _delete(tables, name, hits)
-            totals[name] = sum(counts.values())
-            for v, n in counts.items():
-                per_value.setdefault(v, {})[name] = n
-    if per_value:
-        _record(tables, kind, vals, reason, per_value)
+    matched = set().union(*hits.values()) if hits else set()
+    held = present(tables, matched)
+    totals: dict[str, int] = {name: sum(held.get(name, {}).values()) for name in SAMPLE_TABLES}
+    per_value = {
+        v: {name: n for name in held if (n := sum(held[name].get(s, 0) for s in sids))}
+        for v, sids in hits.items()
+    }
+    if any(per_value.values()):
+        # the resolution and the rows about to go, kept before deletion, so every later
+        # step can honour it even if the deletion is interrupted
+        info = derived(tables, matched)
+        resolutions = {v: resolution_of(hits.get(v, set()), info) for v in vals}
+        _record(tables, kind, vals, reason, per_value, resolutions, max_distance=dist)
+        for name, rows in held.items():
+            _delete(tables, name, set(rows))
+    log.info(
+        "takedown %s: %d value(s), %d sample(s) matched",
+        kind,
+        len(vals),
+        len(set().union(*hits.values())) if hits else 0,
+    )
+    if purge:
+        from laion_spark.takedown.purge import purge as run_purge
+
+        run_purge(spark, cfg, tables, [request_id(kind, v) for v in vals])
     return totals

@@ -7,6 +7,11 @@
 //! - per image, the rare cases call back into Python: alt texts with entities or non-ASCII
 //!   characters (ftfy, Unicode rules), and URLs outside the plain shapes (urljoin, IDNA).
 //!
+//! Attribute values are decoded exactly once (laion_spark.extract.entities): not at all when
+//! the WAT's writer already decoded them (`decoded`, Common Crawl since CC-MAIN-2019-26),
+//! else here, as an HTML5 parser decodes attribute values. The page's HTTP status gets the
+//! WARC path's rule (a known non-2xx status: `page_http_not_ok`, no pairs).
+//!
 //! `LanguageId` is fastText's lid.176 inference (lid.rs), bit-identical to the fastText
 //! package's predict and about 5x faster per caption from Python.
 //!
@@ -39,6 +44,7 @@ const BAD_EXTENSION: &str = "bad_extension";
 const DUPLICATE_IN_PAGE: &str = "duplicate_in_page";
 const DUPLICATE_URL_IN_PAGE: &str = "duplicate_url_in_page";
 const TOO_MANY_IMAGES: &str = "too_many_images";
+const HTTP_NOT_OK: &str = "page_http_not_ok";
 
 /// A JSON object and nothing else: serde's derived structs also accept arrays (fields by
 /// position), where Python's `isinstance(x, dict)` would not.
@@ -109,6 +115,15 @@ struct PayloadMeta<'a> {
 struct HttpMeta<'a> {
     #[serde(rename = "HTML-Metadata", borrow)]
     html: Option<Obj<HtmlMeta<'a>>>,
+    #[serde(rename = "Response-Message", borrow)]
+    response: Option<Obj<ResponseMessage<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseMessage<'a> {
+    // a number here is a shape Python handles (the record goes back)
+    #[serde(rename = "Status", borrow)]
+    status: Str<'a>,
 }
 
 #[derive(Deserialize)]
@@ -158,7 +173,25 @@ struct Page<'a> {
 enum Parsed<'a> {
     Fallback,
     NotHtml,
+    Rejected(&'static str),
     Page(Page<'a>),
+}
+
+/// pairs.http_status_code of a string: exactly three ASCII digits, else None.
+fn http_status_code(s: &str) -> Option<u16> {
+    (s.len() == 3 && s.bytes().all(|c| c.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// urls.target_uri: a WARC-Target-URI without the angle brackets some writers put around it.
+fn target_uri(u: Cow<'_, str>) -> Cow<'_, str> {
+    let inner = u.len() >= 2 && u.starts_with('<') && u.ends_with('>');
+    match u {
+        Cow::Borrowed(b) if inner => Cow::Borrowed(&b[1..b.len() - 1]),
+        Cow::Owned(o) if inner => Cow::Owned(o[1..o.len() - 1].to_string()),
+        other => other,
+    }
 }
 
 fn hex4(b: &[u8], at: usize) -> Option<u32> {
@@ -251,21 +284,34 @@ fn parse_record<'a>(text: &'a str, has_cc: bool, record_url: Option<&'a str>) ->
     let Some(Obj(env)) = doc.envelope else {
         return Parsed::Fallback; // Python raises bad_wat_shape
     };
-    let meta = env.payload.and_then(|p| p.0.http).and_then(|h| h.0.html);
-    let Some(Obj(meta)) = meta else {
+    let Some(Obj(http)) = env.payload.and_then(|p| p.0.http) else {
         return Parsed::NotHtml;
     };
+    let Some(Obj(meta)) = http.html else {
+        return Parsed::NotHtml;
+    };
+    // pairs.http_status_rejection, before anything else of the page (as wat.py)
+    let status = http
+        .response
+        .and_then(|r| r.0.status)
+        .and_then(|s| http_status_code(&s));
+    if matches!(status, Some(c) if !(200..300).contains(&c)) {
+        return Parsed::Rejected(HTTP_NOT_OK);
+    }
     let uri = env
         .warc
         .and_then(|w| w.0.target_uri)
         .filter(|u| !u.is_empty());
     let url = match uri {
-        Some(u) => u,
+        Some(u) => target_uri(u),
         None => match record_url {
-            Some(u) if !u.is_empty() => Cow::Borrowed(u),
+            Some(u) if !u.is_empty() => target_uri(Cow::Borrowed(u)),
             _ => return Parsed::Fallback, // Python raises bad_wat_shape
         },
     };
+    if url.is_empty() {
+        return Parsed::Fallback; // "<>": Python raises bad_wat_shape
+    }
     let (mut base, head_links) = match meta.head {
         Some(Obj(h)) => (h.base, h.link),
         None => (None, None),
@@ -364,8 +410,10 @@ fn simple_entity(body: &[u8]) -> Option<u8> {
         .filter(|c| (0x20..=0x7e).contains(c))
 }
 
-/// captions.unescape_entities(s) when every entity in `s` is a simple one (the text is
-/// unchanged when it has none); None when Python has to decode it.
+/// entities.unescape_attribute(s) when every character reference in `s` is a simple one
+/// (the text is unchanged when it has none); None when Python has to decode it: an `&`
+/// followed by a letter, digit or `#` that is not a complete simple reference (HTML5 decodes
+/// `&amp` without ';', numeric references without ';', ... the Python rule knows them all).
 fn unescape_simple(s: &str) -> Option<Cow<'_, str>> {
     let b = s.as_bytes();
     let Some(first) = memchr::memchr(b'&', b) else {
@@ -385,7 +433,13 @@ fn unescape_simple(s: &str) -> Option<Cow<'_, str>> {
                 copied = at + 1 + len;
                 i = copied;
             }
-            None => i = at + 1,
+            None => {
+                // '&' before anything else is literal text in HTML5
+                if matches!(b.get(at + 1), Some(c) if c.is_ascii_alphanumeric() || *c == b'#') {
+                    return None;
+                }
+                i = at + 1;
+            }
         }
     }
     Some(match out {
@@ -567,11 +621,13 @@ struct WatExtractor {
     drop_extensions: HashSet<String>,
     max_images_per_page: usize,
     dedup_by_url: bool,
-    // alt (raw from the WAT) -> (text | None, reason | None, sample_id caption | None)
+    // alt (decoded) -> (text | None, reason | None, sample_id caption | None)
     clean_alt: PyObject,
-    // captions.unescape_entities
+    // entities.unescape_attribute
     unescape: PyObject,
-    // (page_url, raw base href | None) -> (parts | None, (origin, directory) | None, base)
+    // the WAT's attribute values are already decoded: never decode them (again)
+    decoded: bool,
+    // (page_url, decoded base href | None) -> (parts | None, (origin, directory) | None, base)
     page_setup: PyObject,
     // (raw src, base) -> (url | None, reason | None): urls.resolve_image_url with the rules
     resolve_url: PyObject,
@@ -591,6 +647,26 @@ struct WatExtractor {
 }
 
 impl WatExtractor {
+    /// An attribute value of the WAT as the HTML attribute's value: itself when the WAT is
+    /// decoded, else decoded here (simple references) or by entities.unescape_attribute.
+    fn decode<'s>(&self, py: Python<'_>, s: &'s str) -> PyResult<Cow<'s, str>> {
+        if self.decoded {
+            return Ok(Cow::Borrowed(s));
+        }
+        match unescape_simple(s) {
+            Some(t) => Ok(t),
+            None => Ok(Cow::Owned(self.unescape.call1(py, (s,))?.extract(py)?)),
+        }
+    }
+
+    /// `decode` of a value the caller owns or borrows from the record.
+    fn decode_cow<'s>(&self, py: Python<'_>, s: Cow<'s, str>) -> PyResult<Cow<'s, str>> {
+        Ok(match self.decode(py, &s)? {
+            Cow::Borrowed(_) => s,
+            Cow::Owned(o) => Cow::Owned(o),
+        })
+    }
+
     /// urls.resolve_image_url's verdict on `data:` and `javascript:` sources (the length
     /// check comes first there, on the cleaned source), without calling into Python.
     fn scheme_rejection(&self, raw: &str) -> Option<&'static str> {
@@ -723,28 +799,28 @@ impl WatExtractor {
         (Some(code.to_string()), score, group)
     }
 
-    /// captions.clean_caption (+ the sample_id form of the caption) of one alt.
+    /// captions.clean_caption (+ the sample_id form of the caption) of one alt as the WAT
+    /// has it (decoded here first unless the WAT is decoded).
     fn caption(
         &self,
         py: Python<'_>,
         alt: &str,
     ) -> PyResult<Result<(String, Option<String>), Reason>> {
-        if let Some(text) = unescape_simple(alt) {
-            let (min_c, max_c) = (self.min_caption_chars, self.max_caption_chars);
-            let done = if text.is_ascii() {
-                Some(clean_ascii(&text, min_c, max_c))
-            } else {
-                self.caption_tables
-                    .as_ref()
-                    .and_then(|t| t.clean(&text, min_c, max_c, self.fix_text))
-            };
-            if let Some(done) = done {
-                return Ok(done.map(|t| (t, None)).map_err(Cow::Borrowed));
-            }
+        let text = self.decode(py, alt)?;
+        let (min_c, max_c) = (self.min_caption_chars, self.max_caption_chars);
+        let done = if text.is_ascii() {
+            Some(clean_ascii(&text, min_c, max_c))
+        } else {
+            self.caption_tables
+                .as_ref()
+                .and_then(|t| t.clean(&text, min_c, max_c, self.fix_text))
+        };
+        if let Some(done) = done {
+            return Ok(done.map(|t| (t, None)).map_err(Cow::Borrowed));
         }
         self.python_captions.set(self.python_captions.get() + 1);
         let got: (Option<String>, Option<String>, Option<String>) =
-            self.clean_alt.call1(py, (alt,))?.extract(py)?;
+            self.clean_alt.call1(py, (text.as_ref(),))?.extract(py)?;
         Ok(match got {
             (Some(text), None, key) => Ok((text, key)),
             (_, reason, _) => Err(reason.map_or(Cow::Borrowed(NO_ALT), Cow::Owned)),
@@ -758,7 +834,8 @@ impl WatExtractor {
     #[pyo3(signature = (
         min_caption_chars, max_caption_chars, max_url_chars, drop_extensions,
         max_images_per_page, dedup_by_url, clean_alt, unescape, page_setup, resolve_url,
-        license_of, language, min_language_score, english_codes, caption_tables, fix_text
+        license_of, language, min_language_score, english_codes, caption_tables, fix_text,
+        decoded
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -778,6 +855,7 @@ impl WatExtractor {
         english_codes: Vec<String>,
         caption_tables: Option<CaptionTablesArg>,
         fix_text: bool,
+        decoded: bool,
     ) -> PyResult<Self> {
         let caption_tables = match caption_tables {
             None => None,
@@ -795,6 +873,7 @@ impl WatExtractor {
             dedup_by_url,
             clean_alt,
             unescape,
+            decoded,
             page_setup,
             resolve_url,
             license_of,
@@ -832,7 +911,8 @@ impl WatExtractor {
     /// page_url, language, language_score, language_group, license) + suffix` (with
     /// suffix = (crawl_id,) that is pairs.Pair's field order; the extract stage asks for its
     /// row layout directly). None: Python must do this record (unusual shape or invalid
-    /// JSON); False: no HTML page in it. Rejected images are counted (take_rejected).
+    /// JSON); False: no HTML page in it, or a page the status rule refuses (counted).
+    /// Rejected images are counted (take_rejected).
     #[pyo3(signature = (data, record_url, prefix, suffix))]
     fn record(
         &mut self,
@@ -852,6 +932,10 @@ impl WatExtractor {
         let page = match parse_record(text, has_cc, record_url) {
             Parsed::Fallback => return Ok(py.None()),
             Parsed::NotHtml => return Ok(false.into_py(py)),
+            Parsed::Rejected(reason) => {
+                *self.rejected.entry(reason.into()).or_default() += 1;
+                return Ok(false.into_py(py));
+            }
             Parsed::Page(p) => p,
         };
         let mut images = page.images;
@@ -868,9 +952,13 @@ impl WatExtractor {
         let base = match simple {
             Some(b) => b,
             None => {
+                let base_href = match page.base.as_deref() {
+                    Some(b) => Some(self.decode(py, b)?),
+                    None => None,
+                };
                 let setup: PageSetup = self
                     .page_setup
-                    .call1(py, (page.url.as_ref(), page.base.as_deref()))?
+                    .call1(py, (page.url.as_ref(), base_href.as_deref()))?
                     .extract(py)?;
                 PageBase {
                     parts: setup.0.map(|(_, origin, directory)| (origin, directory)),
@@ -895,13 +983,7 @@ impl WatExtractor {
                 }
             };
             let src = match src {
-                Some(s) => match unescape_simple(&s) {
-                    Some(Cow::Owned(decoded)) => Some(Cow::Owned(decoded)),
-                    Some(Cow::Borrowed(_)) => Some(s),
-                    None => Some(Cow::Owned(
-                        self.unescape.call1(py, (s.as_ref(),))?.extract(py)?,
-                    )),
-                },
+                Some(s) => Some(self.decode_cow(py, s)?),
                 None => None,
             };
             let url = match src.as_deref() {
@@ -940,7 +1022,11 @@ impl WatExtractor {
         } else {
             let links = PyList::empty_bound(py);
             for (href, rel) in &page.lic_links {
-                links.append((href.as_ref(), rel.as_deref()))?;
+                let rel = match rel.as_deref() {
+                    Some(r) => Some(self.decode(py, r)?),
+                    None => None,
+                };
+                links.append((self.decode(py, href)?, rel))?;
             }
             self.license_of.call1(py, (links,))?
         };
