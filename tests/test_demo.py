@@ -5,10 +5,11 @@ Every table the demo writes is read back with Spark SQL and, independently, delt
 
 import socket
 
+import numpy as np
 import pytest
 from deltalake import DeltaTable
 
-from laion_spark.demo.run import run_demo
+from laion_spark.demo.run import demo_samples, run_demo
 from laion_spark.tables import SPECS
 
 
@@ -39,8 +40,17 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
 
     tables = Tables(spark, cfg)
     names = tables.register_views()
-    for must in ["candidates", "images", "embeddings", "scores", "subsets", "index_manifest",
-                 "sft_pool", "dpo_candidates", "dpo_pairs"]:
+    for must in [
+        "candidates",
+        "images",
+        "embeddings",
+        "scores",
+        "subsets",
+        "index_manifest",
+        "sft_pool",
+        "dpo_candidates",
+        "dpo_pairs",
+    ]:
         assert must in names
     first = {}
     for name in names:
@@ -59,6 +69,7 @@ def test_demo_end_to_end_and_idempotent(spark, make_cfg, monkeypatch, capsys):
     )
     _multilingual_checks(spark, cfg, tables, by_stage, out)
     _check_export(spark, cfg, by_stage["export"])
+    _check_scores(spark, cfg, tables, by_stage["score"], out)
 
     again = run_demo(cfg, pages=24)
     for name in names:
@@ -192,3 +203,40 @@ def _check_export(spark, cfg, result):
         assert sample["jpg"] == images[sid]
         seen[sid] = seen.get(sid, 0) + 1
     assert seen == want and sum(seen.values()) == result.rows_out
+
+
+def _check_scores(spark, cfg, tables, score, out: str) -> None:
+    """The demo's heads: every scored row has punsafe, pwatermark and aesthetic; the planted
+    stand-in unsafe / watermark / low-quality samples are found; safe mode hides them."""
+    from laion_spark.index.search import Searcher
+
+    assert "not an NSFW detector" in out and "planted" in out
+    assert score.by_status.get("nsfw", 0) > 0 and score.by_status.get("watermark", 0) > 0
+    assert "absent" not in score.notes or "nsfw" not in score.notes["absent"]
+    rows = spark.sql(
+        "SELECT s.*, c.url, e.image_embedding FROM scores s JOIN candidates c USING (sample_id) "
+        "JOIN embeddings e USING (sample_id)"
+    ).collect()
+    assert rows and all(
+        r[c] is not None for r in rows for c in ("punsafe", "pwatermark", "aesthetic")
+    )
+    by_path = {f"/img/{s.index}.jpg": s for s in demo_samples(24)}
+    pairs = [(by_path[p], r) for r in rows if (p := r["url"][r["url"].find("/img/") :]) in by_path]
+    assert len(pairs) >= 30
+    for prop, flag in (("unsafe", "nsfw"), ("watermark", "watermark")):
+        planted = np.array([getattr(s, prop) for s, _ in pairs])
+        found = np.array([flag in r["flags"] for _, r in pairs])
+        assert planted.sum() >= 3, prop
+        # planted rate recovered within 0.1 absolute; >= 90% per-sample agreement
+        assert abs(found.mean() - planted.mean()) <= 0.1, (prop, found.mean(), planted.mean())
+        assert (found == planted).mean() >= 0.9, prop
+    low = np.array([s.aesthetic < 5.5 for s, _ in pairs])
+    aest = np.array([r["aesthetic"] for _, r in pairs])
+    assert low.any() and aest[low].mean() < aest[~low].mean()
+
+    searcher = Searcher.open(spark, cfg, tables)
+    unsafe_ids = {r["sample_id"] for s, r in pairs if s.unsafe}
+    q = np.asarray(next(r["image_embedding"] for s, r in pairs if s.unsafe), dtype=np.float32)
+    safe = {h["sample_id"] for h in searcher.search(q, k=len(rows), safe_mode=True)}
+    off = {h["sample_id"] for h in searcher.search(q, k=len(rows), safe_mode=False)}
+    assert safe and not safe & unsafe_ids and off & unsafe_ids

@@ -15,6 +15,11 @@ A third of the pages are in German, French, Spanish or Russian (captions from te
 those languages, with wrong captions injected as in the English ones); their captions go
 through a tiny multilingual text tower (tiny-mclip, distilled from tiny-clip once, cached),
 and the summary shows what the CLIP filter kept and removed per language group.
+
+The crawl plants known rates of three properties (DEMO_RATES) and the score stage runs the
+demo's heads (laion_spark.score.demo_heads, trained once on generated data and cached), so
+punsafe, pwatermark and aesthetic are filled and safe mode visibly hides results. The
+"unsafe" category is a generated STAND-IN (hazard-striped backgrounds), not NSFW content.
 """
 
 from __future__ import annotations
@@ -24,9 +29,18 @@ import random
 import time
 
 from laion_spark.config import Config
-from laion_spark.demo.synthetic import CAPTION_LANGUAGES, make_samples
+from laion_spark.demo.synthetic import (
+    CAPTION_LANGUAGES,
+    STANDIN_UNSAFE_NOTE,
+    Sample,
+    make_samples,
+)
 
 DEFAULT_DEMO_PORT = 18765
+DEMO_SEED = 7
+# planted in the crawl: the stand-in unsafe category, watermarks, low generated quality
+# (high enough that the tests' 24-page demo holds several of each)
+DEMO_RATES = {"unsafe_rate": 0.15, "watermark_rate": 0.2, "low_quality_rate": 0.25}
 
 
 def demo_port() -> int:
@@ -34,12 +48,17 @@ def demo_port() -> int:
     return int(os.environ.get("LAION_SPARK_DEMO_PORT", DEFAULT_DEMO_PORT))
 
 
+def demo_samples(n_pages: int, seed: int = DEMO_SEED) -> list[Sample]:
+    """The generated samples behind the demo's pages; sample i is served as /img/{i}.jpg."""
+    return make_samples(n_pages * 2, seed=seed, mismatch_rate=0.2, **DEMO_RATES)
+
+
 def demo_pages(
-    n_pages: int, base: str, seed: int = 7
+    n_pages: int, base: str, seed: int = DEMO_SEED
 ) -> tuple[list[dict], dict[str, bytes], set[str]]:
     """Pages for the crawl writer, image bodies by server path, and paths served with noai."""
     rng = random.Random(seed)
-    samples = make_samples(n_pages * 2, seed=seed, mismatch_rate=0.2)
+    samples = demo_samples(n_pages, seed)
     bodies: dict[str, bytes] = {}
     noai: set[str] = set()
     pages = []
@@ -168,7 +187,7 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
     crawl = write_synthetic_crawl(os.path.join(workdir, "crawl"), page_list)
     print(f"[demo] wrote {len(page_list)} pages as {crawl['warc']} and {crawl['wat']}")
     _text_tower_step(cfg)
-
+    _score_heads(cfg)
     spark = get_spark(cfg)
     tables = Tables(spark, cfg)
     with ImageServer(port=port) as server:
@@ -180,6 +199,7 @@ def run_demo(cfg: Config, pages: int = 200) -> list:
 
     _print_groups(results)
     results.append(_export_subset(spark, cfg, tables))
+    _planted_vs_found(spark, tables, page_list, samples=demo_samples(pages))
     _search_examples(spark, cfg, tables)
     _dpo_pairs(spark, cfg, tables)
     _write_report(spark, cfg, tables)
@@ -225,6 +245,44 @@ def _export_subset(spark, cfg: Config, tables):
         f"in {result.notes.get('shards')} shard(s) under {target}"
     )
     return result
+
+
+def _score_heads(cfg: Config) -> None:
+    """Point every score model the config leaves unset at the demo's (trained once, cached)."""
+    from laion_spark.score.demo_heads import configure_demo_heads
+
+    t = time.time()
+    heads = configure_demo_heads(cfg)
+    how = f"trained in {time.time() - t:.0f}s" if heads.trained else "loaded from cache"
+    ev = heads.metrics
+    print(
+        f"[demo] score heads {how} ({heads.directory}); held-out accuracy: "
+        f"stand-in unsafe {ev['nsfw']['accuracy']:.2f}, watermark {ev['watermark']['accuracy']:.2f}"
+    )
+    print(f"[demo] NOTE punsafe here is a {STANDIN_UNSAFE_NOTE}")
+
+
+def _planted_vs_found(spark, tables, page_list: list[dict], samples: list[Sample]) -> None:
+    """One line: what the crawl planted among the scored images and what the scores flag."""
+    from pyspark.sql import functions as F
+
+    by_path = {f"/img/{s.index}.jpg": s for s in samples}
+    cands = tables.read("candidates").select("sample_id", "url")
+    rows = tables.read("scores").join(cands, "sample_id").select("url", F.col("flags")).collect()
+    # sample i is served at <base>/img/i.jpg (demo_pages); noai copies are not planted ones
+    planted = [by_path[p] for r in rows if (p := _img_path(r["url"])) in by_path]
+    n_unsafe = sum(s.unsafe for s in planted)
+    n_wm = sum(s.watermark for s in planted)
+    f_unsafe = sum("nsfw" in (r["flags"] or []) for r in rows)
+    f_wm = sum("watermark" in (r["flags"] or []) for r in rows)
+    print(
+        f"[demo] scored {len(rows)} images: planted {n_unsafe} stand-in unsafe / {n_wm} "
+        f"watermarked; flagged nsfw {f_unsafe} / watermark {f_wm}"
+    )
+
+
+def _img_path(url: str | None) -> str:
+    return url[url.find("/img/") :] if url and "/img/" in url else ""
 
 
 def _print_groups(results: list) -> None:

@@ -1,16 +1,33 @@
 """Generated image-caption data: coloured shapes on backgrounds, with captions that say so.
 
-Used by the demo crawl, to train the tiny CLIP, and by tests and benchmarks. Everything is
-deterministic given a seed, so the same sample is the same on every run and machine.
+Used by the demo crawl, to train the tiny CLIP and the demo's score heads, and by tests and
+benchmarks. Everything is deterministic given a seed, so the same sample is the same on every
+run and machine.
+
+Three optional, honestly labelled properties give the score stage something to find
+(`make_samples(..., unsafe_rate=, watermark_rate=, low_quality_rate=)`; all off by default,
+and then the samples are exactly what they always were):
+
+- `unsafe`: the demo's STAND-IN "unsafe" category, a generated pattern (the background is
+  drawn as magenta/black hazard stripes). It is a synthetic category that lets the NSFW
+  machinery (punsafe, safe mode, curation) be seen working; it is not NSFW content and a
+  head trained on it is not an NSFW detector.
+- `watermark`: watermark-style text or a logo overlaid after everything else (tiled
+  diagonal text, a boxed corner credit, or a large translucent logo), as stock sites do.
+- `quality` in [0, 1]: 1 is the image as drawn; lower is darker, duller and flatter
+  (brightness, saturation and contrast reduced). `aesthetic` = 1 + 9 * quality, on LAION's
+  1-10 aesthetic scale. Blur and noise are not used: tiny-clip's 32-px input does not see
+  them (a head over its embeddings learns nothing from them).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import random
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -77,11 +94,40 @@ def _center(position: str, size: int, rng: random.Random) -> tuple[float, float]
     return cx + jitter(), cy + jitter()
 
 
-def render(attrs: Attributes, size: int = 64, seed: int = 0) -> Image.Image:
-    """Draw the attributes as an RGB image of `size` x `size`."""
+# the stand-in "unsafe" category: what it is, in words (demo output, head metadata, docs)
+STANDIN_UNSAFE = "hazard-stripes"
+STANDIN_UNSAFE_NOTE = (
+    "stand-in 'unsafe' category: generated images with a magenta/black hazard-striped "
+    "background; a synthetic category, not an NSFW detector"
+)
+_STRIPES = ((230, 0, 200), (20, 20, 20))
+
+
+def _hazard_stripes(img: Image.Image, seed: int) -> None:
+    """Paint the background as diagonal stripes (the stand-in unsafe category)."""
+    size = img.size[0]
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, 0, size, size], fill=_STRIPES[1])
+    step = max(4, size // 8)
+    off = random.Random(seed ^ 0x5EED).randint(0, step)
+    for k in range(-size - step, 2 * size, step):
+        x = k + off
+        d.polygon(
+            [(x, 0), (x + step // 2, 0), (x + step // 2 - size, size), (x - size, size)],
+            fill=_STRIPES[0],
+        )
+
+
+def render(
+    attrs: Attributes, size: int = 64, seed: int = 0, standin_unsafe: bool = False
+) -> Image.Image:
+    """Draw the attributes as an RGB image of `size` x `size` (on hazard stripes when
+    `standin_unsafe`; everything else is drawn identically)."""
     rng = random.Random(seed)
     bg = tuple(max(0, min(255, c + rng.randint(-12, 12))) for c in BACKGROUNDS[attrs.background])
     img = Image.new("RGB", (size, size), bg)  # type: ignore[arg-type]
+    if standin_unsafe:
+        _hazard_stripes(img, seed)
     d = ImageDraw.Draw(img)
     cx, cy = _center(attrs.position, size, rng)
     r = size * rng.uniform(0.14, 0.2)
@@ -96,8 +142,6 @@ def render(attrs: Attributes, size: int = 64, seed: int = 0) -> Image.Image:
     elif attrs.shape == "star":
         pts = []
         for i in range(10):
-            import math
-
             a = math.pi / 2 + i * math.pi / 5
             rr = r if i % 2 == 0 else r * 0.45
             pts.append((cx + rr * math.cos(a), cy - rr * math.sin(a)))
@@ -111,6 +155,67 @@ def render(attrs: Attributes, size: int = 64, seed: int = 0) -> Image.Image:
     return img
 
 
+def degrade(img: Image.Image, quality: float) -> Image.Image:
+    """Lower quality = darker, less saturated, flatter (what a 32-px CLIP can still see)."""
+    d = 1.0 - min(max(quality, 0.0), 1.0)
+    if d <= 0:
+        return img
+    img = ImageEnhance.Brightness(img).enhance(1 - 0.6 * d)
+    img = ImageEnhance.Color(img).enhance(1 - 0.8 * d)
+    return ImageEnhance.Contrast(img).enhance(1 - 0.5 * d)
+
+
+WATERMARK_TEXTS = ["© stock", "SAMPLE", "© photos", "preview", "watermark", "© studio", "PROOF"]
+
+
+def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=max(6, px))  # scalable (Pillow >= 10.1 + FreeType)
+    except TypeError:  # older Pillow: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def overlay_watermark(img: Image.Image, seed: int) -> Image.Image:
+    """A stock-photo style watermark: tiled diagonal text, a boxed corner credit or a large
+    translucent logo, in white, black or gray; sizes are relative to the image."""
+    rng = random.Random(seed)
+    w, h = img.size
+    col = rng.choice([(255, 255, 255), (0, 0, 0), (200, 200, 200)])
+    alpha = rng.randint(120, 200)
+    text = rng.choice(WATERMARK_TEXTS)
+    style = rng.randrange(3)
+    if style == 0:  # tiled text over the whole image, rotated
+        layer = Image.new("RGBA", (2 * w, 2 * h), (0, 0, 0, 0))
+        d = ImageDraw.Draw(layer)
+        font = _font(int(h * rng.uniform(0.1, 0.16)))
+        for y in range(rng.randint(0, 8), 2 * h, max(8, int(h * 0.25))):
+            d.text((rng.randint(-10, 5), y), (text + "   ") * 6, fill=(*col, alpha), font=font)
+        layer = layer.rotate(rng.uniform(-35, 35), resample=Image.BILINEAR)
+        layer = layer.crop((w // 2, h // 2, w // 2 + w, h // 2 + h))
+    else:
+        layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+        d = ImageDraw.Draw(layer)
+        if style == 1:  # corner credit on a box
+            font = _font(int(h * rng.uniform(0.15, 0.22)))
+            bb = d.textbbox((0, 0), text, font=font)
+            tw, th = bb[2] - bb[0], bb[3] - bb[1]
+            x = rng.choice([2, max(2, w - tw - 4)])
+            y = rng.choice([2, max(2, h - th - 6)])
+            back = tuple(255 - c for c in col)
+            d.rectangle([x - 2, y - 1, x + tw + 2, y + th + 5], fill=(*back, alpha))
+            d.text((x - bb[0], y - bb[1]), text, fill=(*col, 255), font=font)
+        else:  # large translucent logo: a ring with initials
+            r = int(h * rng.uniform(0.25, 0.4))
+            cx, cy = w // 2 + rng.randint(-5, 5), h // 2 + rng.randint(-5, 5)
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=(*col, alpha), width=max(2, r // 5))
+            initials = text.strip("© ")[:2].upper()
+            font = _font(int(r * 0.9))
+            d.text((cx, cy), initials, fill=(*col, alpha), font=font, anchor="mm")
+    out = img.convert("RGBA")
+    out.alpha_composite(layer)
+    return out.convert("RGB")
+
+
 @dataclass(frozen=True)
 class Sample:
     index: int
@@ -119,9 +224,22 @@ class Sample:
     image_seed: int
     mismatched: bool = False
     language: str = "en"  # the caption's language
+    unsafe: bool = False  # the stand-in "unsafe" category (STANDIN_UNSAFE_NOTE)
+    watermark: bool = False
+    quality: float | None = None  # None: the image as drawn
+
+    @property
+    def aesthetic(self) -> float:
+        """The generated quality signal on LAION's 1-10 aesthetic scale."""
+        return 1.0 + 9.0 * (1.0 if self.quality is None else self.quality)
 
     def image(self, size: int = 64) -> Image.Image:
-        return render(self.attrs, size, self.image_seed)
+        img = render(self.attrs, size, self.image_seed, standin_unsafe=self.unsafe)
+        if self.quality is not None:
+            img = degrade(img, self.quality)
+        if self.watermark:  # last: the publisher stamps the finished image
+            img = overlay_watermark(img, self.image_seed ^ 0x3A7E)
+        return img
 
     def jpeg(self, size: int = 64, quality: int = 90) -> bytes:
         buf = io.BytesIO()
@@ -130,12 +248,26 @@ class Sample:
 
 
 def make_samples(
-    n: int, seed: int = 0, mismatch_rate: float = 0.0, languages: tuple[str, ...] | None = None
+    n: int,
+    seed: int = 0,
+    mismatch_rate: float = 0.0,
+    languages: tuple[str, ...] | None = None,
+    unsafe_rate: float = 0.0,
+    watermark_rate: float = 0.0,
+    low_quality_rate: float | None = None,
 ) -> list[Sample]:
     """`n` samples; a `mismatch_rate` fraction get a caption of different attributes.
     `languages`: each caption in one of them, drawn per sample (None: English, the sequence
-    of earlier versions unchanged, so tiny-clip's training data stays the same)."""
+    of earlier versions unchanged, so tiny-clip's training data stays the same).
+
+    `unsafe_rate` / `watermark_rate`: fractions drawn as the stand-in unsafe category /
+    with a watermark. `low_quality_rate`: when set, every sample gets a quality, a fraction
+    this large in [0, 0.3] (aesthetic <= 3.7) and the rest in [0.7, 1] (aesthetic >= 7.3).
+    These draws come from their own random stream, so the attributes, captions and
+    image seeds are those of the same seed without them.
+    """
     rng = random.Random(seed)
+    extra = random.Random(f"safety:{seed}")
     out = []
     for i in range(n):
         attrs = random_attributes(rng)
@@ -150,7 +282,24 @@ def make_samples(
             caption = cap_attrs.caption_in(lang, rng)
         else:
             lang, caption = "en", cap_attrs.caption(rng)
-        out.append(Sample(i, attrs, caption, rng.randrange(2**31), mismatched, lang))
+        # always four draws per sample, whatever the rates, so streams stay aligned
+        u, w, low, q = extra.random(), extra.random(), extra.random(), extra.random()
+        quality = None
+        if low_quality_rate is not None:
+            quality = 0.3 * q if low < low_quality_rate else 0.7 + 0.3 * q
+        out.append(
+            Sample(
+                i,
+                attrs,
+                caption,
+                rng.randrange(2**31),
+                mismatched,
+                lang,
+                unsafe=u < unsafe_rate,
+                watermark=w < watermark_rate,
+                quality=quality,
+            )
+        )
     return out
 
 

@@ -10,7 +10,8 @@ Shapes follow LAION's released models:
 
 One file format for everything this project writes (torch.save of a plain dict, loadable
 with weights_only=True): {"format": "laion_spark.head/1", "kind", "in_dim", "hidden",
-"activation", "output", "state_dict", "input" ("image"|"text"), "threshold", "metrics"}.
+"activation", "output", "state_dict", "input" ("image"|"text"), "threshold", "metrics",
+"description" (what the head was trained to detect, in words; optional)}.
 Raw LAION aesthetic state dicts (`weight`/`bias`, or `layers.N.weight`) load as well.
 docs/score.md explains how to convert LAION's Keras NSFW detector into this format.
 """
@@ -92,6 +93,7 @@ class Head:
     threshold: float | None = None
     model_ref: str = ""  # recorded in scores.score_models
     metrics: dict[str, Any] = field(default_factory=dict)
+    description: str = ""  # what it detects, in words (e.g. "stand-in ..., not an NSFW detector")
 
     @property
     def in_dim(self) -> int:
@@ -121,12 +123,14 @@ def save_head(
     input: str = "image",
     threshold: float | None = None,
     metrics: dict[str, Any] | None = None,
+    description: str = "",
 ) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save(
         {
             "format": FORMAT,
             "kind": kind,
+            "description": description,
             "in_dim": module.in_dim,
             "hidden": module.hidden,
             "activation": module.activation,
@@ -196,6 +200,7 @@ def load_head(path: str, kind: str) -> Head:
             obj.get("threshold"),
             ref,
             obj.get("metrics") or {},
+            obj.get("description") or "",
         )
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         inp = "text" if kind == "toxicity" else "image"

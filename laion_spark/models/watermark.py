@@ -8,7 +8,9 @@ normalised; pwatermark = softmax(logits)[:, 0]; watermarked when > 0.8.
 `load_watermark_model(path, arch)` accepts such a state dict (or a whole timm checkpoint
 saved with torch.save(model.state_dict())): the classifier shape is read from the keys,
 so any timm architecture with a `classifier`/`head`/`fc` works (tests use a tiny one).
-Images come from the `images` table bytes; decoding is bounded in pixels.
+`new_watermark_model(arch, hidden)` builds that shape untrained (the demo trains timm's tiny
+`test_efficientnet` this way: laion_spark.score.demo_heads). Images come from the `images`
+table bytes; decoding is bounded in pixels.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from laion_spark.models.heads import file_digest
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 MAX_PIXELS = 50_000_000
+LAION_HIDDEN = 256  # LAION's head: Linear(features, 256) -> ReLU -> Linear(256, 2)
 
 
 @dataclass
@@ -82,6 +85,22 @@ def _classifier_name(model: nn.Module) -> str:
     raise ValueError(f"{type(model).__name__} has no classifier/head/fc to replace")
 
 
+def laion_head(features: int, hidden: int = LAION_HIDDEN) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+
+def new_watermark_model(arch: str = "efficientnet_b3a", hidden: int = LAION_HIDDEN) -> nn.Module:
+    """An untrained timm `arch` whose classifier is LAION's two-layer head (class 0 =
+    watermark), i.e. the module `watermark_model_v1.pt` is a state dict of."""
+    import timm
+
+    model = timm.create_model(arch, pretrained=False, num_classes=2)
+    cname = _classifier_name(model)
+    features = getattr(getattr(model, cname), "in_features", model.num_features)
+    setattr(model, cname, laion_head(features, hidden))
+    return model
+
+
 def load_watermark_model(
     path: str, arch: str = "efficientnet_b3a", image_size: int = 256, positive_index: int = 0
 ) -> WatermarkModel:
@@ -97,14 +116,8 @@ def load_watermark_model(
     cname = _classifier_name(model)
     # LAION's head: classifier.0 Linear(feat, hidden) -> ReLU -> classifier.2 Linear(hidden, 2)
     if f"{cname}.0.weight" in sd and f"{cname}.2.weight" in sd:
-        w0, w2 = sd[f"{cname}.0.weight"], sd[f"{cname}.2.weight"]
-        setattr(
-            model,
-            cname,
-            nn.Sequential(
-                nn.Linear(w0.shape[1], w0.shape[0]), nn.ReLU(), nn.Linear(w2.shape[1], w2.shape[0])
-            ),
-        )
+        w0 = sd[f"{cname}.0.weight"]
+        setattr(model, cname, laion_head(w0.shape[1], w0.shape[0]))
     model.load_state_dict(sd)
     ref = f"watermark-image:{arch}:{os.path.basename(path)}@{file_digest(path)}"
     return WatermarkModel(model.eval(), image_size, positive_index, ref)
