@@ -86,6 +86,24 @@ def seed(spark, tables):
         ),
         "index_ids",
     )
+    # CLIP-DPO: a pool row per image, its responses and pairs (keyed by pool_id only)
+    pools = [(f"p{i}", s) for i, s in enumerate(ids)]
+    append(tables, spark.createDataFrame(pools, "pool_id string, sample_id string"), "sft_pool")
+    append(
+        tables,
+        spark.createDataFrame(
+            [(f"c{i}", f"p{i}") for i in range(len(ids))], "candidate_id string, pool_id string"
+        ),
+        "dpo_candidates",
+    )
+    append(
+        tables,
+        spark.createDataFrame(
+            [("default", f"pair{i}", f"p{i}") for i in range(len(ids))],
+            "selection string, pair_id string, pool_id string",
+        ),
+        "dpo_pairs",
+    )
     return ids, blobs
 
 
@@ -123,6 +141,10 @@ def test_takedown_removes_from_every_table_and_stays_gone(spark, tables):
     survivors = {ids[0], ids[6]}
     for name in SAMPLE_TABLES:
         assert remaining(tables, name) == survivors, name
+    # responses and pairs generated from taken-down images went with them
+    for name in ("dpo_candidates", "dpo_pairs"):
+        left = {r[0] for r in tables.read(name).select("pool_id").collect()}
+        assert left == {"p0", "p6"}, name
 
     # requests recorded once each, with what they removed
     td = tables.read("takedowns").toPandas().set_index("request_id")

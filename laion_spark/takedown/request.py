@@ -320,9 +320,30 @@ def _delete(tables: Tables, name: str, sample_ids: set[str]) -> None:
     tables.delete(name, ids_df)
 
 
+# tables derived from an sft_pool row (its image's responses and pairs), keyed by pool_id
+POOL_DERIVED = ("dpo_candidates", "dpo_pairs")
+
+
+def _delete_dpo_derived(tables: Tables, sample_ids: set[str]) -> None:
+    """Responses and preference pairs generated from taken-down samples' images go with
+    them: they hold no sample_id, only the pool_id of the sft_pool row."""
+    if not sample_ids or not tables.exists("sft_pool"):
+        return
+    pools = (
+        tables.read("sft_pool")
+        .where(F.col("sample_id").isin(sorted(sample_ids)))
+        .select("pool_id")
+        .distinct()
+    )
+    for name in POOL_DERIVED:
+        if tables.exists(name):
+            tables.delete(name, pools)
+
+
 def delete_samples(tables: Tables, sample_ids: set[str]) -> dict[str, dict[str, int]]:
     """Delete the samples from every table holding them; what each table held."""
     found = present(tables, sample_ids)
+    _delete_dpo_derived(tables, set(found.get("sft_pool", {})))
     for name, rows in found.items():
         _delete(tables, name, set(rows))
     return found
@@ -368,6 +389,7 @@ def takedown(
         info = derived(tables, matched)
         resolutions = {v: resolution_of(hits.get(v, set()), info) for v in vals}
         _record(tables, kind, vals, reason, per_value, resolutions, max_distance=dist)
+        _delete_dpo_derived(tables, set(held.get("sft_pool", {})))
         for name, rows in held.items():
             _delete(tables, name, set(rows))
     log.info(
