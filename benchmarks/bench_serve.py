@@ -181,6 +181,7 @@ def measure(code: str, wd: str, captions: list[str], clients: int, seconds: floa
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, wd, str(port)],
         env=env,
+        cwd=os.path.abspath(code),  # `python -c` puts the cwd first on sys.path
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
