@@ -57,6 +57,52 @@ def pending(cfg: Config) -> list[dict[str, Any]]:
     def add(stage: str, n: int | None, detail: str = "") -> None:
         out.append({"stage": stage, "pending": n, "detail": detail})
 
+    _pipeline(cfg, have, add)
+    _dpo(cfg, have, add)
+    return out
+
+
+def _dpo(cfg: Config, have: set[str], add) -> None:
+    """The CLIP-DPO stages, once an SFT pool exists. The generating model's and the scoring
+    ensemble's ids need their weights (a digest), which status does not load: a response
+    of any model counts as an answer, a score of any ensemble as a score."""
+    from laion_spark.dpo.generate import FINAL
+
+    if "sft_pool" not in have:
+        return
+    pool = "(SELECT pool_id FROM sft_pool WHERE status = 'ok')"
+    templates = sorted(cfg.dpo.generate.templates)
+    units = _count(cfg, f"SELECT count(*) FROM {pool} p") * len(templates)
+    if "dpo_candidates" not in have:
+        add("dpo_generate", units, f"pool rows x {len(templates)} templates, none answered yet")
+        add("dpo_score", 0, "no responses yet")
+        return
+    final = ", ".join(_literal(x) for x in FINAL)
+    answered = _count(
+        cfg,
+        "SELECT count(*) FROM (SELECT DISTINCT pool_id, template FROM dpo_candidates "
+        f"WHERE status IN ({final}) AND template IN ({', '.join(map(_literal, templates))})) d "
+        f"LEFT SEMI JOIN {pool} p ON d.pool_id = p.pool_id",
+    )
+    add(
+        "dpo_generate",
+        units - answered,
+        f"(pool row, template) pairs of {len(templates)} templates with no response (any model)",
+    )
+    add(
+        "dpo_score",
+        _count(
+            cfg,
+            "SELECT count(*) FROM (SELECT pool_id FROM dpo_candidates WHERE status = 'success' "
+            f"AND scorer_id IS NULL) c LEFT SEMI JOIN {pool} p ON c.pool_id = p.pool_id",
+        ),
+        "responses without a CLIP score (any ensemble)",
+    )
+    pairs = _count(cfg, "SELECT count(*) FROM dpo_pairs") if "dpo_pairs" in have else 0
+    add("dpo_select", None, f"recomputed on every run; {pairs} pairs now")
+
+
+def _pipeline(cfg: Config, have: set[str], add) -> None:
     if "extract_stats" in have:
         row = query(
             cfg,
@@ -68,7 +114,7 @@ def pending(cfg: Config) -> list[dict[str, Any]]:
         add("extract", None, "no input read yet")
     if "candidates" not in have:
         add("download", 0, "no candidates yet")
-        return out
+        return
     if "images" in have:
         n = _count(
             cfg,
@@ -79,12 +125,12 @@ def pending(cfg: Config) -> list[dict[str, Any]]:
         n = _count(cfg, "SELECT count(DISTINCT sample_id) FROM candidates")
     add("download", n, "candidates without an images row")
     if "images" not in have:
-        return out
+        return
     model = _model_id(cfg, have)
     ok_images = "(SELECT sample_id FROM images WHERE status = 'success')"
     if model is None or "embeddings" not in have:
         add("embed", _count(cfg, f"SELECT count(*) FROM {ok_images} x"), "nothing embedded yet")
-        return out
+        return
     m = _literal(model)
     done = (
         f"(SELECT sample_id FROM embeddings WHERE model_id = {m} "
@@ -148,7 +194,6 @@ def pending(cfg: Config) -> list[dict[str, Any]]:
         abs(in_index - merged),
         f"{in_index} vectors in shards, {merged} in the merged index",
     )
-    return out
 
 
 def render_status(cfg: Config) -> str:

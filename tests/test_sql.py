@@ -143,3 +143,41 @@ def test_status_counts_what_each_stage_would_take(small_tables):
     # 6 candidates all have an images row; 4 downloaded images, none embedded yet
     assert got == {"extract": None, "download": 0, "embed": 4}
     assert "nothing embedded yet" in render_status(small_tables)
+
+
+def test_status_counts_the_dpo_stages(spark, tmp_path):
+    from laion_spark.config import load_config
+    from laion_spark.status import pending
+    from laion_spark.tables import Tables
+
+    cfg = load_config("local", [f"workdir={tmp_path}"])
+    tables = Tables(spark, cfg)
+    # 3 usable pool rows (one failed to load) x 3 default templates = 9 units
+    tables.upsert(
+        spark.createDataFrame(
+            [("p0", "ok"), ("p1", "ok"), ("p2", "ok"), ("p3", "failed_to_load")],
+            "pool_id string, status string",
+        ),
+        "sft_pool",
+    )
+    got = {r["stage"]: r["pending"] for r in pending(cfg) if r["stage"].startswith("dpo")}
+    assert got == {"dpo_generate": 9, "dpo_score": 0}
+    # p0 answered for two templates (two samples of "short" count once), p1 failed on the
+    # batch (retried: not an answer), p3's answer does not count (not a usable pool row)
+    rows = [
+        ("c0", "p0", "short", "success", None),
+        ("c1", "p0", "short", "success", "clip@1"),
+        ("c2", "p0", "detailed", "empty_response", None),
+        ("c3", "p1", "short", "failed_to_generate", None),
+        ("c4", "p3", "short", "success", None),
+    ]
+    tables.upsert(
+        spark.createDataFrame(
+            rows, "candidate_id string, pool_id string, template string, status string, "
+            "scorer_id string"
+        ),
+        "dpo_candidates",
+    )
+    got = {r["stage"]: r["pending"] for r in pending(cfg) if r["stage"].startswith("dpo")}
+    # 9 - 2 answered; one success of a usable row without a score (c0)
+    assert got == {"dpo_generate": 7, "dpo_score": 1, "dpo_select": None}

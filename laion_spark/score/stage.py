@@ -147,13 +147,23 @@ def score_frame(source: DataFrame, plan: ScorePlan) -> DataFrame:
     return source.mapInPandas(fn, OUT_SCHEMA).withColumn("scored_at", F.current_timestamp())
 
 
-def pending_embeddings(tables: Tables, model_id: str, rescore: bool = False) -> DataFrame:
-    emb = tables.read("embeddings").where(
+def model_embeddings(tables: Tables, model_id: str) -> DataFrame:
+    return tables.read("embeddings").where(
         (F.col("model_id") == model_id) & F.col("image_embedding").isNotNull()
     )
+
+
+def pending_embeddings(
+    tables: Tables, model_id: str, rescore: bool = False, text_embedding: bool = True
+) -> DataFrame:
+    """Embeddings of the model with no `scores` row yet (all of them with rescore);
+    text_embedding=False leaves the text vectors unread (only a toxicity head uses them,
+    and reading a second array column doubles the scan)."""
+    emb = model_embeddings(tables, model_id)
     if not rescore:
         emb = tables.pending(emb, "scores", where=F.col("model_id") == F.lit(model_id))
-    return emb.select("sample_id", "image_embedding", "text_embedding")
+    cols = ["sample_id", "image_embedding"] + (["text_embedding"] if text_embedding else [])
+    return emb.select(*cols)
 
 
 def run(
@@ -179,13 +189,20 @@ def _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, lim
     )
     if model_id is None:
         return StageResult("score", 0, 0, {}, time.time() - t0, {"model_id": None})
-    src = pending_embeddings(tables, model_id, rescore)
-    if limit:
-        src = src.limit(int(limit))
-    first = src.select(F.size("image_embedding").alias("d")).limit(1).collect()
+    # the dimension from any one row of the model (a short scan, no anti-join): the plan
+    # checks the heads against it before anything runs
+    first = (
+        model_embeddings(tables, model_id)
+        .select(F.size("image_embedding").alias("d"))
+        .limit(1)
+        .collect()
+    )
     if not first:
         return StageResult("score", 0, 0, {}, time.time() - t0, {"model_id": model_id})
     plan = build_plan(cfg, model_id, clip, prompt_embeddings, dim=int(first[0]["d"]))
+    src = pending_embeddings(tables, model_id, rescore, text_embedding=bool(plan.toxicity_head))
+    if limit:
+        src = src.limit(int(limit))
     if plan.needs_text:
         cands = tables.read("candidates").select("sample_id", "text")
         src = src.join(cands, "sample_id", "left")
@@ -205,7 +222,14 @@ def _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, lim
                 for t in ("UNLIKELY", "UNSURE", "NSFW")
             ],
         ).collect()[0]
-        tables.upsert(scored, "scores")
+        if int(stats["rows"]):
+            # one embeddings row per (sample_id, model) gives one score row: no dedup shuffle.
+            # `scores` is keyed by sample_id alone, so a pending row can still match a row of
+            # another model (it replaces it); with no other model there, pending rows have no
+            # row by construction and the MERGE only inserts (a concurrent run's rows are
+            # still matched, never doubled)
+            others = [m for m in tables.distinct("scores", "model_id") if m != model_id]
+            tables.upsert(scored, "scores", update=rescore or bool(others), dedup=False)
     finally:
         scored.unpersist()
     rows = int(stats["rows"])
