@@ -172,6 +172,13 @@ def test_nothing_configured_leaves_nulls_and_records_absent(spark, make_cfg, sco
     }
     # incremental: the next run scores only the rest
     assert run(spark, cfg, tables, model_id=MODEL).rows_in == N + 2 - 50
+    # `scores` is keyed by sample_id: another model's run replaces that sample's row
+    # (an update, not a second row, and not an insert that leaves it pending forever)
+    ids = scored_env[1]
+    assert run(spark, cfg, tables, model_id="other@000000000000").rows_in == 1
+    sc = tables.read("scores").toPandas().set_index("sample_id")
+    assert len(sc) == N + 2 and sc.loc[ids[0], "model_id"] == "other@000000000000"
+    assert run(spark, cfg, tables, model_id="other@000000000000").rows_in == 0
 
 
 def test_watermark_image_model_reads_image_bytes(spark, make_cfg, tmp_path):
