@@ -265,6 +265,35 @@ def test_stage_writes_subsets_idempotently_and_exports(spark, tables, make_cfg, 
     assert read_subset(tables, "basic").count() == len(exp_basic)
 
 
+def test_rerun_with_nothing_changed_is_skipped(spark, tables, make_cfg):
+    """A curate run over the tables the last run left, with equal settings, does nothing;
+    a changed input table or setting makes it recompute."""
+    from laion_spark.stage import run_stage
+
+    import_datacomp(spark, tables, datacomp_metadata(60, seed=2))
+    cfg = make_cfg()
+    first = run_stage("curate", spark, cfg, tables, filters=["basic"])
+    assert first.by_status["basic"] > 0 and first.notes["state_digest"]
+    version = tables.version("subsets")
+    again = run_stage("curate", spark, cfg, tables, filters=["basic"])
+    assert again.by_status == {"up_to_date": 1} and tables.version("subsets") == version
+    # another filter list, a new setting, or a write to an input table: recomputed
+    assert "f" in run_stage(
+        "curate",
+        spark,
+        make_cfg(["curate.definitions={f: {kind: clip_top, column: clip_b32_similarity_score, "
+                  "fraction: 0.5}}"]),
+        tables,
+        filters=["f"],
+    ).by_status
+    import_datacomp(spark, tables, datacomp_metadata(5, seed=3))
+    redo = run_stage("curate", spark, cfg, tables, filters=["basic"])
+    assert "up_to_date" not in redo.by_status and redo.by_status["basic"] >= first.by_status["basic"]
+    assert run_stage("curate", spark, cfg, tables, filters=["basic"], force=True).by_status[
+        "basic"
+    ] == redo.by_status["basic"]
+
+
 def test_unknown_filter_fails_fast(dc, tables):
     _, _, _, cfg = dc
     with pytest.raises(KeyError, match="unknown curate filter"):
