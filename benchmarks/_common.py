@@ -1,4 +1,5 @@
-"""What the benchmarks share: the peer tools' venvs, how each peer is run, the loopback server.
+"""What the benchmarks share: the peer tools' venvs, how each peer is run, the loopback server,
+the final `result:` line and the scratch folder of a run.
 
 Each peer lives in its own venv under benchmarks/.venvs/<tool>, created here on first use
 (never in the project's .venv). The stage benchmarks (bench_extract, bench_download,
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +71,25 @@ def _venv(path: Path) -> Path:
 
 def _imports(py: Path, code: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+
+
+# ---------------------------------------------------------------- result line, scratch folder
+def print_result(fields: dict[str, object]) -> None:
+    """The benchmark's last line, `result: name=value ...` (values printed as given)."""
+    print("result: " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+@contextmanager
+def scratch(prefix: str, keep: bool = False) -> Iterator[str]:
+    """A temporary folder for one run, removed afterwards unless `keep` (then printed)."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- cc2dataset

@@ -34,6 +34,7 @@ from _common import (
     img2dataset_successes,
     our_download_overrides,
     peer_env,
+    print_result,
     start_image_server,
 )
 
@@ -263,7 +264,7 @@ def main() -> None:
             asyncio_executor_img_s=round(t_async_off, 1),
             fetch_only_img_s=round(fetch_only, 1),
         )
-        print("result: " + " ".join(f"{k}={v}" for k, v in fields.items()))
+        print_result(fields)
     finally:
         proc.kill()
         shutil.rmtree(work, ignore_errors=True)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import clip_model_arg, ensure_clip_retrieval, run_clip_inference
+from _common import clip_model_arg, ensure_clip_retrieval, print_result, run_clip_inference
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -301,7 +301,7 @@ def main() -> None:
         except Exception as e:  # report, do not fake
             print(f"clip-retrieval could not run: {e}", flush=True)
             result["ratio"] = float("nan")
-    print("result: " + " ".join(f"{k}={v:.3f}" for k, v in result.items()))
+    print_result({k: f"{v:.3f}" for k, v in result.items()})
 
 
 if __name__ == "__main__":

@@ -30,15 +30,14 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 import tarfile
-import tempfile
 import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import print_result, scratch
 
 
 def make_jpegs(n: int, size: int, seed: int = 0) -> list[bytes]:
@@ -159,8 +158,7 @@ def main() -> None:
     from laion_spark.session import get_spark
     from laion_spark.tables import Tables
 
-    work = tempfile.mkdtemp(prefix="bench_export_")
-    try:
+    with scratch("bench_export_", a.keep) as work:
         cfg = load_config(
             "local",
             [
@@ -215,17 +213,19 @@ def main() -> None:
         assert seen == a.n, seen
 
         ours_sps, loop_sps = a.n / ours_s, a.n / loop["wall_s"]
-        print(
-            f"result: n={a.n} cores={a.cores} shards={res.notes['shards']} "
-            f"ours_samples_per_s={ours_sps:.0f} loop_samples_per_s={loop_sps:.0f} "
-            f"ours_s={ours_s:.2f} loop_s={loop['wall_s']:.2f} rerun_s={rerun_s:.2f} "
-            f"efficiency={ours_sps / loop_sps:.3f}"
+        print_result(
+            {
+                "n": a.n,
+                "cores": a.cores,
+                "shards": res.notes["shards"],
+                "ours_samples_per_s": f"{ours_sps:.0f}",
+                "loop_samples_per_s": f"{loop_sps:.0f}",
+                "ours_s": f"{ours_s:.2f}",
+                "loop_s": f"{loop['wall_s']:.2f}",
+                "rerun_s": f"{rerun_s:.2f}",
+                "efficiency": f"{ours_sps / loop_sps:.3f}",
+            }
         )
-    finally:
-        if a.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

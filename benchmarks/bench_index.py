@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import AUTOFAISS_SCRIPT, ensure_autofaiss
+from _common import AUTOFAISS_SCRIPT, ensure_autofaiss, print_result
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -325,7 +325,7 @@ def main() -> None:
         p and p["params"],
         file=sys.stderr,
     )
-    print("result: " + " ".join(f"{k}={v}" for k, v in fields.items()))
+    print_result(fields)
 
 
 if __name__ == "__main__":

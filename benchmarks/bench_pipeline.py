@@ -68,6 +68,7 @@ from _common import (
     img2dataset_successes,
     our_download_overrides,
     peer_env,
+    print_result,
     project_python,
     run_clip_inference,
     start_image_server,
@@ -607,7 +608,7 @@ def main() -> None:
         print(f"size {fields['pairs']}: " + " ".join(f"{k}={v}" for k, v in fields.items()))
     if len(by_size) > 1:
         final = {**final, **crossover(by_size[0], by_size[-1])}
-    print("result: " + " ".join(f"{k}={v}" for k, v in final.items()))
+    print_result(final)
 
 
 def run_size(a, pairs: int, work: Path, base: str, taskset: list[str], peer: dict) -> dict:

@@ -14,9 +14,9 @@ step times (Spark aggregates vs rendering) are printed from report.json.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
+
+from _common import print_result, scratch
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
     from laion_spark.session import get_spark
     from laion_spark.tables import Tables
 
-    work = tempfile.mkdtemp(prefix="bench_report_")
-    try:
+    with scratch("bench_report_", args.keep) as work:
         cfg = load_config("local", [f"workdir={work}/wd"])
         spark = get_spark(cfg)
         tables = Tables(spark, cfg)
@@ -51,15 +50,14 @@ def main() -> None:
                 f"steps {gen['step_seconds']} -> {result.files['index.html']}"
             )
         assert result.report["population"]["rows"] == n
-        print(
-            f"result: rows={n} cold_s={times[0]:.1f} warm_s={times[1]:.1f} "
-            f"rows_per_s={n / times[1]:.0f}"
+        print_result(
+            {
+                "rows": n,
+                "cold_s": f"{times[0]:.1f}",
+                "warm_s": f"{times[1]:.1f}",
+                "rows_per_s": f"{n / times[1]:.0f}",
+            }
         )
-    finally:
-        if args.keep:
-            print(f"workdir kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 
 import pytest
 
@@ -56,3 +59,44 @@ def tables(spark, make_cfg):
     from laion_spark.tables import Tables
 
     return Tables(spark, make_cfg())
+
+
+@contextmanager
+def _chromium(window_size: str, logs: bool = False):
+    """Headless Chromium (/usr/bin/chromium, selenium) with a throwaway profile and no
+    background traffic; `logs` keeps the console and network logs (driver.get_log)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--window-size={window_size}",
+        f"--user-data-dir={profile}",
+    ):
+        opts.add_argument(flag)
+    if logs:
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    try:
+        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture()
+def chromium():
+    """`with chromium("1300,1400", logs=True) as driver:` a headless Chromium for a page test."""
+    return _chromium

@@ -9,8 +9,6 @@ the tables changed. The index-probe path is checked on the demo (tests/test_demo
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -229,33 +227,13 @@ def test_card_yaml_header(pool):
     assert "`lighthouse`" in text  # the probe's finding is in the risks
 
 
-def test_html_opens_offline_in_chromium(pool, rerun):
+def test_html_opens_offline_in_chromium(pool, rerun, chromium):
     from io import BytesIO
 
     from PIL import Image
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--window-size=1300,1400",
-        f"--user-data-dir={profile}",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-    try:
+    with chromium("1300,1400", logs=True) as driver:
         for result, thumbs in ((pool["first"], 0), (rerun["pinned"], 6)):
             driver.get_log("performance")  # drain: the browser's own start-up pages
             page = Path(result.files["index.html"]).resolve().as_uri()
@@ -295,9 +273,6 @@ def test_html_opens_offline_in_chromium(pool, rerun):
             assert len(shown) == thumbs
             for t in shown:
                 assert driver.execute_script("return arguments[0].naturalWidth", t) == 32
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_cli_refuses_what_it_cannot_report(pool, capsys):

@@ -12,10 +12,8 @@ import base64
 import io
 import json
 import os
-import shutil
 import socket
 import struct
-import tempfile
 import threading
 import time
 import urllib.error
@@ -441,32 +439,12 @@ def test_large_image_queries_bounded_memory(svc):
     assert growth_mb < 300, growth_mb
 
 
-def test_page_in_chromium(svc):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_page_in_chromium(svc, chromium, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     base, sids = svc.base, svc.sids
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,4000",  # every thumbnail in view (they load lazily)
-        f"--user-data-dir={profile}",
-    ):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-    wait = WebDriverWait(driver, 60)
 
     def cards():
         return driver.find_elements(By.CSS_SELECTOR, ".result")
@@ -477,7 +455,9 @@ def test_page_in_chromium(svc):
     def settled():
         return "results" in driver.find_element(By.ID, "status").text
 
-    try:
+    # a window tall enough that every thumbnail is in view (they load lazily)
+    with chromium("1400,4000") as driver:
+        wait = WebDriverWait(driver, 60)
         driver.get(base + "/")
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#lang option")) == 3)
         assert driver.find_element(By.ID, "report-link").is_displayed()
@@ -545,7 +525,7 @@ def test_page_in_chromium(svc):
         english = sum(lang == "en" for lang in svc.langs)
         assert len(cards()) == english and sids[3] in shown()  # safe off: sample 3 is back
         # image query with preview, then the clear button
-        path = os.path.join(profile, "query.jpg")
+        path = str(tmp_path / "query.jpg")
         with open(path, "wb") as f:
             f.write(svc.jpegs[7])
         driver.find_element(By.ID, "file").send_keys(path)
@@ -595,9 +575,6 @@ def test_page_in_chromium(svc):
             wait.until(lambda d: notice.is_displayed())
         finally:
             searcher.meta["punsafe"] = saved
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.mark.slow

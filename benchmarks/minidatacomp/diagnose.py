@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    sizes = H.Sizes.tiny() if args.tiny else H.Sizes(pool=args.pool)
-    if not args.tiny:
-        sizes.samples_seen = args.samples_seen or 3 * args.pool
+    sizes = R.world_sizes(args)
     world = H.build_world(sizes)
     ids, scores, sels, notes = R.load_saved(args.saved)
     order = np.argsort(np.array(ids))  # the stage trains on rows sorted by sample_id

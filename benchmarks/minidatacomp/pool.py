@@ -23,36 +23,18 @@ have sizes the DataComp basic filter rejects (small or extreme aspect).
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+
+from laion_spark.demo import synthetic
+from laion_spark.demo.synthetic import BACKGROUNDS, COLORS, POSITIONS
 
 PIX = 32
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 60),
-    "blue": (30, 70, 220),
-    "yellow": (235, 215, 30),
-    "purple": (140, 40, 170),
-    "orange": (245, 140, 20),
-    "black": (15, 15, 15),
-    "white": (245, 245, 245),
-}
-SHAPES = [
-    "circle", "square", "triangle", "star", "cross", "ring",
-    "diamond", "hexagon", "crescent", "arrow", "frame", "bar",
-]  # fmt: skip
-POSITIONS = ["left", "right", "top", "bottom", "center"]
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "gray": (128, 128, 128),
-    "sky": (170, 200, 235),
-    "sand": (215, 195, 150),
-    "dark": (40, 40, 55),
-}
+# the demo's vocabulary and renderer (laion_spark.demo.synthetic), with all twelve shapes
+SHAPES = synthetic.SHAPES + synthetic.MORE_SHAPES
 # frequency ranks: a fixed shuffle so the rare shapes are not simply the last-drawn ones
 SHAPE_RANK = ["square", "circle", "triangle", "cross", "ring", "star",
               "bar", "diamond", "frame", "hexagon", "arrow", "crescent"]  # fmt: skip
@@ -71,11 +53,7 @@ NOISE = {
     "unsafe": 0.02,
 }
 _TEMPLATES = [
-    "a {color} {shape} on the {position}",
-    "photo of a {color} {shape} at the {position}",
-    "a {color} {shape} placed {position}, {bg} background",
-    "{color} {shape} in the {position} of the picture",
-    "an image with a {color} {shape} on the {position}",
+    *synthetic._TEMPLATES,
     "a {color} {shape} on a {bg} background",
     "{color} {shape}, {position}",
 ]
@@ -106,13 +84,9 @@ _FOREIGN_TEMPLATE = {
 
 
 @dataclass(frozen=True)
-class Attrs:
-    color: str
-    shape: str
-    position: str
-    background: str
-
+class Attrs(synthetic.Attributes):
     def caption(self, rng: random.Random) -> str:
+        """One of this world's templates, the position as it is (never "middle")."""
         t = rng.choice(_TEMPLATES)
         return t.format(
             color=self.color, shape=self.shape, position=self.position, bg=self.background
@@ -139,68 +113,13 @@ def draw_attrs(rng: random.Random, balanced: bool = False) -> Attrs:
     return Attrs(color, shape, rng.choice(POSITIONS), rng.choice(bgs))
 
 
-def _poly(cx: float, cy: float, r: float, n: int, rot: float = 0.0) -> list[tuple[float, float]]:
-    return [
-        (cx + r * math.cos(rot + 2 * math.pi * i / n), cy + r * math.sin(rot + 2 * math.pi * i / n))
-        for i in range(n)
-    ]
+# more jitter than the demo's drawing, and jittered shape colours
+_JITTER = synthetic.Jitter(background=14, radius=(0.15, 0.21), color=20)
 
 
 def render(a: Attrs, seed: int, size: int = PIX) -> np.ndarray:
     """The attributes drawn as float32 [size*size*3] in [0, 1] (jittered, deterministic)."""
-    rng = random.Random(seed)
-    bgc = BACKGROUNDS[a.background]
-    bg = tuple(max(0, min(255, c + rng.randint(-14, 14))) for c in bgc)
-    img = Image.new("RGB", (size, size), bg)  # type: ignore[arg-type]
-    d = ImageDraw.Draw(img)
-    q, h = size / 4, size / 2
-    cx, cy = {
-        "left": (q, h), "right": (3 * q, h), "top": (h, q), "bottom": (h, 3 * q),
-        "center": (h, h),
-    }[a.position]  # fmt: skip
-    cx += rng.uniform(-size * 0.05, size * 0.05)
-    cy += rng.uniform(-size * 0.05, size * 0.05)
-    r = size * rng.uniform(0.15, 0.21)
-    col = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLORS[a.color])
-    box = [cx - r, cy - r, cx + r, cy + r]
-    s = a.shape
-    if s == "circle":
-        d.ellipse(box, fill=col)
-    elif s == "square":
-        d.rectangle(box, fill=col)
-    elif s == "triangle":
-        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=col)
-    elif s == "star":
-        pts = []
-        for i in range(10):
-            ang = math.pi / 2 + i * math.pi / 5
-            rr = r if i % 2 == 0 else r * 0.45
-            pts.append((cx + rr * math.cos(ang), cy - rr * math.sin(ang)))
-        d.polygon(pts, fill=col)
-    elif s == "cross":
-        w = r * 0.35
-        d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=col)
-        d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=col)
-    elif s == "ring":
-        d.ellipse(box, outline=col, width=max(2, int(r * 0.35)))
-    elif s == "diamond":
-        d.polygon(_poly(cx, cy, r, 4, math.pi / 2), fill=col)
-    elif s == "hexagon":
-        d.polygon(_poly(cx, cy, r, 6), fill=col)
-    elif s == "crescent":
-        d.ellipse(box, fill=col)
-        o = r * 0.55
-        d.ellipse([cx - r + o, cy - r, cx + r + o, cy + r], fill=bg)
-    elif s == "arrow":
-        w = r * 0.3
-        d.rectangle([cx - r, cy - w, cx + 0.1 * r, cy + w], fill=col)
-        d.polygon(
-            [(cx + r, cy), (cx + 0.1 * r, cy - r * 0.8), (cx + 0.1 * r, cy + r * 0.8)], fill=col
-        )
-    elif s == "frame":
-        d.rectangle(box, outline=col, width=max(2, int(r * 0.3)))
-    elif s == "bar":
-        d.rectangle([cx - r, cy - r * 0.3, cx + r, cy + r * 0.3], fill=col)
+    img = synthetic.render(a, size, seed, jitter=_JITTER)
     return np.asarray(img, np.float32).reshape(-1) / 255.0
 
 

@@ -285,15 +285,21 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def world_sizes(args: argparse.Namespace) -> H.Sizes:
+    """The sizes `parser()`'s options ask for (--tiny, --pool, --samples-seen)."""
+    sizes = H.Sizes.tiny() if args.tiny else H.Sizes(pool=args.pool)
+    if not args.tiny:
+        sizes.samples_seen = args.samples_seen or 3 * args.pool
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    sizes = H.Sizes.tiny() if args.tiny else H.Sizes(pool=args.pool)
-    if not args.tiny:
-        sizes.samples_seen = args.samples_seen or 3 * args.pool
+    sizes = world_sizes(args)
     world = H.build_world(sizes)
     print(f"world: {world.seconds}", flush=True)
 

@@ -5,21 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from laion_spark.cli.options import add_common, config, session
+from laion_spark.cli.options import add_common, config, exit_code, session
 
 
 def _finish(cfg, tables, result, options: dict) -> int:
     """Keep the run in `runs`, print its summary; exit 1 when it could not do its job."""
     from datetime import UTC, datetime
 
-    from laion_spark.stage import print_summary, record_run
+    from laion_spark.stage import record_run
 
     record_run(tables, cfg, result, options, datetime.now(UTC))
-    print_summary([result])
-    if result.error:
-        print(f"laion-spark: {result.stage} failed: {result.error}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(result)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

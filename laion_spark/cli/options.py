@@ -36,6 +36,17 @@ def session(cfg: Config):
     return spark, Tables(spark, cfg)
 
 
+def exit_code(result) -> int:
+    """Print a stage's summary; 1, with the reason on stderr, when it could not do its job."""
+    from laion_spark.stage import print_summary
+
+    print_summary([result])
+    if result.error:
+        print(f"laion-spark: stage {result.stage} failed: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def setup_logging(verbose: bool = False) -> None:
     """The library speaks through `logging`; the CLI shows its INFO lines as plain text, a
     progress line per stage, and (unless --verbose) no Spark warnings or progress bars."""

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from laion_spark.cli.options import add_common, config, session
+from laion_spark.cli.options import add_common, config, exit_code, session
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from laion_spark.stage import print_summary, resolve, run_stage
+    from laion_spark.stage import resolve, run_stage
 
     cfg = config(args)
     options: dict = {}
@@ -23,12 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         options["force"] = True
     name, options = resolve(args.stage, options)  # a wrong option fails before Spark starts
     spark, tables = session(cfg)
-    result = run_stage(name, spark, cfg, tables, **options)
-    print_summary([result])
-    if result.error:
-        print(f"laion-spark: stage {result.stage} failed: {result.error}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(run_stage(name, spark, cfg, tables, **options))
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:

@@ -40,6 +40,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
 }
 SHAPES = ["circle", "square", "triangle", "star", "cross", "ring"]
+# more shapes `render` draws; the demo uses SHAPES only (the mini-DataComp benchmark uses
+# all twelve, for a longer tail of rare concepts)
+MORE_SHAPES = ["diamond", "hexagon", "crescent", "arrow", "frame", "bar"]
 POSITIONS = ["left", "right", "top", "bottom", "center"]
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "gray": (128, 128, 128),
@@ -118,40 +121,98 @@ def _hazard_stripes(img: Image.Image, seed: int) -> None:
         )
 
 
-def render(
-    attrs: Attributes, size: int = 64, seed: int = 0, standin_unsafe: bool = False
-) -> Image.Image:
-    """Draw the attributes as an RGB image of `size` x `size` (on hazard stripes when
-    `standin_unsafe`; everything else is drawn identically)."""
-    rng = random.Random(seed)
-    bg = tuple(max(0, min(255, c + rng.randint(-12, 12))) for c in BACKGROUNDS[attrs.background])
-    img = Image.new("RGB", (size, size), bg)  # type: ignore[arg-type]
-    if standin_unsafe:
-        _hazard_stripes(img, seed)
-    d = ImageDraw.Draw(img)
-    cx, cy = _center(attrs.position, size, rng)
-    r = size * rng.uniform(0.14, 0.2)
-    col = COLORS[attrs.color]
+@dataclass(frozen=True)
+class Jitter:
+    """How much `render` varies a drawing from its image seed (the defaults: the demo's)."""
+
+    background: int = 12  # +- per background channel
+    radius: tuple[float, float] = (0.14, 0.2)  # shape radius, as a fraction of the size
+    color: int = 0  # +- per shape colour channel (0: the exact COLORS, no draws)
+
+
+DEMO_JITTER = Jitter()
+
+
+def _polygon(cx: float, cy: float, r: float, n: int, rot: float = 0.0) -> list[tuple[float, float]]:
+    return [
+        (cx + r * math.cos(rot + 2 * math.pi * i / n), cy + r * math.sin(rot + 2 * math.pi * i / n))
+        for i in range(n)
+    ]
+
+
+def _draw_shape(
+    d: ImageDraw.ImageDraw,
+    shape: str,
+    cx: float,
+    cy: float,
+    r: float,
+    col: tuple[int, ...],
+    bg: tuple[int, ...],
+) -> None:
+    """One of SHAPES or MORE_SHAPES of radius `r` at (cx, cy); `bg` cuts the crescent."""
     box = [cx - r, cy - r, cx + r, cy + r]
-    if attrs.shape == "circle":
+    if shape == "circle":
         d.ellipse(box, fill=col)
-    elif attrs.shape == "square":
+    elif shape == "square":
         d.rectangle(box, fill=col)
-    elif attrs.shape == "triangle":
+    elif shape == "triangle":
         d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=col)
-    elif attrs.shape == "star":
+    elif shape == "star":
         pts = []
         for i in range(10):
             a = math.pi / 2 + i * math.pi / 5
             rr = r if i % 2 == 0 else r * 0.45
             pts.append((cx + rr * math.cos(a), cy - rr * math.sin(a)))
         d.polygon(pts, fill=col)
-    elif attrs.shape == "cross":
+    elif shape == "cross":
         w = r * 0.35
         d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=col)
         d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=col)
-    elif attrs.shape == "ring":
+    elif shape == "ring":
         d.ellipse(box, outline=col, width=max(2, int(r * 0.35)))
+    elif shape == "diamond":
+        d.polygon(_polygon(cx, cy, r, 4, math.pi / 2), fill=col)
+    elif shape == "hexagon":
+        d.polygon(_polygon(cx, cy, r, 6), fill=col)
+    elif shape == "crescent":
+        d.ellipse(box, fill=col)
+        o = r * 0.55
+        d.ellipse([cx - r + o, cy - r, cx + r + o, cy + r], fill=bg)
+    elif shape == "arrow":
+        w = r * 0.3
+        d.rectangle([cx - r, cy - w, cx + 0.1 * r, cy + w], fill=col)
+        d.polygon(
+            [(cx + r, cy), (cx + 0.1 * r, cy - r * 0.8), (cx + 0.1 * r, cy + r * 0.8)], fill=col
+        )
+    elif shape == "frame":
+        d.rectangle(box, outline=col, width=max(2, int(r * 0.3)))
+    elif shape == "bar":
+        d.rectangle([cx - r, cy - r * 0.3, cx + r, cy + r * 0.3], fill=col)
+
+
+def render(
+    attrs: Attributes,
+    size: int = 64,
+    seed: int = 0,
+    standin_unsafe: bool = False,
+    jitter: Jitter = DEMO_JITTER,
+) -> Image.Image:
+    """Draw the attributes as an RGB image of `size` x `size` (on hazard stripes when
+    `standin_unsafe`; everything else is drawn identically)."""
+    rng = random.Random(seed)
+    bj = jitter.background
+    bg = tuple(max(0, min(255, c + rng.randint(-bj, bj))) for c in BACKGROUNDS[attrs.background])
+    img = Image.new("RGB", (size, size), bg)  # type: ignore[arg-type]
+    if standin_unsafe:
+        _hazard_stripes(img, seed)
+    d = ImageDraw.Draw(img)
+    cx, cy = _center(attrs.position, size, rng)
+    r = size * rng.uniform(*jitter.radius)
+    col = COLORS[attrs.color]
+    if jitter.color:
+        cj = jitter.color
+        col = tuple(max(0, min(255, c + rng.randint(-cj, cj))) for c in col)
+    _draw_shape(d, attrs.shape, cx, cy, r, col, bg)
     return img
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from laion_spark.embed.settings import EmbedSettings
-from laion_spark.models.device import DEVICE_CHOICES, valid_device
+from laion_spark.models.device import require_device, require_precision
 from laion_spark.settings import require
 
 # the paper's caption prompts (Sec. 3.2) are several instructions per image; these three
@@ -119,16 +119,8 @@ class DpoSettings:
         )
         require(self.pool.max_image_bytes >= 1, f"{p}.pool.max_image_bytes", "must be >= 1")
         require(bool(g.model), f"{p}.generate.model", "must name tiny-llava, a hub id or a dir")
-        require(
-            valid_device(g.device),
-            f"{p}.generate.device",
-            f"must be {DEVICE_CHOICES}, not {g.device!r}",
-        )
-        require(
-            g.precision in ("auto", "fp32", "fp16", "bf16"),
-            f"{p}.generate.precision",
-            f"must be auto, fp32, fp16 or bf16, not {g.precision!r}",
-        )
+        require_device(g.device, f"{p}.generate.device")
+        require_precision(g.precision, f"{p}.generate.precision")
         require(g.responses_per_prompt >= 1, f"{p}.generate.responses_per_prompt", "must be >= 1")
         require(bool(g.templates), f"{p}.generate.templates", "must name at least one template")
         for name, text in g.templates.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from laion_spark.models.device import require_device, require_precision
 from laion_spark.settings import require
 
 # language groups a multilingual text tower can serve (en stays with CLIP's own text tower)
@@ -35,17 +36,8 @@ class EmbedSettings:
     def validate(self, prefix: str) -> None:
         p = prefix or "embed"
         require(bool(self.model), f"{p}.model", "must name an open_clip architecture or tiny-clip")
-        dev = self.device
-        require(
-            dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
-            f"{p}.device",
-            f"must be auto, cpu, cuda or cuda:N, not {dev!r}",
-        )
-        require(
-            self.precision in ("auto", "fp32", "fp16", "bf16"),
-            f"{p}.precision",
-            f"must be auto, fp32, fp16 or bf16, not {self.precision!r}",
-        )
+        require_device(self.device, f"{p}.device")
+        require_precision(self.precision, f"{p}.precision")
         require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
         require(self.arrow_batch_size >= 1, f"{p}.arrow_batch_size", "must be >= 1")
         require(self.decode_threads >= 1, f"{p}.decode_threads", "must be >= 1")

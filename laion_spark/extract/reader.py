@@ -238,6 +238,21 @@ def _read_bounded(record, limit: int) -> tuple[bytes | None, bool]:
     return data, len(data) >= want
 
 
+def _read_payload(
+    record, limit: int, too_large: str, stats: FileStats, offset: int
+) -> bytes | None:
+    """The record's payload of at most `limit` bytes; None, counted in `stats` as
+    `too_large` or TRUNCATED_RECORD, when it is larger or cut short."""
+    data, complete = _read_bounded(record, limit)
+    if data is None:
+        stats.error(too_large, f"offset {offset}: {record.content_length} bytes")
+        return None
+    if not complete:
+        stats.error(TRUNCATED_RECORD, f"offset {offset}: record cut short")
+        return None
+    return data
+
+
 def crawl_id_from(path: str, configured: str | None) -> str | None:
     if configured:
         return configured
@@ -430,12 +445,8 @@ def _record_page(
         ctype = (record.headers.get("Content-Type") or "").lower()
         if "json" not in ctype:
             return None  # WARC metadata records (fetchTimeMs ...), not WAT
-        data, complete = _read_bounded(record, rules.max_wat_record_bytes)
+        data = _read_payload(record, rules.max_wat_record_bytes, RECORD_TOO_LARGE, stats, offset)
         if data is None:
-            stats.error(RECORD_TOO_LARGE, f"offset {offset}: {record.content_length} bytes")
-            return None
-        if not complete:
-            stats.error(TRUNCATED_RECORD, f"offset {offset}: record cut short")
             return None
         decoded = wat.decide(stats)
         # cheap pre-filter: a record without an IMG link has no pairs, skip the JSON parse
@@ -484,12 +495,8 @@ def _record_page(
         if why:
             stats.rejected[why] += 1
             return None
-        data, complete = _read_bounded(record, rules.max_page_bytes)
+        data = _read_payload(record, rules.max_page_bytes, PAGE_TOO_LARGE, stats, offset)
         if data is None:
-            stats.error(PAGE_TOO_LARGE, f"offset {offset}: {record.content_length} bytes")
-            return None
-        if not complete:
-            stats.error(TRUNCATED_RECORD, f"offset {offset}: record cut short")
             return None
         data = _maybe_decompress(data, record.http_headers.get("Content-Encoding"), rules)
         if data is None:

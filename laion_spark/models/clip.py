@@ -43,6 +43,28 @@ class ImageDecodeError(ValueError):
     """An image's bytes could not be decoded (or are too large) for CLIP."""
 
 
+def decode_rgb(
+    data: bytes | None, max_pixels: int, error: type[ValueError] = ImageDecodeError
+) -> Any:
+    """Encoded image bytes -> RGB PIL image; raises `error` with the reason when they are
+    empty, undecodable or more than `max_pixels` (checked before decoding: bombs)."""
+    from PIL import Image
+
+    if not data:
+        raise error("empty image bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise error(f"image too large: {w}x{h} pixels")
+            im.draft("RGB", (w, h))  # no-op for most; keeps JPEG decode cheap
+            return im.convert("RGB")
+    except error:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise error(f"cannot decode image: {type(e).__name__}: {e}") from None
+
+
 @dataclass
 class LoadedClip:
     model: Any  # open_clip CLIP module, eval mode, on `device`
@@ -59,22 +81,7 @@ class LoadedClip:
     # --- images ---------------------------------------------------------------------------
     def decode(self, data: bytes) -> Any:
         """JPEG/PNG/... bytes -> preprocessed CHW tensor; ImageDecodeError when unusable."""
-        from PIL import Image
-
-        if not data:
-            raise ImageDecodeError("empty image bytes")
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                if w * h > self.max_image_pixels:
-                    raise ImageDecodeError(f"image too large: {w}x{h} pixels")
-                im.draft("RGB", (w, h))  # no-op for most; keeps JPEG decode cheap
-                rgb = im.convert("RGB")
-        except ImageDecodeError:
-            raise
-        except Exception as e:  # PIL raises many types for corrupt data
-            raise ImageDecodeError(f"cannot decode image: {type(e).__name__}: {e}") from None
-        return self.preprocess(rgb)
+        return self.preprocess(decode_rgb(data, self.max_image_pixels))
 
     def encode_image_tensor(self, batch: Any) -> np.ndarray:
         """Preprocessed (n, 3, H, W) tensor -> (n, dim) float32 L2-normalised embeddings."""

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from laion_spark.settings import require
+
 T = TypeVar("T")
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
@@ -18,6 +20,20 @@ DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 def valid_device(device: str) -> bool:
     return device in ("auto", "cpu", "cuda") or device.startswith("cuda:")
+
+
+def require_device(device: str, key: str) -> None:
+    """Config check of a `device` setting; the error names the dotted `key`."""
+    require(valid_device(device), key, f"must be {DEVICE_CHOICES}, not {device!r}")
+
+
+def require_precision(precision: str, key: str) -> None:
+    """Config check of a `precision` setting (see resolve_precision)."""
+    require(
+        precision in ("auto", "fp32", "fp16", "bf16"),
+        key,
+        f"must be auto, fp32, fp16 or bf16, not {precision!r}",
+    )
 
 
 def resolve_device(wanted: str | None) -> str:

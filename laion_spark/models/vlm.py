@@ -18,13 +18,13 @@ the generation of a small pool). Equal weights give equal ids on every node.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from laion_spark.models.clip import decode_rgb
 from laion_spark.models.device import cached, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -49,20 +49,7 @@ class LoadedVlm:
 
     def decode(self, data: bytes | None) -> Any:
         """Encoded bytes -> RGB PIL image; VlmImageError when unusable."""
-        from PIL import Image
-
-        if not data:
-            raise VlmImageError("empty image bytes")
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                if w * h > self.max_image_pixels:
-                    raise VlmImageError(f"image too large: {w}x{h} pixels")
-                return im.convert("RGB")
-        except VlmImageError:
-            raise
-        except Exception as e:  # PIL raises many types for corrupt data
-            raise VlmImageError(f"cannot decode image: {type(e).__name__}: {e}") from None
+        return decode_rgb(data, self.max_image_pixels, VlmImageError)
 
     def prompt_text(self, instruction: str) -> str:
         """The model's own chat template around one image and `instruction`."""

@@ -85,28 +85,26 @@ def rejections(report: dict) -> tuple[str, Figure]:
     return "Rejection reasons and download statuses", fig
 
 
+def _rankings(*panels: tuple[list[dict], str]) -> Figure:
+    """One panel per (ranking rows of report.json, title): each row's share of `key`."""
+    fig, axes = _figure(cols=len(panels))
+    for ax, (rows, title) in zip(axes, panels, strict=True):
+        _bars(ax, [x["key"] for x in rows], [x["share"] or 0 for x in rows], title, True)
+    return fig
+
+
 def languages(report: dict) -> tuple[str, Figure]:
     r = report["rankings"]
-    fig, (a, b) = _figure(cols=2)
-    groups = r["language_group"]
-    _bars(a, [g["key"] for g in groups], [g["share"] or 0 for g in groups], "language group", True)
-    langs = r["language"]
-    _bars(b, [g["key"] for g in langs], [g["share"] or 0 for g in langs], "top languages", True)
+    fig = _rankings((r["language_group"], "language group"), (r["language"], "top languages"))
     return "Languages", fig
 
 
 def domains(report: dict) -> tuple[str, Figure]:
-    d = report["rankings"]["domain"]
-    fig, (ax,) = _figure()
-    _bars(ax, [x["key"] for x in d], [x["share"] or 0 for x in d], "top image domains (share)", True)
-    return "Top domains", fig
+    return "Top domains", _rankings((report["rankings"]["domain"], "top image domains (share)"))
 
 
 def licenses(report: dict) -> tuple[str, Figure]:
-    d = report["rankings"]["license"]
-    fig, (ax,) = _figure()
-    _bars(ax, [x["key"] for x in d], [x["share"] or 0 for x in d], "licenses (share)", True)
-    return "Licenses", fig
+    return "Licenses", _rankings((report["rankings"]["license"], "licenses (share)"))
 
 
 def _hist(ax, h: dict | None, title: str, color: str = COLORS[0], label: str | None = None,
@@ -187,11 +185,9 @@ def scores(report: dict) -> tuple[str, Figure]:
 
 def tags(report: dict) -> tuple[str, Figure]:
     r = report["rankings"]
-    fig, (a, b) = _figure(cols=2)
-    t = r["nsfw_tag"]
-    _bars(a, [x["key"] for x in t], [x["share"] or 0 for x in t], "zero-shot tag (scored)", True)
-    f = r["flag"]
-    _bars(b, [x["key"] for x in f], [x["share"] or 0 for x in f], "flags (share of scored)", True)
+    fig = _rankings(
+        (r["nsfw_tag"], "zero-shot tag (scored)"), (r["flag"], "flags (share of scored)")
+    )
     return "Zero-shot NSFW tags and flags", fig
 
 

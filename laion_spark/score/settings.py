@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from laion_spark.models.device import require_device
 from laion_spark.settings import require
 
 
@@ -41,9 +42,4 @@ class ScoreSettings:
             require(0.0 <= v <= 1.0, f"{p}.{name}", f"must be within [0, 1], not {v}")
         require(self.watermark_image_size >= 16, f"{p}.watermark_image_size", "must be >= 16")
         require(self.batch_rows >= 1, f"{p}.batch_rows", "must be >= 1")
-        dev = self.device
-        require(
-            dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
-            f"{p}.device",
-            f"must be auto, cpu, cuda or cuda:N, not {dev!r}",
-        )
+        require_device(self.device, f"{p}.device")
