@@ -93,8 +93,10 @@ def test_errors_name_the_problem(tmp_path, clip):
         load_clip(EmbedSettings(model="ViT-B-32", pretrained=None))
     with pytest.raises(ConfigError, match="does not exist"):
         load_clip(EmbedSettings(model="tiny-clip", pretrained=str(tmp_path / "nope.pt")))
-    with pytest.raises(ImageDecodeError, match="cannot decode"):
+    with pytest.raises(ImageDecodeError, match="cannot decode") as bad:
         clip.encode_images([b"definitely not an image"])
+    # what the bytes are, in words: never Pillow's repr of a BytesIO object
+    assert "text starting 'definitely not a'" in str(bad.value) and "0x" not in str(bad.value)
     with pytest.raises(ImageDecodeError, match="empty"):
         clip.decode(b"")
 

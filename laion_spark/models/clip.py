@@ -61,6 +61,11 @@ def decode_rgb(
             return im.convert("RGB")
     except error:
         raise
+    except Image.UnidentifiedImageError:
+        # Pillow's message names the BytesIO object; say what the bytes are instead
+        from laion_spark.download.resize import describe_bytes
+
+        raise error(f"cannot decode image: {describe_bytes(data)}") from None
     except Exception as e:  # PIL raises many types for corrupt data
         raise error(f"cannot decode image: {type(e).__name__}: {e}") from None
 
