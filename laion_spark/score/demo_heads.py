@@ -25,8 +25,9 @@ Three models, each trained on generated, honestly labelled images
 Cache: `$LAION_SPARK_CACHE/models/demo-heads-<VERSION>-<embed model id>/` (default
 ~/.cache/laion_spark), written under a file lock so concurrent processes train once; a
 sidecar `demo-heads.json` holds what was trained, on what, and the held-out metrics.
-First-run training costs about 30 CPU-seconds on one thread (measured 29.5 s of process CPU;
-93 s wall on the shared 2-core machine at load 20); later runs load the files (< 1 s).
+First-run training costs about 40 CPU-seconds (measured 43.1 s of process CPU at load ~13
+on the shared 2-core machine, where v1's recipe took 33.8 s); later runs load the files
+(< 1 s).
 """
 
 from __future__ import annotations
