@@ -53,6 +53,26 @@ def test_heads_cached_honest_and_accurate(heads, clip):
     assert ((p > 0.8) == y).mean() >= 0.95
 
 
+def test_standin_head_flags_every_planted_unsafe_sample_of_the_demo(heads, clip):
+    """The default 200-page demo and two other seeds, made exactly as the demo makes them
+    (its generator and rates, 96-px JPEGs from its server, the download stage's resize and
+    re-encode): every planted stand-in unsafe sample scores above safe mode's threshold."""
+    from laion_spark.config import load_config
+    from laion_spark.demo.run import DEMO_SEED, demo_config
+
+    cfg = demo_config(load_config("local"))
+    thr = cfg.serve.punsafe_max  # what safe mode hides above (index/search.py)
+    assert thr == 0.5
+    for seed in (DEMO_SEED, 1, 2):
+        samples, images = demo_heads.demo_images(200, seed, cfg.download)
+        assert len(samples) > 550 and all(images)  # the 200-page demo's ~600 images
+        m = demo_heads.standin_metrics(clip, heads.nsfw, samples, images, thr)
+        assert m["unsafe"] >= 40, m
+        assert m["missed"] == [] and m["recall"] == 1.0, (seed, m)
+        # safe samples flagged: measured 0.4-0.7 % on these seeds, 0.2 % on 2000 held out
+        assert m["false_positive_rate"] <= 0.02, (seed, m)
+
+
 @pytest.mark.slow
 def test_score_stage_recovers_planted_rates_and_safe_mode(spark, make_cfg, heads, clip):
     from laion_spark.index.merge import merge_index
@@ -117,7 +137,7 @@ def test_score_stage_recovers_planted_rates_and_safe_mode(spark, make_cfg, heads
     assert ((aest < 5.5) == low).mean() >= 0.85 and aest[low].mean() < aest[~low].mean() - 2
 
     # safe mode through the Searcher: a stand-in unsafe sample comes back only where the
-    # head missed it (the rare watermarked + darkest ones, see docs/score.md); off: they do
+    # head missed it (none on the demo's seeds, see docs/score.md); off: they do
     assert run_index(spark, cfg, tables).error is None
     assert merge_index(spark, cfg, tables).error is None
     searcher = Searcher.open(None, cfg)

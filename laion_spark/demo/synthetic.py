@@ -9,9 +9,10 @@ Three optional, honestly labelled properties give the score stage something to f
 and then the samples are exactly what they always were):
 
 - `unsafe`: the demo's STAND-IN "unsafe" category, a generated pattern (the background is
-  drawn as magenta/black hazard stripes). It is a synthetic category that lets the NSFW
-  machinery (punsafe, safe mode, curation) be seen working; it is not NSFW content and a
-  head trained on it is not an NSFW detector.
+  drawn as magenta/black hazard stripes, kept at full contrast when the rest of the image is
+  darkened: see Sample.image). It is a synthetic category that lets the NSFW machinery
+  (punsafe, safe mode, curation) be seen working; it is not NSFW content and a head trained
+  on it is not an NSFW detector.
 - `watermark`: watermark-style text or a logo overlaid after everything else (tiled
   diagonal text, a boxed corner credit, or a large translucent logo), as stock sites do.
 - `quality` in [0, 1]: 1 is the image as drawn; lower is darker, duller and flatter
@@ -27,7 +28,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFont
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -101,7 +102,8 @@ def _center(position: str, size: int, rng: random.Random) -> tuple[float, float]
 STANDIN_UNSAFE = "hazard-stripes"
 STANDIN_UNSAFE_NOTE = (
     "stand-in 'unsafe' category: generated images with a magenta/black hazard-striped "
-    "background; a synthetic category, not an NSFW detector"
+    "background (kept at full contrast on darkened images); a synthetic category, not an "
+    "NSFW detector"
 )
 _STRIPES = ((230, 0, 200), (20, 20, 20))
 
@@ -188,6 +190,15 @@ def _draw_shape(
         d.rectangle(box, outline=col, width=max(2, int(r * 0.3)))
     elif shape == "bar":
         d.rectangle([cx - r, cy - r * 0.3, cx + r, cy + r * 0.3], fill=col)
+
+
+def _stripes_mask(attrs: Attributes, size: int, seed: int, striped: Image.Image) -> Image.Image:
+    """255 where `striped` (render(..., standin_unsafe=True)) shows the stripes, 0 on the
+    shape: the pixels that differ from the same render without them (no stripe colour can
+    equal a background colour, and the shape is drawn identically over both)."""
+    plain = render(attrs, size, seed)
+    diff = ImageChops.difference(plain, striped).convert("L")
+    return diff.point(lambda v: 255 if v else 0)
 
 
 def render(
@@ -297,7 +308,16 @@ class Sample:
     def image(self, size: int = 64) -> Image.Image:
         img = render(self.attrs, size, self.image_seed, standin_unsafe=self.unsafe)
         if self.quality is not None:
+            drawn = img
             img = degrade(img, self.quality)
+            if self.unsafe:
+                # the stand-in category is defined by stripes that stay at full contrast:
+                # darkened and dulled (x0.4 brightness, x0.2 saturation, x0.5 contrast at
+                # worst) they fade to a few grey levels that tiny-clip's 32-px view loses,
+                # and a stand-in that vanishes under darkening cannot show safe mode working
+                img = Image.composite(
+                    drawn, img, _stripes_mask(self.attrs, size, self.image_seed, drawn)
+                )
         if self.watermark:  # last: the publisher stamps the finished image
             img = overlay_watermark(img, self.image_seed ^ 0x3A7E)
         return img

@@ -9,7 +9,10 @@ Three models, each trained on generated, honestly labelled images
 - nsfw (punsafe): an MLP head over the embed model's image embeddings for the STAND-IN
   "unsafe" category - a synthetic hazard-stripes pattern (synthetic.STANDIN_UNSAFE_NOTE).
   It lets punsafe, safe mode and curation be seen working; it is not an NSFW detector, and
-  the head file, its sidecar json, the demo output and docs/score.md all say so.
+  the head file, its sidecar json, the demo output and docs/score.md all say so. Safe mode
+  must hide every planted sample, so it trains on every training image plus a harder set
+  (half stand-in unsafe, half watermarked, half low quality), and `standin_metrics` measures
+  it on images made exactly as the demo serves and stores them.
 - aesthetic: an MLP regressor (d -> 64 -> 32 -> 1) over the same embeddings on the generated
   quality signal (1 + 9 * quality; darker, duller, flatter images score lower). LAION's
   predictor is linear over a real CLIP; tiny-clip's 64-d embedding holds exposure
@@ -22,8 +25,9 @@ Three models, each trained on generated, honestly labelled images
 Cache: `$LAION_SPARK_CACHE/models/demo-heads-<VERSION>-<embed model id>/` (default
 ~/.cache/laion_spark), written under a file lock so concurrent processes train once; a
 sidecar `demo-heads.json` holds what was trained, on what, and the held-out metrics.
-First-run training costs about 30 CPU-seconds on one thread (measured 29.5 s of process CPU;
-93 s wall on the shared 2-core machine at load 20); later runs load the files (< 1 s).
+First-run training costs about 40 CPU-seconds (measured 43.1 s of process CPU at load ~13
+on the shared 2-core machine, where v1's recipe took 33.8 s); later runs load the files
+(< 1 s).
 """
 
 from __future__ import annotations
@@ -46,13 +50,17 @@ from laion_spark.models.tiny_clip import cache_root
 log = logging.getLogger(__name__)
 
 # bump when the data, the recipe or an architecture changes: the cache key includes it
-VERSION = "v1"
+VERSION = "v2"
 TRAIN_SEED = 3_000_017  # far from the demo (7) and tiny-clip (1_000_003, 2_000_003)
 EVAL_SEED = 4_000_037
 RENDER_SIZE = 96  # the demo serves 96-px JPEGs
 TRAIN_RATES = {"unsafe_rate": 0.3, "watermark_rate": 0.5, "low_quality_rate": 0.3}
 N_TRAIN_IMAGES = 3000  # the watermark classifier's training set
-N_TRAIN_EMBED = 1500  # the first of them also train the embedding heads
+# the embedding heads train on all of them plus a harder set: the stand-in's misses were
+# dark, watermarked and striped at once, rare at TRAIN_RATES
+HARD_SEED = 3_100_019
+HARD_RATES = {"unsafe_rate": 0.5, "watermark_rate": 0.5, "low_quality_rate": 0.5}
+N_HARD = 1500
 N_EVAL = 400  # held-out images (another seed) for every metric
 # watermark classifier
 WM_ARCH = "test_efficientnet"  # timm's tiny EfficientNet (~0.1 M parameters)
@@ -172,14 +180,21 @@ def _train_and_save(d: Path, clip) -> None:
 
     t0, c0 = time.time(), time.process_time()
     train = training_samples(N_TRAIN_IMAGES, TRAIN_SEED)
+    hard = make_samples(N_HARD, seed=HARD_SEED, **HARD_RATES)
     held = training_samples(N_EVAL, EVAL_SEED)
     train_jpg, held_jpg = jpegs(train), jpegs(held)
+    emb_jpg = train_jpg + jpegs(hard)
     t_render = time.time() - t0
 
     t1 = time.time()
-    emb_samples = train[:N_TRAIN_EMBED]
-    x = np.asarray(clip.encode_images(train_jpg[:N_TRAIN_EMBED]), dtype=np.float32)
-    xh = np.asarray(clip.encode_images(held_jpg), dtype=np.float32)
+    emb_samples = train + hard
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as train_watermark: tiny-clip gains little from a second one
+    try:
+        x = np.asarray(clip.encode_images(emb_jpg), dtype=np.float32)
+        xh = np.asarray(clip.encode_images(held_jpg), dtype=np.float32)
+    finally:
+        torch.set_num_threads(threads)
     nsfw, nsfw_eval = train_nsfw(x, emb_samples, xh, held)
     aest, aest_eval = train_aesthetic(x, emb_samples, xh, held)
     t_heads = time.time() - t1
@@ -201,8 +216,9 @@ def _train_and_save(d: Path, clip) -> None:
         "train": {
             "seed": TRAIN_SEED,
             "images": N_TRAIN_IMAGES,
-            "embedding_heads_images": N_TRAIN_EMBED,
             "rates": TRAIN_RATES,
+            "embedding_heads_images": len(emb_samples),
+            "hard": {"seed": HARD_SEED, "images": N_HARD, "rates": HARD_RATES},
             "render_size": RENDER_SIZE,
             "watermark": {
                 "arch": WM_ARCH,
@@ -331,3 +347,85 @@ def train_watermark(
     finally:
         torch.set_num_threads(threads)
     return model.eval()
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def demo_images(n_pages: int, seed: int, download) -> tuple[list[Sample], list[bytes]]:
+    """The generated samples on the demo's pages and the bytes the download stage stores for
+    them: the demo's generator, rates and 96-px JPEGs as its server sends them, then
+    `download` (the demo's DownloadSettings) resizing and re-encoding them."""
+    from laion_spark.demo.run import demo_pages
+    from laion_spark.download.resize import process_image
+
+    pages, bodies, _ = demo_pages(n_pages, "http://127.0.0.1:9", seed)
+    samples, images = [], []
+    for page in pages:
+        for url, s in page["samples"].items():
+            samples.append(s)
+            images.append(process_image(bodies[url[url.find("/img/") :]], download).image)
+    return samples, images
+
+
+def held_out_images(n: int, seed: int, download) -> tuple[list[Sample], list[bytes]]:
+    """`n` samples at the demo's planted rates (another seed), stored as the demo stores them."""
+    from laion_spark.demo.run import DEMO_RATES
+    from laion_spark.download.resize import process_image
+
+    samples = make_samples(n, seed=seed, **DEMO_RATES)
+    return samples, [process_image(b, download).image for b in jpegs(samples)]
+
+
+def standin_metrics(
+    clip, nsfw_head: str, samples: list[Sample], images: list[bytes], threshold: float
+) -> dict[str, Any]:
+    """binary_metrics of the stand-in head at `threshold` (safe mode's serve.punsafe_max),
+    the lowest punsafe of a planted unsafe sample and the indices of those it misses."""
+    from laion_spark.models.heads import load_head
+
+    x = np.asarray(clip.encode_images(images), dtype=np.float32)
+    p = load_head(nsfw_head, "nsfw").predict(x)
+    y = np.array([s.unsafe for s in samples], dtype=bool)
+    out: dict[str, Any] = binary_metrics(p, y, threshold)
+    out["unsafe"] = int(y.sum())
+    out["false_positives"] = int((p[~y] > threshold).sum())
+    out["min_punsafe_unsafe"] = round(float(p[y].min()), 4) if y.any() else None
+    out["missed"] = [samples[i].index for i in np.flatnonzero(y & (p <= threshold))]
+    return out
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """Recall and false-positive rate of the stand-in head at safe mode's threshold, on
+    held-out images and on the demo's own samples (docs/score.md quotes the output)."""
+    import argparse
+
+    from laion_spark.config import load_config
+    from laion_spark.demo.run import demo_config
+    from laion_spark.models.clip import load_clip
+
+    ap = argparse.ArgumentParser(prog="python -m laion_spark.score.demo_heads")
+    ap.add_argument("--held-out", type=int, default=2000, help="held-out images")
+    ap.add_argument("--seed", type=int, default=6_000_001, help="seed of the held-out images")
+    ap.add_argument("--pages", type=int, default=200, help="demo pages per demo seed")
+    ap.add_argument("--demo-seeds", default="7,1,2,3", help="demo seeds (7 = the default)")
+    args = ap.parse_args(argv)
+    cfg = demo_config(load_config("local"))
+    clip = load_clip(cfg.embed)
+    heads = ensure_demo_heads(cfg.embed, clip)
+    thr = cfg.serve.punsafe_max
+    sets = {
+        f"held-out {args.held_out} (seed {args.seed})": held_out_images(
+            args.held_out, args.seed, cfg.download
+        )
+    }
+    for sd in (int(v) for v in args.demo_seeds.split(",") if v):
+        sets[f"demo {args.pages} pages, seed {sd}"] = demo_images(args.pages, sd, cfg.download)
+    for name, (samples, images) in sets.items():
+        m = standin_metrics(clip, heads.nsfw, samples, images, thr)
+        print(f"{name}: {json.dumps(m)}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    _main()
