@@ -189,6 +189,13 @@ def _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, lim
     )
     if model_id is None:
         return StageResult("score", 0, 0, {}, time.time() - t0, {"model_id": None})
+    # nothing pending: say so before any model loads or Python worker starts (a JVM-only
+    # probe on the keys)
+    probe = pending_embeddings(tables, model_id, rescore, text_embedding=False)
+    if not probe.select("sample_id").limit(1).collect():
+        return StageResult(
+            "score", 0, 0, {}, time.time() - t0, {"model_id": model_id, "pending": 0}
+        )
     # the dimension from any one row of the model (a short scan, no anti-join): the plan
     # checks the heads against it before anything runs
     first = (
