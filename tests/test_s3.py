@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -169,19 +168,16 @@ def test_pipeline_on_s3_is_exactly_once(s3_server, tmp_path):
             srv.add(f"/img/{i}.jpg", s.jpeg(size=32))
         base = srv.url("/img")
         t0 = time.monotonic()
-        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(
             [sys.executable, "-c", DRIVER, str(conf), base, str(N), f"s3://{BUCKET}/export"],
-            env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+            env=env, capture_output=True, text=True, timeout=840, cwd=tmp_path,
         )
         seconds = time.monotonic() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     (tmp_path / "driver.log").write_text(proc.stderr)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
-    print(f"s3 pipeline driver: {seconds:.1f} s wall, {cpu:.1f} s CPU; {out['seconds']}")
+    print(f"s3 pipeline driver: {seconds:.1f} s; per stage: {out['seconds']}")
     ids = set(out["sample_ids"])
     assert len(ids) == N
     assert "hadoop-aws-" in out["jars"]  # storage.s3_jars=auto put the S3 jars on the classpath
