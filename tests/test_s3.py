@@ -177,7 +177,8 @@ def test_pipeline_on_s3_is_exactly_once(s3_server, tmp_path):
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
-    print(f"s3 pipeline driver: {seconds:.1f} s; per stage: {out['seconds']}")
+    print(f"s3 pipeline driver: {seconds:.1f} s; per stage: {out['seconds']}; "
+          f"re-run export: {out['runs'][1]['export']['by_status']}")
     ids = set(out["sample_ids"])
     assert len(ids) == N
     assert "hadoop-aws-" in out["jars"]  # storage.s3_jars=auto put the S3 jars on the classpath
