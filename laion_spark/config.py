@@ -67,11 +67,47 @@ class TablesSettings:
     database: str | None = None
 
 
+S3_JARS = ("auto", "always", "never")
+
+
+@dataclass
+class StorageSettings:
+    """Object storage seen by both sides: Spark (Hadoop's s3a) and Python (fsspec's s3fs,
+    delta-rs). Credentials never go here: both read the usual AWS chain (environment,
+    profile, instance role)."""
+
+    # hadoop-aws + the AWS SDK modules it needs (cached by scripts/setup.sh) on the classpath
+    # of a session we build locally: auto = when tables.root or the workdir is s3a:// / s3://
+    # (clusters such as EMR and Databricks bring their own S3 filesystem); always; never
+    s3_jars: str = "auto"
+    # an S3-compatible server instead of AWS (MinIO, Ceph, a test's moto): http(s)://host:port
+    s3_endpoint: str | None = None
+    # the bucket's region, set explicitly so no client looks it up (us-east-1 when unset and
+    # an endpoint is given)
+    s3_region: str | None = None
+    # bucket in the path (http://host/bucket/key) rather than the host name; None = true
+    # exactly when s3_endpoint is set (what S3-compatible servers expect)
+    s3_path_style: bool | None = None
+
+    def validate(self, prefix: str) -> None:
+        require(
+            self.s3_jars in S3_JARS,
+            f"{prefix}.s3_jars",
+            f"must be one of {', '.join(S3_JARS)}, not {self.s3_jars!r}",
+        )
+        require(
+            self.s3_endpoint is None or self.s3_endpoint.startswith(("http://", "https://")),
+            f"{prefix}.s3_endpoint",
+            f"must start with http:// or https://, not {self.s3_endpoint!r}",
+        )
+
+
 @dataclass
 class Config:
     workdir: str = "./demo-workdir"
     spark: SparkSettings = field(default_factory=SparkSettings)
     tables: TablesSettings = field(default_factory=TablesSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     extract: ExtractSettings = field(default_factory=ExtractSettings)
     download: DownloadSettings = field(default_factory=DownloadSettings)
     embed: EmbedSettings = field(default_factory=EmbedSettings)
@@ -194,4 +230,10 @@ def load_config(
     for o in overrides or []:
         _set_dotted(data, *parse_override(o))
     _migrate(data)
-    return from_dict(Config, data)
+    cfg = from_dict(Config, data)
+    # the S3 endpoint/region reach every Python-side client (s3fs, delta-rs) through the
+    # environment, set here so commands that start no Spark session (search, serve) see it
+    from laion_spark import storage
+
+    storage.configure(cfg.storage)
+    return cfg

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
+from laion_spark import storage
 from laion_spark.config import Config
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,67 @@ def delta_jars(jars_dir: str) -> list[str]:
     return jars if len(jars) >= 2 else []
 
 
+S3_JARS_SUBDIR = "s3"  # scripts/setup.sh: hadoop-aws and the AWS SDK modules it needs
+
+
+def s3_jars(jars_dir: str) -> list[str]:
+    """hadoop-aws + AWS SDK jars that scripts/setup.sh cached ([] when not fetched)."""
+    d = os.path.join(os.path.expanduser(jars_dir), S3_JARS_SUBDIR)
+    jars = sorted(glob.glob(os.path.join(d, "*.jar")))
+    return jars if any(os.path.basename(j).startswith("hadoop-aws-") for j in jars) else []
+
+
+def wants_s3_jars(cfg: Config, local: bool = True) -> bool:
+    """storage.s3_jars: always; never; auto = a session we build here whose tables or workdir
+    are on S3 (EMR and Databricks clusters bring their own S3 filesystem and SDK)."""
+    mode = cfg.storage.s3_jars
+    if mode != "auto":
+        return mode == "always"
+    return local and any(storage.is_s3(p) for p in (cfg.tables_root, cfg.workdir_path))
+
+
+def s3_settings(cfg: Config, local: bool = True) -> dict[str, str]:
+    """Hadoop s3a settings from `storage:` (endpoint, region, path style) and the same
+    endpoint for the executors' Python side; the jars when wanted. spark.conf still wins."""
+    st = cfg.storage
+    out: dict[str, str] = {}
+    if st.s3_endpoint:
+        out["spark.hadoop.fs.s3a.endpoint"] = st.s3_endpoint
+        out["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
+            st.s3_endpoint.startswith("https://")
+        ).lower()
+    path_style = st.s3_path_style if st.s3_path_style is not None else bool(st.s3_endpoint)
+    if path_style:
+        out["spark.hadoop.fs.s3a.path.style.access"] = "true"
+    env = storage.s3_environment(st)
+    if "AWS_REGION" in env:
+        out["spark.hadoop.fs.s3a.endpoint.region"] = env["AWS_REGION"]
+    for k, v in env.items():
+        out[f"spark.executorEnv.{k}"] = v
+    if wants_s3_jars(cfg, local):
+        jars = s3_jars(cfg.spark.jars_dir)
+        if not jars:
+            raise RuntimeError(
+                f"tables on S3 need hadoop-aws and the AWS SDK jars, not found in "
+                f"{os.path.join(cfg.spark.jars_dir, S3_JARS_SUBDIR)}: run scripts/setup.sh "
+                f"(or set storage.s3_jars=never when the cluster provides them)"
+            )
+        out["spark.jars"] = ",".join(jars)
+        # s3:// as on EMR (there EMRFS; here s3a under the s3 name)
+        out["spark.hadoop.fs.s3.impl"] = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    return out
+
+
 def spark_settings(cfg: Config, local: bool = True) -> dict[str, str]:
     """Spark settings for a session we build (local defaults only when `local`)."""
     s = cfg.spark
     out = dict(_LOCAL_DEFAULTS) if local else {}
+    s3 = s3_settings(cfg, local)
+    s3_jar_list = s3.pop("spark.jars", "")
+    out.update(s3)
     if s.delta_from == "cluster":
+        if s3_jar_list:
+            out["spark.jars"] = s3_jar_list
         out.update({k: str(v) for k, v in s.conf.items()})
         return out
     out.update(_DELTA_SQL)
@@ -74,6 +131,8 @@ def spark_settings(cfg: Config, local: bool = True) -> dict[str, str]:
             out["spark.jars.packages"] = DELTA_PACKAGE
     elif s.delta_from == "packages":
         out["spark.jars.packages"] = DELTA_PACKAGE
+    if s3_jar_list:
+        out["spark.jars"] = ",".join(filter(None, [out.get("spark.jars"), s3_jar_list]))
     out.update({k: str(v) for k, v in s.conf.items()})
     # executors must run the same interpreter as the driver (the project's venv)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -104,6 +163,7 @@ def get_spark(cfg: Config) -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    storage.configure(cfg.storage)  # before the JVM starts: its Python workers inherit it
     builder = SparkSession.builder.appName(cfg.spark.app_name)
     local = bool(cfg.spark.master) and cfg.spark.master.startswith("local")
     if local:

@@ -12,6 +12,8 @@ import shutil
 
 import fsspec
 
+S3_SCHEMES = ("s3://", "s3a://", "s3n://")
+
 
 def _native(path: str) -> str:
     # Databricks mounts DBFS at /dbfs on every node: use the FUSE path when it is there
@@ -24,6 +26,37 @@ def _native(path: str) -> str:
 
 def is_local(path: str) -> bool:
     return "://" not in _native(path) and not _native(path).startswith("dbfs:")
+
+
+def is_s3(path: str | None) -> bool:
+    return bool(path) and path.startswith(S3_SCHEMES)
+
+
+def s3_environment(st) -> dict[str, str]:
+    """Environment for the Python-side S3 clients from `storage:` settings (StorageSettings):
+    s3fs (botocore reads AWS_ENDPOINT_URL) and delta-rs (object_store reads AWS_ENDPOINT_URL,
+    AWS_ALLOW_HTTP). Environment rather than per-call options, because Spark's Python workers
+    inherit it (and get it as spark.executorEnv on clusters), so every writer sees one endpoint."""
+    env: dict[str, str] = {}
+    region = st.s3_region
+    if st.s3_endpoint:
+        env["AWS_ENDPOINT_URL"] = st.s3_endpoint
+        if st.s3_endpoint.startswith("http://"):
+            env["AWS_ALLOW_HTTP"] = "true"  # delta-rs refuses plain http otherwise
+        # an S3-compatible server has no instance role: never wait on the EC2 metadata service
+        env["AWS_EC2_METADATA_DISABLED"] = "true"
+        region = region or "us-east-1"
+    if region:
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = region
+    return env
+
+
+def configure(st) -> dict[str, str]:
+    """Apply s3_environment(st) to this process (before a JVM or a worker starts, so they
+    inherit it); returns what was set."""
+    env = s3_environment(st)
+    os.environ.update(env)
+    return env
 
 
 def join(base: str, *parts: str) -> str:

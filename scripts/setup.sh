@@ -4,6 +4,8 @@
 #  - creates .venv and installs the package with its dev extras (pip cache keeps torch)
 #  - builds laion-spark-native, the compiled WAT extractor (Rust, native/), into .venv
 #  - fetches the Delta Lake jars from Maven Central into a local cache, so later runs are offline
+#  - fetches hadoop-aws + the AWS SDK modules it needs (s3a://, ~12 MB, not the 640 MB SDK
+#    bundle) into the same cache; sessions put them on the classpath only for S3 paths
 #  - installs Chromium + chromedriver (Debian) for the web page's browser test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,10 @@ VENV=${VENV:-.venv}
 JAR_DIR=${LAION_SPARK_JAR_DIR:-$HOME/.cache/laion_spark/jars}
 DELTA_VERSION=4.3.1
 SPARK_MM=4.1
+# hadoop-aws must be the Hadoop version of pyspark's hadoop-client jars; the SDK version is the
+# one that hadoop-aws release was built against (its pom's software.amazon.awssdk:bundle)
+HADOOP_AWS_VERSION=3.4.2
+AWS_SDK_VERSION=2.29.52
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # pip's and the build backends' chatter goes to a log; it is shown only when a step fails
@@ -56,6 +62,40 @@ for art in "io.delta:delta-spark_${SPARK_MM}_2.13:${DELTA_VERSION}" "io.delta:de
   fi
 done
 say "Delta jars in $JAR_DIR"
+
+# s3a://: hadoop-aws and only the SDK modules it loads (s3, s3-transfer-manager, sts and their
+# dependencies), without the jars pyspark already ships (netty, httpclient, slf4j, commons-*)
+hadoop_jar=$(ls "$VENV"/lib/python*/site-packages/pyspark/jars/hadoop-client-api-*.jar 2>/dev/null | head -1 || true)
+hadoop_version=$(basename "${hadoop_jar:-hadoop-client-api-$HADOOP_AWS_VERSION.jar}" .jar)
+hadoop_version=${hadoop_version#hadoop-client-api-}
+[ "$hadoop_version" = "$HADOOP_AWS_VERSION" ] \
+  || die "pyspark ships Hadoop $hadoop_version but setup.sh fetches hadoop-aws $HADOOP_AWS_VERSION: set HADOOP_AWS_VERSION (and AWS_SDK_VERSION to what that hadoop-aws pom names) in scripts/setup.sh"
+S3_DIR="$JAR_DIR/s3"
+s3_stamp="$S3_DIR/.complete-$HADOOP_AWS_VERSION-$AWS_SDK_VERSION"
+if [ ! -f "$s3_stamp" ]; then
+  say "fetching hadoop-aws $HADOOP_AWS_VERSION + AWS SDK $AWS_SDK_VERSION modules from Maven Central (s3a://)"
+  pom_dir=$(mktemp -d)
+  sdk() { printf '<dependency><groupId>software.amazon.awssdk</groupId><artifactId>%s</artifactId><version>%s</version></dependency>' "$1" "$AWS_SDK_VERSION"; }
+  cat >"$pom_dir/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
+  <groupId>laion_spark</groupId><artifactId>s3-jars</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.hadoop</groupId><artifactId>hadoop-aws</artifactId><version>$HADOOP_AWS_VERSION</version>
+      <exclusions>
+        <exclusion><groupId>software.amazon.awssdk</groupId><artifactId>bundle</artifactId></exclusion>
+        <exclusion><groupId>org.wildfly.openssl</groupId><artifactId>wildfly-openssl</artifactId></exclusion>
+      </exclusions></dependency>
+    $(sdk s3) $(sdk s3-transfer-manager) $(sdk sts)
+  </dependencies></project>
+EOF
+  rm -rf "$S3_DIR.partial"
+  quiet mvn -q -f "$pom_dir/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$S3_DIR.partial" \
+      -DexcludeGroupIds=io.netty,org.apache.httpcomponents,org.slf4j,commons-logging,commons-codec \
+    || die "could not fetch hadoop-aws and the AWS SDK modules with Maven (log: $LOG)"
+  rm -rf "$pom_dir" "$S3_DIR" && mv "$S3_DIR.partial" "$S3_DIR" && touch "$s3_stamp"
+fi
+say "S3 (hadoop-aws) jars in $S3_DIR"
 
 if [ -z "${LAION_SPARK_SKIP_BROWSER:-}" ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
