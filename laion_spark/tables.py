@@ -562,6 +562,32 @@ class Tables:
 
         return self._committed(name, "replace", attempt)
 
+    def replace_in(
+        self,
+        df: DataFrame,
+        name: str,
+        column: str,
+        values: Sequence[Any],
+        keys: Sequence[str] | None = None,
+    ) -> dict[str, int]:
+        """`replace` for several scopes at once: the rows of `name` whose `column` is one of
+        `values` become exactly `df`'s rows, in one MERGE (one commit instead of one per
+        value); rows with any other value are never touched. `df` must lie in the scopes."""
+        keys = tuple(keys or SPECS[name].keys)
+        in_scope = F.col(f"t.`{column}`").isin([F.lit(v) for v in values])
+        cols = {f"`{c}`": f"s.`{c}`" for c in df.columns}
+        updates = {k: v for k, v in cols.items() if k.strip("`") not in keys}
+
+        def attempt() -> dict[str, int]:
+            self._create_for(df, name)
+            merge = self.delta(name).alias("t").merge(df.alias("s"), _key_condition(keys))
+            if updates:
+                merge = merge.whenMatchedUpdate(set=updates)
+            merge = merge.whenNotMatchedInsert(values=cols)
+            return _metrics(merge.whenNotMatchedBySourceDelete(condition=in_scope).execute())
+
+        return self._committed(name, "replace", attempt)
+
     def _committed(self, name: str, what: str, attempt: Callable[[], _T]) -> _T:
         """Run one MERGE under Delta's optimistic concurrency: when another writer committed
         to `name` between our read and our commit, Delta refuses ours; run it again from the

@@ -9,10 +9,12 @@ stage ends with ~400k subset rows). Every call of the operations below is timed
 (wrappers around the real methods; nested calls are counted in both lines):
 
   build_pool          the pool view (lazy; its cost shows up in the actions)
-  localCheckpoint     write_subset materialising the selection (runs the filter + joins)
-  count               every DataFrame.count (write_subset, clip_top, the stage's rows_in)
-  Tables.upsert       MERGE of the subset rows (includes its own DeltaMergeBuilder.execute)
-  merge.execute       every Delta MERGE (upserts + write_subset's delete-only cleanup)
+  subset_rows         a filter's selection materialised (runs the filter + joins)
+  replace_subsets     the one MERGE writing the run's subsets (see curate/subsets.py)
+  localCheckpoint     subset_rows materialising the selection
+  count / collect     every DataFrame.count / collect (clip_top, clip_threshold, rows_in)
+  Tables.upsert       upserts (scores, runs; includes its own DeltaMergeBuilder.execute)
+  merge.execute       every Delta MERGE (upserts + the subsets replace)
   toLocalIterator     the samplers streaming (sample_id, score) to the driver
   createDataFrame     the samplers' repeat counts back into Spark
 """
@@ -46,41 +48,59 @@ def _wrap(owner, attr: str, label: str) -> None:
 
 
 @contextmanager
-def section(name: str):
+def section(name: str, quiet: bool = False):
+    """Time a block and print the wrapped calls' totals (quiet: print nothing)."""
     TIMES.clear()
     t = time.perf_counter()
     yield
     total = time.perf_counter() - t
+    if quiet:
+        return
     print(f"\n== {name}: {total:.1f} s")
     for k, v in sorted(TIMES.items(), key=lambda kv: -sum(kv[1])):
         print(f"   {k:<22} {sum(v):7.1f} s in {len(v):3d} calls  (mean {np.mean(v):.2f} s)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=24_000)
-    ap.add_argument("--filler", type=int, default=16)
-    args = ap.parse_args()
-    import pandas as pd
+def wrap_stage_calls() -> None:
+    """Time every call of the operations listed in the module doc (into TIMES)."""
     from delta.tables import DeltaMergeBuilder
     from pyspark.sql import DataFrame, SparkSession
 
-    from laion_spark.config import load_config
     from laion_spark.curate import stage as curate_stage
     from laion_spark.curate import subsets
-    from laion_spark.session import get_spark
     from laion_spark.tables import Tables
 
-    work = tempfile.mkdtemp(prefix="profile_curate_")
-    defs = {
-        "scs": {"kind": "soft_cap", "column": "similarity", "n": 3 * args.rows},
-        "top30_b": {"kind": "clip_top", "column": "score_b", "fraction": 0.3},
-    }
-    cfg = load_config("local", [f"workdir={work}"], extra={"curate.definitions": defs})
-    spark = get_spark(cfg)
-    tables = Tables(spark, cfg)
-    rng = np.random.default_rng(0)
-    n = args.rows
+    try:  # pyspark 4: the local session's DataFrames are the classic subclass
+        from pyspark.sql.classic.dataframe import DataFrame
+    except ImportError:
+        pass
+    for owner, attr, label in [
+        (curate_stage, "build_pool", "build_pool"),
+        (DataFrame, "localCheckpoint", "localCheckpoint"),
+        (DataFrame, "count", "count"),
+        (DataFrame, "collect", "collect"),
+        (Tables, "upsert", "Tables.upsert"),
+        (DeltaMergeBuilder, "execute", "merge.execute"),
+        (DataFrame, "toLocalIterator", "toLocalIterator"),
+        (SparkSession, "createDataFrame", "createDataFrame"),
+        # imported by name into the stage module: time those references
+        (curate_stage, "subset_rows", "subset_rows (filter+checkpoint)"),
+        (curate_stage, "replace_subsets", "replace_subsets (MERGE)"),
+        (subsets, "subset_rows", "subset_rows (filter+checkpoint)"),
+        (subsets, "replace_subsets", "replace_subsets (MERGE)"),
+    ]:
+        _wrap(owner, attr, label)
+
+def write_inputs(
+    spark, tables, n: int, seed: int = 0, dim: int = 64, full: bool = False
+) -> list[str]:
+    """Generated curate inputs of `n` samples: candidates (url, caption, language, size,
+    score_b), embeddings of model "m" (`dim`-d, similarity uniform in [0, 1)); `full` adds
+    what a downloaded and scored pool has: `images` (status success, sha256 with ~5%
+    repeated images) and `scores` (punsafe, pwatermark). Returns the sample ids."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
     ids = [f"{i:032x}" for i in rng.permutation(10 * n)[:n]]
     tables.upsert(
         spark.createDataFrame(
@@ -98,7 +118,7 @@ def main() -> None:
         ),
         "candidates",
     )
-    e = rng.normal(size=(n, 64)).astype(np.float32)
+    e = rng.normal(size=(n, dim)).astype(np.float32)
     tables.upsert(
         spark.createDataFrame(
             pd.DataFrame(
@@ -116,19 +136,64 @@ def main() -> None:
         ),
         "embeddings",
     )
-    for owner, attr, label in [
-        (curate_stage, "build_pool", "build_pool"),
-        (DataFrame, "localCheckpoint", "localCheckpoint"),
-        (DataFrame, "count", "count"),
-        (Tables, "upsert", "Tables.upsert"),
-        (DeltaMergeBuilder, "execute", "merge.execute"),
-        (DataFrame, "toLocalIterator", "toLocalIterator"),
-        (SparkSession, "createDataFrame", "createDataFrame"),
-        (subsets, "write_subset", "write_subset (all)"),
-    ]:
-        _wrap(owner, attr, label)
-    # write_subset is imported by name into the stage module: time that reference too
-    _wrap(curate_stage, "write_subset", "write_subset (all)")
+    if full:
+        # ~5% of the samples show an image another sample already has (exact_dedup's work)
+        img = rng.integers(0, n, n)
+        img = np.where(rng.random(n) < 0.05, img, np.arange(n))
+        tables.upsert(
+            spark.createDataFrame(
+                pd.DataFrame(
+                    {
+                        "sample_id": ids,
+                        "status": "success",
+                        "sha256": [f"{i:064x}" for i in img],
+                        "original_width": np.full(n, 512, np.int32),
+                        "original_height": np.full(n, 512, np.int32),
+                    }
+                ),
+                "sample_id string, status string, sha256 string, original_width int, "
+                "original_height int",
+            ),
+            "images",
+        )
+        tables.upsert(
+            spark.createDataFrame(
+                pd.DataFrame(
+                    {
+                        "sample_id": ids,
+                        "punsafe": rng.beta(1, 8, n).astype(np.float32),
+                        "pwatermark": rng.beta(1, 6, n).astype(np.float32),
+                    }
+                ),
+                "sample_id string, punsafe float, pwatermark float",
+            ),
+            "scores",
+        )
+    return ids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=24_000)
+    ap.add_argument("--filler", type=int, default=16)
+    args = ap.parse_args()
+
+    from laion_spark.config import load_config
+    from laion_spark.curate import stage as curate_stage
+    from laion_spark.curate import subsets
+    from laion_spark.session import get_spark
+    from laion_spark.tables import Tables
+
+    work = tempfile.mkdtemp(prefix="profile_curate_")
+    defs = {
+        "scs": {"kind": "soft_cap", "column": "similarity", "n": 3 * args.rows},
+        "top30_b": {"kind": "clip_top", "column": "score_b", "fraction": 0.3},
+    }
+    cfg = load_config("local", [f"workdir={work}"], extra={"curate.definitions": defs})
+    spark = get_spark(cfg)
+    tables = Tables(spark, cfg)
+    ids = write_inputs(spark, tables, args.rows)
+    wrap_stage_calls()
     names = ["no_filter", "basic", "clip_top30", "top30_b", "scs"]
     # with_embeddings: the benchmark's stage joins the embedding arrays into every view
     names_emb = names + ["semdedup"]

@@ -3,8 +3,9 @@
     run(spark, cfg, tables, filters=None, targets=None) -> StageResult
 
 For each name in `filters` (default cfg.curate.filters), in order: scorer kinds (flyt,
-mflyt, dedup_size) compute and upsert their score column into `scores`; every other name replaces its
-rows in `subsets` (idempotent; see subsets.write_subset). A filter that fails is reported
+mflyt, dedup_size) compute and upsert their score column into `scores`; every other name's selection is
+materialised, and at the end one MERGE replaces the rows of all of them in `subsets`
+(idempotent; see subsets.replace_subsets). A filter that fails is reported
 with status `failed` and its error in notes; the others still run.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from laion_spark.config import Config
 from laion_spark.curate.pool import build_pool, pool_model_id
@@ -24,7 +25,7 @@ from laion_spark.curate.registry import (
     definition,
     select,
 )
-from laion_spark.curate.subsets import read_subset, write_subset
+from laion_spark.curate.subsets import replace_subsets, subset_rows
 from laion_spark.stage import StageResult
 from laion_spark.tables import Tables
 
@@ -124,12 +125,19 @@ def _run(spark, cfg, tables, names, targets, t0) -> StageResult:
 
     model_id = pool_model_id(tables, cfg)
     with_emb = _needs_embeddings(cfg, names)
-    pool = build_pool(tables, cfg, with_embeddings=with_emb, model_id=model_id)
+
+    def pool_view():
+        # cached: every filter reads it (the joins over the input tables run once, not per
+        # filter and per action); MEMORY_AND_DISK, so a pool larger than memory spills
+        return build_pool(tables, cfg, with_embeddings=with_emb, model_id=model_id).persist()
+
+    pool = pool_view()
     rows_in = pool.count()
     result = StageResult("curate", rows_in=rows_in)
     # one context for the run: a subset used by several names (intersections) is computed once
     ctx = FilterContext(cfg, tables, pool, model_id=model_id, targets=dict(targets or {}))
     seconds: dict[str, float] = {}  # per name: where the stage's time goes
+    written: dict[str, DataFrame] = {}  # subset rows, all written in one MERGE at the end
     for name in names:
         t1 = time.time()
         try:
@@ -142,19 +150,33 @@ def _run(spark, cfg, tables, names, targets, t0) -> StageResult:
                     _, scores = run_scorer(tables, pool, d["kind"], d, ctx)
                 tables.upsert(scores, "scores")
                 # the pool must see the new score column for later names
-                pool = build_pool(tables, cfg, with_embeddings=with_emb, model_id=model_id)
+                pool.unpersist()
+                pool = pool_view()
                 ctx.pool, ctx._cache = pool, {}
                 result.by_status[f"scored:{name}"] = rows_in
             else:
-                n = write_subset(tables, name, select(ctx, name))
-                # later names built on this one read the written rows, not a recomputation
-                ctx._cache[name] = read_subset(tables, name)
+                rows, n = subset_rows(name, select(ctx, name))
+                written[name] = rows
+                # later names built on this one read these rows, not a recomputation
+                ctx._cache[name] = rows.select("sample_id", "repeat")
                 result.by_status[name] = n
-                result.rows_out += n
         except Exception as e:  # one bad filter must not lose the others' work
             result.by_status[f"failed:{name}"] = 1
             ctx.note(f"{name}_error", f"{type(e).__name__}: {e}"[:500])
         seconds[name] = round(time.time() - t1, 2)
+    t1 = time.time()
+    try:
+        replace_subsets(tables, written)
+        result.rows_out = sum(result.by_status[n] for n in written)
+    except Exception as e:  # the selections were fine; the write was not
+        for name in written:
+            del result.by_status[name]
+            result.by_status[f"failed:{name}"] = 1
+        ctx.note("subsets_error", f"{type(e).__name__}: {e}"[:500])
+    finally:
+        pool.unpersist()
+    if written:
+        seconds["write_subsets"] = round(time.time() - t1, 2)
     ctx.note("seconds_by_filter", seconds)
     result.notes.update(ctx.notes)
     result.seconds = time.time() - t0
