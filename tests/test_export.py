@@ -339,3 +339,28 @@ def test_parquet_and_uids_formats_through_the_cli(world, capsys):
     argv = ["export", "sub", "--out", str(single), "--format", "uids", "--expand-repeats"]
     assert main([*argv, "--set", f"workdir={world['cfg'].workdir}"]) == 0
     np.testing.assert_array_equal(np.load(single), arr)
+
+
+def test_tar_stream_writes_what_tarfile_writes(tmp_path):
+    """The template-built headers give tarfile's own bytes (so a re-export of old shards
+    stays byte-identical), long or non-ASCII names included (those take tarfile's path)."""
+    import io
+
+    from laion_spark.export.writers import TarStream
+
+    rng = np.random.default_rng(1)
+    names = ["a.jpg", "k" * 95 + ".json", "k" * 96 + ".json", "k" * 120 + ".txt", "ümlaut.txt"]
+    names += [f"{i:032x}_{i:04d}.webp" for i in range(20)]
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    stream = TarStream(ours)
+    with tarfile.open(fileobj=theirs, mode="w|") as tf:
+        for name in names:
+            data = rng.bytes(int(rng.choice([0, 1, 511, 512, 513, 3000])))
+            stream.add(name, data)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o444
+            tf.addfile(info, io.BytesIO(data))
+    stream.close()
+    assert ours.getvalue() == theirs.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(ours.getvalue())) as tf:
+        assert tf.getnames() == names
