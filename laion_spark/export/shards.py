@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -397,6 +398,7 @@ class ShardSetResult:
     written: int  # shards written by this run
     kept: int  # shards of an interrupted run with the same inputs, kept as they were
     up_to_date: bool
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: plan, write, record
 
 
 def write_shard_set(
@@ -425,7 +427,17 @@ def write_shard_set(
         log.info("export %s is up to date (inputs digest %s): nothing to write", target, digest)
         return ShardSetResult(state.manifest or {}, 0, 0, True)
     keep = state.prepare("" if force else digest)
+    clock = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = round(now - clock, 3)
+        clock = now
+
     plan: Plan = make_plan()
+    lap("plan")
     if callable(payload):  # a payload that only exists once the plan's pass has run
         payload = payload()
     digits = max(5, len(str(max(plan.shards - 1, 0))))
@@ -454,6 +466,7 @@ def write_shard_set(
 
         written = rows.mapInArrow(fn, RESULT_SCHEMA).collect()
         results += [r.asDict() for r in written]
+    lap("write")
     results.sort(key=lambda r: r["shard"])
     if [r["shard"] for r in results] != list(range(plan.shards)):
         raise RuntimeError(
@@ -485,9 +498,11 @@ def write_shard_set(
     storage.write_bytes(
         storage.join(target, MANIFEST), json.dumps(manifest, indent=1, default=str).encode()
     )
+    lap("manifest")
     if tables is not None:
         record_export(tables, manifest)
-    return ShardSetResult(manifest, len(todo), len(keep), False)
+        lap("record")
+    return ShardSetResult(manifest, len(todo), len(keep), False, phases)
 
 
 def record_export(tables, manifest: dict[str, Any]) -> None:

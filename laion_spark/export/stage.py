@@ -139,6 +139,7 @@ def run(
             "shards": manifest.get("shard_count", 0),
             "written": res.written,
             "kept": res.kept,
+            "phases": res.phases,  # seconds of plan, write, manifest, record
         },
     )
 

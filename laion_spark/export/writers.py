@@ -127,6 +127,10 @@ def _header_template() -> bytes:
 
 _TEMPLATE = _header_template()
 _TEMPLATE_SUM = sum(_TEMPLATE) - sum(_TEMPLATE[:100]) - sum(_TEMPLATE[124:136])
+_MODE_TO_SIZE = _TEMPLATE[100:124]  # mode, uid, gid
+_MTIME = _TEMPLATE[136:148]
+_AFTER_CHKSUM = _TEMPLATE[156:]  # type, linkname, magic, owner names, devices, prefix
+_ZEROS = bytes(_BLOCK)
 
 
 class TarStream:
@@ -150,24 +154,21 @@ class TarStream:
             return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         size_field = b"%011o\0" % size
         chksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)
-        return b"".join(
-            (
-                raw,
-                bytes(100 - len(raw)),
-                _TEMPLATE[100:124],
-                size_field,
-                _TEMPLATE[136:148],
-                b"%06o\0 " % chksum,
-                _TEMPLATE[156:],
-            )
+        return b"%s%s%s%s%06o\0 %s" % (
+            raw.ljust(100, b"\0"),
+            _MODE_TO_SIZE,
+            size_field,
+            _MTIME,
+            chksum,
+            _AFTER_CHKSUM,
         )
 
-    def pieces(self, name: str, data: bytes) -> list[bytes]:
+    def pieces(self, name: str, data: bytes) -> tuple[bytes, ...]:
         """The member's bytes (header, data, padding) as pieces to write in one go."""
         head = self.header(name, len(data))
         pad = -len(data) % _BLOCK
         self.offset += len(head) + len(data) + pad
-        return [head, data, bytes(pad)] if pad else [head, data]
+        return (head, data, _ZEROS[:pad])
 
     def add(self, name: str, data: bytes) -> None:
         self.f.write(b"".join(self.pieces(name, data)))
