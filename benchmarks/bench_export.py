@@ -184,6 +184,9 @@ def main() -> None:
             f"ours: {res.rows_out} samples in {res.notes['shards']} shards, {ours_s:.2f}s "
             f"({a.n / ours_s:.0f} samples/s, {nbytes / ours_s / 1e6:.1f} MB/s)"
         )
+        phases = dict(res.notes.get("phases") or {})
+        phases["other"] = ours_s - sum(phases.values())  # versions, model id, target state
+        print("ours, phases: " + " ".join(f"{k}={v:.2f}s" for k, v in phases.items()))
 
         t0 = time.time()
         again = run(spark, cfg, tables, subset="bench", to=f"{work}/ours", fmt="webdataset")

@@ -250,20 +250,17 @@ def test_manifest_exports_table_and_noop_rerun(world, wds_export):
     assert after == before  # not one file rewritten
 
 
-def test_killed_export_rerun_leaves_complete_shards_each_sample_once(world):
+def test_killed_export_rerun_leaves_complete_shards_each_sample_once(world, monkeypatch):
     """The task writing the last shard dies mid-way (as a killed executor): the earlier
     shards are complete, the rest are temporary files only; the re-run keeps the complete
     shards, writes the others, and every sample is there exactly as often as it should."""
+    from laion_spark.export.shards import CRASH_ENV
+
     out = world["root"] / "killed"
+    monkeypatch.setenv(CRASH_ENV, "3")  # the driver passes it on to the write tasks
     with pytest.raises(Exception, match="(?i)python worker"):  # the dead worker
-        run(
-            world["spark"],
-            world["cfg"],
-            world["tables"],
-            subset="sub",
-            to=str(out),
-            crash_in_shard=3,
-        )
+        run(world["spark"], world["cfg"], world["tables"], subset="sub", to=str(out))
+    monkeypatch.delenv(CRASH_ENV)
     files = os.listdir(out)
     assert "_SUCCESS" not in files
     assert any(f.startswith(".") and ".tmp-" in f for f in files)  # the dead task's files
@@ -339,3 +336,57 @@ def test_parquet_and_uids_formats_through_the_cli(world, capsys):
     argv = ["export", "sub", "--out", str(single), "--format", "uids", "--expand-repeats"]
     assert main([*argv, "--set", f"workdir={world['cfg'].workdir}"]) == 0
     np.testing.assert_array_equal(np.load(single), arr)
+
+
+def test_tar_stream_writes_what_tarfile_writes(tmp_path):
+    """The template-built headers give tarfile's own bytes (so a re-export of old shards
+    stays byte-identical), long or non-ASCII names included (those take tarfile's path)."""
+    import io
+
+    from laion_spark.export.writers import TarStream
+
+    rng = np.random.default_rng(1)
+    names = ["a.jpg", "k" * 95 + ".json", "k" * 96 + ".json", "k" * 120 + ".txt", "ümlaut.txt"]
+    names += [f"{i:032x}_{i:04d}.webp" for i in range(20)]
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    stream = TarStream(ours)
+    with tarfile.open(fileobj=theirs, mode="w|") as tf:
+        for name in names:
+            data = rng.bytes(int(rng.choice([0, 1, 511, 512, 513, 3000])))
+            stream.add(name, data)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o444
+            tf.addfile(info, io.BytesIO(data))
+    stream.close()
+    assert ours.getvalue() == theirs.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(ours.getvalue())) as tf:
+        assert tf.getnames() == names
+
+
+def test_driver_and_spark_plans_write_the_same_shards(world):
+    """A small subset is planned on the driver, a big one by Spark (sort, checkpoint,
+    count): both give the same shards, byte for byte, with a seeded shuffle and shards
+    cut by bytes, and the same skip counts (takedown included)."""
+    outs, results = [], []
+    for local_rows in (250_000, 0):
+        cfg = load_config(
+            "local",
+            [
+                f"workdir={world['cfg'].workdir}",
+                "export.shard_bytes=20000",
+                "export.shuffle_seed=7",
+                f"export.local_plan_rows={local_rows}",
+            ],
+        )
+        out = world["root"] / f"plan_{local_rows}"
+        results.append(run(world["spark"], cfg, world["tables"], subset="sub", to=str(out)))
+        outs.append(out)
+    a, b = results
+    assert a.by_status == b.by_status and a.by_status["taken_down"] == 1
+    assert a.notes["shards"] == b.notes["shards"] > 2
+    tars = sorted(f for f in os.listdir(outs[0]) if f.endswith(".tar"))
+    assert tars == sorted(f for f in os.listdir(outs[1]) if f.endswith(".tar"))
+    for t in tars:
+        assert (outs[0] / t).read_bytes() == (outs[1] / t).read_bytes(), t
+    keys = [k for t in tars for k, _ in _tar_samples(outs[0] / t)]
+    assert keys != sorted(keys)  # shuffled across shards

@@ -226,12 +226,9 @@ def reshard(
         payload=lambda: selected_holder["df"].select("sample_id", "members"),
         broadcast_rows=ex.broadcast_plan_rows,
         force=force,
+        tables=tables,
     )
     manifest = res.manifest
-    if not res.up_to_date:
-        from laion_spark.export.stage import record_export
-
-        record_export(tables, manifest)
     n = int(manifest.get("samples", 0))
     return StageResult(
         "reshard",

@@ -12,6 +12,11 @@ import -> export round trip keeps keys), else its sample_id (32 hex); a key two 
 would share falls back to the sample_id. With repeats expanded, copy i > 0 of a sample is
 `KEY_0001`, `KEY_0002`, ... Keys are fixed-width per kind, so sorting them as strings sorts
 the shard.
+
+Two ways to the same rows: `keyed_rows` (Spark: a window finds shared keys, takedown
+rules are column expressions) for big subsets, and `local_rows` + `resolve_local` (the
+narrow rows collected, keys and takedowns resolved on the driver) for subsets up to
+`export.local_plan_rows`.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from laion_spark import storage
 from laion_spark.tables import Tables, spark_schema
-from laion_spark.takedown.rules import is_taken_down, load_rules
+from laion_spark.takedown.rules import TakedownRules, is_taken_down
 
 # a pool key safe in a tar member name and a WebDataset key (no dots, no slashes)
 KEY_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
@@ -55,9 +61,13 @@ def narrow_frame(
     versions: dict[str, int | None],
     needs: frozenset[str],
     model_id: str | None,
+    rules: TakedownRules | None = None,
 ) -> DataFrame:
     """One row per subset sample: metadata, `repeat`, `_base_key`, `size`, and `_skip` (null
-    when exportable, else why not: no_candidate, no_image, no_embedding, taken_down)."""
+    when exportable, else why not: no_candidate, no_image, no_embedding, taken_down).
+
+    rules: the takedown rules to apply here (None: the caller applies them, on the driver).
+    """
     sub = read_at(tables, "subsets", versions["subsets"])
     sub = sub.where(F.col("subset") == F.lit(subset)).select("sample_id", "repeat")
     cand = read_at(tables, "candidates", versions["candidates"]).select(
@@ -117,7 +127,7 @@ def narrow_frame(
         skip = skip.when(F.col("_has_image").isNull(), F.lit("no_image"))
     if "embeddings" in needs:
         skip = skip.when(F.col("_has_emb").isNull(), F.lit("no_embedding"))
-    taken = _taken_down(tables, df, versions)
+    taken = _taken_down(tables, versions, rules) if rules else None
     if taken is not None:
         skip = skip.when(taken, F.lit("taken_down"))
     df = df.withColumn("_skip", skip.otherwise(F.lit(None).cast("string")))
@@ -128,30 +138,43 @@ def narrow_frame(
     )
 
 
-def _taken_down(tables: Tables, df: DataFrame, versions: dict[str, int | None]) -> Column | None:
-    """True for rows a takedown names (URL, domain, sample_id, image sha256); None: no rules."""
-    rules = load_rules(tables)
-    if not rules:
-        return None
-    bc = df.sparkSession.sparkContext.broadcast(rules)
+def md5_blocked(tables: Tables, versions: dict[str, int | None], rules: TakedownRules) -> set:
+    """sample_ids whose stored bytes have an md5 a takedown lists (images read only then)."""
+    if not rules.md5 or versions.get("images") is None:
+        return set()
+    img = read_at(tables, "images", versions["images"]).select(
+        "sample_id", F.md5("image").alias("_md5")
+    )
+    blocked = img.where(F.col("_md5").isin(*sorted(rules.md5))).select("sample_id")
+    return {r[0] for r in blocked.collect()}
 
-    @F.udf("boolean")
-    def _blocked(url, sid):
-        return is_taken_down(bc.value, url, sid)
 
-    cond = _blocked(F.col("url"), F.col("sample_id"))
+def _taken_down(
+    tables: Tables, versions: dict[str, int | None], rules: TakedownRules
+) -> Column | None:
+    """True for rows a takedown names (URL, domain, sample_id, image sha256); None: no rule
+    can match. Sets are column expressions; only URL and domain rules need a Python UDF
+    (URL normalisation)."""
+    conds: list[Column] = []
+    ids = set(rules.sample_ids) | md5_blocked(tables, versions, rules)
+    if ids:
+        conds.append(F.col("sample_id").isin(*sorted(ids)))
     if rules.sha256:
-        cond = cond | F.coalesce(F.col("sha256").isin(*sorted(rules.sha256)), F.lit(False))
-    if rules.md5:
-        # md5 of the stored bytes: read only when a takedown lists one
-        img = read_at(tables, "images", versions["images"]).select(
-            "sample_id", F.md5("image").alias("_md5")
-        )
-        blocked = img.where(F.col("_md5").isin(*sorted(rules.md5))).select("sample_id")
-        ids = {r[0] for r in blocked.collect()}
-        if ids:
-            cond = cond | F.col("sample_id").isin(*sorted(ids))
-    return cond
+        conds.append(F.coalesce(F.col("sha256").isin(*sorted(rules.sha256)), F.lit(False)))
+    if rules.urls or rules.url_hashes or rules.domains:
+        bc = tables.spark.sparkContext.broadcast(rules)
+
+        @F.udf("boolean")
+        def _blocked(url):
+            return is_taken_down(bc.value, url)
+
+        conds.append(_blocked(F.col("url")))
+    if not conds:
+        return None
+    out = conds[0]
+    for c in conds[1:]:
+        out = out | c
+    return out
 
 
 def keyed_rows(narrow: DataFrame, repeats: str) -> DataFrame:
@@ -164,12 +187,123 @@ def keyed_rows(narrow: DataFrame, repeats: str) -> DataFrame:
         "_base_key",
         F.when(shared > 1, F.col("sample_id")).otherwise(F.col("_base_key")),
     )
-    copies = F.when(ok, F.col("repeat")).otherwise(1) if repeats == "expand" else F.lit(1)
-    df = df.withColumn("copy", F.explode(F.sequence(F.lit(0), copies - 1)))
-    key = F.when(F.col("copy") == 0, F.col("_base_key")).otherwise(
-        F.concat(F.col("_base_key"), F.lit("_"), F.lpad(F.col("copy").cast("string"), 4, "0"))
+    df = _copies(df, ok, repeats)
+    return df.withColumn("key", _copy_key(F.col("_base_key"))).drop("_base_key")
+
+
+def _copies(df: DataFrame, ok: Column, repeats: str) -> DataFrame:
+    # one row per copy: `repeat` copies of an exportable sample when expanded, else one
+    n = F.greatest(F.when(ok, F.col("repeat")).otherwise(1), F.lit(1))
+    copies = n if repeats == "expand" else F.lit(1)
+    return df.withColumn("copy", F.explode(F.sequence(F.lit(0), copies - 1)))
+
+
+def _copy_key(base: Column) -> Column:
+    return F.when(F.col("copy") == 0, base).otherwise(
+        F.concat(base, F.lit("_"), F.lpad(F.col("copy").cast("string"), 4, "0"))
     )
-    return df.withColumn("key", key).drop("_base_key")
+
+
+def seed_order(seed: int, key: Column) -> Column:
+    """The deterministic shuffle's order of a key (then the key itself breaks ties)."""
+    return F.xxhash64(F.lit(int(seed)), key)
+
+
+def local_rows(narrow: DataFrame, repeats: str, seed: int | None) -> DataFrame:
+    """`narrow` with copies exploded and, per row, both keys it may get: `_key_pool` (from
+    `_base_key`) and `_key_sid` (from sample_id, when the base key is shared), with their
+    seeded order when `seed` is set. Takedowns are not applied yet: `resolve_local` does
+    both on the driver."""
+    ok = F.col("_skip").isNull()
+    df = _copies(narrow, ok, repeats)
+    df = df.withColumn("_key_pool", _copy_key(F.col("_base_key")))
+    df = df.withColumn("_key_sid", _copy_key(F.col("sample_id")))
+    if seed is not None:
+        df = df.withColumn("_ord_pool", seed_order(seed, F.col("_key_pool")))
+        df = df.withColumn("_ord_sid", seed_order(seed, F.col("_key_sid")))
+    return df
+
+
+def resolve_local(table, rules: TakedownRules, md5_ids: set, seeded: bool):
+    """`local_rows` collected (an Arrow table) -> the rows `keyed_rows` gives: takedowns
+    marked in `_skip` (one row per skipped sample), `key` (and `_order` when seeded)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    skip = table.column("_skip")
+    ok = pc.is_null(skip).to_numpy(zero_copy_only=False)
+    taken = np.zeros(table.num_rows, bool)
+    if rules or md5_ids:
+        ids = set(rules.sample_ids) | md5_ids
+        if ids:
+            taken |= pc.is_in(table.column("sample_id"), pa.array(sorted(ids))).to_numpy(
+                zero_copy_only=False
+            )
+        if rules.sha256:
+            hit = pc.is_in(table.column("sha256"), pa.array(sorted(rules.sha256)))
+            taken |= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+        if rules.urls or rules.url_hashes or rules.domains:
+            urls = table.column("url").to_pylist()
+            taken |= np.array(
+                [bool(o) and is_taken_down(rules, u) for u, o in zip(urls, ok, strict=True)],
+                bool,
+            )
+    taken &= ok
+    if taken.any():
+        copy = table.column("copy").to_numpy(zero_copy_only=False)
+        keep = ~taken | (copy == 0)  # a taken-down sample counts once, like any skipped one
+        skip = pc.if_else(pa.array(taken), pa.scalar("taken_down"), skip)
+        table = table.set_column(table.schema.get_field_index("_skip"), "_skip", skip)
+        table, ok = table.filter(pa.array(keep)), (ok & ~taken)[keep]
+    # a key two exportable samples would share -> their sample_ids (for every copy)
+    base = table.column("_base_key")
+    first = ok & (table.column("copy").to_numpy(zero_copy_only=False) == 0)
+    counts = pc.value_counts(base.filter(pa.array(first)))
+    shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    use_sid = pc.is_in(base, shared)
+    key = pc.if_else(use_sid, table.column("_key_sid"), table.column("_key_pool"))
+    table = table.append_column("key", key)
+    if seeded:
+        order = pc.if_else(use_sid, table.column("_ord_sid"), table.column("_ord_pool"))
+        table = table.append_column("_order", order)
+    drop = [c for c in table.column_names if c.startswith(("_key_", "_ord_", "_base_key"))]
+    return table.drop_columns(drop)
+
+
+def plan_rows_bound(tables: Tables, subset: str, version: int | None, repeats: str) -> int | None:
+    """At most how many rows an export of `subset` plans (repeats expanded), from the Delta
+    log's per-file statistics of `subsets` (no Spark job; local path tables), else a
+    Spark count. None: unknown."""
+    if version is None:
+        return 0
+    loc = tables.location("subsets")
+    if not tables.database and storage.is_local(loc):
+        try:
+            import pyarrow as pa
+            from deltalake import DeltaTable
+
+            adds = pa.table(DeltaTable(loc, version=int(version)).get_add_actions(flatten=True))
+            lo = adds.column("min.subset").to_pylist()
+            hi = adds.column("max.subset").to_pylist()
+            n = adds.column("num_records").to_pylist()
+            top = adds.column("max.repeat").to_pylist() if repeats == "expand" else [1] * len(n)
+            total = 0
+            for a, b, k, r in zip(lo, hi, n, top, strict=True):
+                # string statistics may be truncated prefixes: skip a file only when the
+                # name sorts before its min or after its max's prefix
+                if (a is not None and subset < a) or (b is not None and subset[: len(b)] > b):
+                    continue
+                if k is None or (r is None and repeats == "expand"):
+                    return None
+                total += int(k) * max(1, int(r or 1))
+            return total
+        except Exception:  # no statistics: count with Spark
+            pass
+    sub = read_at(tables, "subsets", version).where(F.col("subset") == F.lit(subset))
+    n = F.greatest(F.coalesce(F.col("repeat"), F.lit(1)), F.lit(1))
+    agg = F.sum(n) if repeats == "expand" else F.count(F.lit(1))
+    return int(sub.agg(agg).first()[0] or 0)
 
 
 def payload_frame(

@@ -26,6 +26,10 @@ class ExportSettings:
     # plans up to this many rows are broadcast to the tasks that join them with image bytes
     # (one shuffle of the bytes instead of two)
     broadcast_plan_rows: int = 2_000_000
+    # subsets up to this many rows (repeats expanded; bounded from the Delta log's
+    # statistics) are planned on the driver from one collect of their narrow rows, instead
+    # of a distributed sort + checkpoint + count (same shards either way); 0: always Spark
+    local_plan_rows: int = 250_000
     # import/reshard: bounds on untrusted shards (a bigger member is skipped with a status)
     max_member_bytes: int = 64 * 1024 * 1024
     import_shards_per_commit: int = 64
@@ -48,6 +52,7 @@ class ExportSettings:
             f"must be expand or column, not {self.repeats!r}",
         )
         require(self.broadcast_plan_rows >= 0, f"{prefix}.broadcast_plan_rows", "must be >= 0")
+        require(self.local_plan_rows >= 0, f"{prefix}.local_plan_rows", "must be >= 0")
         require(self.max_member_bytes >= 1024, f"{prefix}.max_member_bytes", "must be >= 1024")
         require(
             self.import_shards_per_commit >= 1,

@@ -14,7 +14,10 @@ The guarantees, and how:
 - **Exact plan.** Rows are sorted once (narrow columns only, no image bytes), numbered
   with per-partition offsets (no single-partition window), cut into shards by count or
   by bytes, and routed with a hash partitioning chosen so that shard s lands exactly in
-  partition s: one shard per task, every sample of the plan written exactly once.
+  partition s: one shard per task, every sample of the plan written exactly once. A
+  small plan (`plan_table`) is made on the driver from the collected narrow rows with
+  the same order and the same cuts: one Spark job instead of a sort, a checkpoint and
+  a count, which were most of a small export's time.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,6 +82,59 @@ class Plan:
     shards: int
     samples: int
     skipped: dict[str, int] = field(default_factory=dict)  # rows left out, by reason
+    routed: bool = False  # rows carry `_route` already (plans made on the driver)
+
+
+def plan_table(
+    table: Any,
+    order: list[str],
+    shard_samples: int,
+    shard_bytes: int | None = None,
+    size_col: str = "size",
+    single_shard: bool = False,
+    skip_col: str | None = None,
+) -> tuple[Any, int, dict[str, int]]:
+    """`plan_shards` on the driver, for an Arrow table of rows: (planned rows sorted by
+    `order` (column names, ascending: a total order) with `_pos`, `shard` and `_route`;
+    the shard count; skipped rows by reason). Same order and cuts as `plan_shards`."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    skipped: dict[str, int] = {}
+    if skip_col:
+        reasons = table.column(skip_col)
+        for r in pc.value_counts(reasons.drop_null()).to_pylist():
+            skipped[r["values"]] = int(r["counts"])
+        table = table.filter(pc.is_null(reasons)).drop_columns([skip_col])
+    table = table.sort_by([(c, "ascending") for c in order])
+    n = table.num_rows
+    table = table.append_column("_pos", pa.array(np.arange(n, dtype=np.int64)))
+    if single_shard or not n:
+        shard = np.zeros(n, np.int64)
+    elif shard_bytes is None:
+        shard = np.arange(n, dtype=np.int64) // shard_samples
+    else:
+        size = table.column(size_col).to_numpy(zero_copy_only=False).astype(np.int64)
+        start = np.cumsum(size) - size  # bytes before each row
+        # a sample bigger than shard_bytes skips numbers: renumber the shards densely
+        shard = np.unique(start // shard_bytes, return_inverse=True)[1].astype(np.int64)
+    shards = int(shard[-1]) + 1 if n else 0
+    routes = np.array(route_values(shards), np.int64)
+    table = table.append_column("shard", pa.array(shard))
+    table = table.append_column("_route", pa.array(routes[shard] if n else shard))
+    return table, shards, skipped
+
+
+def plan_local(spark, table: Any, **how: Any) -> Plan:
+    """A Plan of an Arrow table of rows planned on the driver (see `plan_table`)."""
+    planned, shards, skipped = plan_table(table, **how)
+    rows = spark.createDataFrame(planned) if planned.num_rows else None
+    if rows is None:  # createDataFrame needs rows to infer nothing; keep the schema
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        rows = spark.createDataFrame([], from_arrow_schema(planned.schema))
+    return Plan(rows, shards, planned.num_rows, skipped, routed=True)
 
 
 def plan_shards(
@@ -188,6 +245,15 @@ def route_values(n: int) -> list[int]:
 # ----------------------------------------------------------------------------- the task
 
 
+# tests: the task writing this shard dies mid-way, as a killed executor (read from the
+# task's environment, or from the driver's, which passes it on to the tasks)
+CRASH_ENV = "LAION_SPARK_TEST_CRASH_IN_SHARD"
+
+
+def _crash_shard(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
 @dataclass
 class TaskSpec:
     """What every write task needs (pickled into the closure)."""
@@ -196,7 +262,7 @@ class TaskSpec:
     writer: type
     digits: int
     digest: str
-    crash_in_shard: int | None = None  # tests: the worker dies mid-shard, as if killed
+    crash_in_shard: int | None = None  # the driver's CRASH_ENV
 
 
 def marker_path(target: str, shard: int) -> str:
@@ -209,6 +275,8 @@ def write_partition(batches, spec: TaskSpec):
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
+    crash = _crash_shard(os.environ.get(CRASH_ENV))
+    crash = spec.crash_in_shard if crash is None else crash
     token = uuid.uuid4().hex[:12]
     if ctx is not None:
         token = f"{ctx.stageId()}-{ctx.partitionId()}-{ctx.attemptNumber()}-{token}"
@@ -247,7 +315,7 @@ def write_partition(batches, spec: TaskSpec):
                         yield done(writer)
                     writer = spec.writer(spec.target, s, spec.digits, token)
                 writer.write_batch(batch.slice(start, end - start))
-                if spec.crash_in_shard == s:
+                if crash == s:
                     os._exit(17)  # as a killed executor: temporary files stay behind
                 start = end
         if writer is not None:
@@ -330,6 +398,7 @@ class ShardSetResult:
     written: int  # shards written by this run
     kept: int  # shards of an interrupted run with the same inputs, kept as they were
     up_to_date: bool
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: plan, write, record
 
 
 def write_shard_set(
@@ -342,10 +411,11 @@ def write_shard_set(
     payload,
     broadcast_rows: int,
     force: bool = False,
-    crash_in_shard: int | None = None,
+    tables=None,
 ) -> ShardSetResult:
     """Write the shards `make_plan()` plans (joined with `payload` on sample_id when given)
-    under `target`, unless `_SUCCESS` already holds `digest`; then write `_SUCCESS`.
+    under `target`, unless `_SUCCESS` already holds `digest`; then write `_SUCCESS` and,
+    given `tables`, record the target in `exports` (export and reshard both end so).
 
     `payload`: a DataFrame keyed by sample_id, a callable returning one, or None.
     `describe`: what the manifest says besides shards and counts (subset, format, Delta
@@ -357,7 +427,17 @@ def write_shard_set(
         log.info("export %s is up to date (inputs digest %s): nothing to write", target, digest)
         return ShardSetResult(state.manifest or {}, 0, 0, True)
     keep = state.prepare("" if force else digest)
+    clock = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = round(now - clock, 3)
+        clock = now
+
     plan: Plan = make_plan()
+    lap("plan")
     if callable(payload):  # a payload that only exists once the plan's pass has run
         payload = payload()
     digits = max(5, len(str(max(plan.shards - 1, 0))))
@@ -372,18 +452,21 @@ def write_shard_set(
         if payload is not None:
             small = plan.samples <= broadcast_rows
             rows = payload.join(F.broadcast(rows) if small else rows, "sample_id")
-        spark = plan.rows.sparkSession
-        routes = route_values(plan.shards)
-        route = spark.createDataFrame(list(enumerate(routes)), "shard long, _route long")
-        rows = rows.join(F.broadcast(route), "shard")
+        if not plan.routed:
+            spark = plan.rows.sparkSession
+            routes = route_values(plan.shards)
+            route = spark.createDataFrame(list(enumerate(routes)), "shard long, _route long")
+            rows = rows.join(F.broadcast(route), "shard")
         rows = rows.repartition(plan.shards, "_route").sortWithinPartitions("shard", "_pos")
-        spec = TaskSpec(target, writer, digits, digest, crash_in_shard)
+        crash = _crash_shard(os.environ.get(CRASH_ENV))
+        spec = TaskSpec(target, writer, digits, digest, crash)
 
         def fn(batches):
             yield from write_partition(batches, spec)
 
         written = rows.mapInArrow(fn, RESULT_SCHEMA).collect()
         results += [r.asDict() for r in written]
+    lap("write")
     results.sort(key=lambda r: r["shard"])
     if [r["shard"] for r in results] != list(range(plan.shards)):
         raise RuntimeError(
@@ -415,4 +498,49 @@ def write_shard_set(
     storage.write_bytes(
         storage.join(target, MANIFEST), json.dumps(manifest, indent=1, default=str).encode()
     )
-    return ShardSetResult(manifest, len(todo), len(keep), False)
+    lap("manifest")
+    if tables is not None:
+        record_export(tables, manifest)
+        lap("record")
+    return ShardSetResult(manifest, len(todo), len(keep), False, phases)
+
+
+def record_export(tables, manifest: dict[str, Any]) -> None:
+    """One row per target in `exports`: what is there now, and where its manifest is."""
+    from laion_spark.tables import SPECS
+
+    target = manifest["target"]
+    files = [storage.join(target, f) for s in manifest["shards"] for f in s["files"]]
+    row = {
+        "export_id": manifest["export_id"],
+        "subset": manifest.get("subset"),
+        "format": manifest.get("format"),
+        "target": target,
+        "shard_paths": files,
+        "sample_count": int(manifest.get("samples", 0)),
+        "created_at": datetime.fromisoformat(manifest["created_at"]),
+        "manifest_path": storage.join(target, MANIFEST),
+        "inputs_digest": manifest["inputs_digest"],
+        "delta_versions": {
+            k: int(v) for k, v in (manifest.get("delta_versions") or {}).items() if v is not None
+        },
+    }
+    df = tables.spark.createDataFrame([row], SPECS["exports"].schema)
+    if _known_export(tables, row["export_id"]):
+        tables.upsert(df, "exports", dedup=False)
+    else:  # a new target: a plain append, not a MERGE
+        tables.append(df, "exports")
+
+
+def _known_export(tables, export_id: str) -> bool:
+    """`exports` has a row for `export_id` (read by delta-rs for local path tables: no
+    Spark job; by Spark otherwise)."""
+    if not tables.database and storage.is_local(tables.location("exports")):
+        from laion_spark.lake import Lake
+
+        rows = Lake(tables.cfg).read("exports", ["export_id"], ("export_id", export_id))
+        return rows is not None and len(rows) > 0
+    if not tables.exists("exports"):
+        return False
+    rows = tables.read("exports").where(F.col("export_id") == F.lit(export_id)).limit(1)
+    return bool(rows.count())

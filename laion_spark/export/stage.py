@@ -15,16 +15,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from datetime import datetime
 
 from pyspark.sql import functions as F
 
-from laion_spark import storage
 from laion_spark.config import Config
 from laion_spark.export import samples, shards
 from laion_spark.export.formats import writer_class
 from laion_spark.stage import StageResult
-from laion_spark.tables import SPECS, Tables
+from laion_spark.tables import Tables
+from laion_spark.takedown.rules import TakedownRules, load_rules
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,10 @@ def run(
     to: str,
     fmt: str | None = None,
     force: bool = False,
-    crash_in_shard: int | None = None,
 ) -> StageResult:
     """Export subset `subset` to `to` in format `fmt` (default export.format).
 
     force: rewrite every shard even when the target already holds these inputs.
-    crash_in_shard: tests only: the task writing that shard dies mid-way (a killed export).
     """
     t0 = time.time()
     ex = cfg.export
@@ -68,25 +65,42 @@ def run(
         {"options": options, "versions": versions, "layout": shards.LAYOUT_VERSION}
     )
     skipped: dict[str, int] = {}
+    how = {
+        "shard_samples": ex.shard_samples,
+        "shard_bytes": ex.shard_bytes,
+        "single_shard": writer.single_shard,
+        "skip_col": "_skip",
+    }
 
     def make_plan() -> shards.Plan:
-        narrow = samples.narrow_frame(tables, subset, versions, writer.needs, model_id)
-        rows = samples.keyed_rows(narrow, ex.repeats)
-        if ex.shuffle_seed is not None:
-            order = [F.xxhash64(F.lit(int(ex.shuffle_seed)), F.col("key")), F.col("key")]
+        rules = load_rules(tables) if versions.get("takedowns") is not None else TakedownRules()
+        bound = samples.plan_rows_bound(tables, subset, versions["subsets"], ex.repeats)
+        if bound is not None and bound <= ex.local_plan_rows:
+            plan = _local_plan(rules)
         else:
-            order = [F.col("key")]
-        plan = shards.plan_shards(
-            rows,
-            order,
-            ex.shard_samples,
-            ex.shard_bytes,
-            single_shard=writer.single_shard,
-            skip_col="_skip",
-        )
+            plan = _spark_plan(rules)
         skipped.update(plan.skipped)
         skipped["exported"] = plan.samples
         return plan
+
+    def _local_plan(rules: TakedownRules) -> shards.Plan:
+        # the narrow rows collected once (one Spark job); keys, takedowns and the plan on
+        # the driver: the same rows, keys and cuts as _spark_plan
+        narrow = samples.narrow_frame(tables, subset, versions, writer.needs, model_id)
+        seeded = ex.shuffle_seed is not None
+        table = samples.local_rows(narrow, ex.repeats, ex.shuffle_seed).toArrow()
+        md5_ids = samples.md5_blocked(tables, versions, rules)
+        table = samples.resolve_local(table, rules, md5_ids, seeded)
+        order = ["_order", "key"] if seeded else ["key"]
+        return shards.plan_local(spark, table, order=order, **how)
+
+    def _spark_plan(rules: TakedownRules) -> shards.Plan:
+        narrow = samples.narrow_frame(tables, subset, versions, writer.needs, model_id, rules)
+        rows = samples.keyed_rows(narrow, ex.repeats)
+        order = [F.col("key")]
+        if ex.shuffle_seed is not None:
+            order.insert(0, samples.seed_order(ex.shuffle_seed, F.col("key")))
+        return shards.plan_shards(rows, order, **how)
 
     describe = {
         "kind": "export",
@@ -106,11 +120,9 @@ def run(
         payload=samples.payload_frame(tables, versions, writer.needs, model_id),
         broadcast_rows=ex.broadcast_plan_rows,
         force=force,
-        crash_in_shard=crash_in_shard,
+        tables=tables,
     )
     manifest = res.manifest
-    if not res.up_to_date:
-        record_export(tables, manifest)
     n = int(manifest.get("samples", 0))
     by_status = {"up_to_date": n} if res.up_to_date else {"exported": n}
     by_status.update({k: v for k, v in skipped.items() if k != "exported"})
@@ -127,6 +139,7 @@ def run(
             "shards": manifest.get("shard_count", 0),
             "written": res.written,
             "kept": res.kept,
+            "phases": res.phases,  # seconds of plan, write, manifest, record
         },
     )
 
@@ -137,31 +150,3 @@ def table_versions(tables: Tables, names) -> dict[str, int | None]:
 
     with ThreadPoolExecutor(len(names)) as pool:
         return dict(zip(names, pool.map(tables.version, names), strict=True))
-
-
-def record_export(tables: Tables, manifest: dict) -> None:
-    """One row per target in `exports`: what is there now, and where its manifest is."""
-    target = manifest["target"]
-    files = [storage.join(target, f) for s in manifest["shards"] for f in s["files"]]
-    row = {
-        "export_id": manifest["export_id"],
-        "subset": manifest.get("subset"),
-        "format": manifest.get("format"),
-        "target": target,
-        "shard_paths": files,
-        "sample_count": int(manifest.get("samples", 0)),
-        "created_at": datetime.fromisoformat(manifest["created_at"]),
-        "manifest_path": storage.join(target, shards.MANIFEST),
-        "inputs_digest": manifest["inputs_digest"],
-        "delta_versions": {
-            k: int(v) for k, v in (manifest.get("delta_versions") or {}).items() if v is not None
-        },
-    }
-    df = tables.spark.createDataFrame([row], SPECS["exports"].schema)
-    known = tables.exists("exports") and (
-        tables.read("exports").where(F.col("export_id") == F.lit(row["export_id"])).limit(1).count()
-    )
-    if known:
-        tables.upsert(df, "exports", dedup=False)
-    else:  # a new target: a plain append, not a MERGE
-        tables.append(df, "exports")

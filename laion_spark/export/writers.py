@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from laion_spark import storage
@@ -69,6 +70,115 @@ def sample_meta(row: dict[str, Any]) -> dict[str, Any]:
 def _float(v: Any) -> Any:
     # float32 values as the shortest decimal that reads back as the same float32
     return float(str(np.float32(v))) if v is not None else None
+
+
+def _floats(col: pa.Array) -> list[Any]:
+    """`_float` of a whole column: Arrow's float32 -> string cast writes the same shortest
+    round-trip decimal, without a numpy scalar per value."""
+    text = pc.cast(pc.cast(col, pa.float32(), safe=False), pa.string()).to_pylist()
+    return [None if t is None else float(t) for t in text]
+
+
+def meta_columns(batch: pa.RecordBatch) -> list[list[Any]]:
+    """The values of `sample_meta` column by column (META_FIELDS order; floats as `_float`)."""
+    n = batch.num_rows
+    names = batch.schema.names
+    out: list[list[Any]] = []
+    for name, typ in META_FIELDS:
+        if name == "status":
+            out.append(["success"] * n)
+        elif name not in names or name == "error_message":
+            out.append([None] * n)
+        elif pa.types.is_floating(typ):
+            out.append(_floats(batch.column(name)))
+        else:
+            out.append(batch.column(name).to_pylist())
+    return out
+
+
+def meta_table(batch: pa.RecordBatch) -> pa.Table:
+    """`sample_meta` of every row as a META_SCHEMA table, built column by column."""
+    n = batch.num_rows
+    names = batch.schema.names
+    arrays = []
+    for name, typ in META_FIELDS:
+        if name == "status":
+            arrays.append(pa.array(["success"] * n, typ))
+        elif name not in names or name == "error_message":
+            arrays.append(pa.nulls(n, typ))
+        else:
+            arrays.append(pc.cast(batch.column(name), typ, safe=False))
+    return pa.Table.from_arrays(arrays, schema=META_SCHEMA)
+
+
+# ------------------------------------------------------------------------------- tar
+
+
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+
+
+def _header_template() -> bytes:
+    info = tarfile.TarInfo("")
+    info.mode = 0o444
+    head = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return head[:148] + b" " * 8 + head[156:]  # the checksum is summed with 8 spaces
+
+
+_TEMPLATE = _header_template()
+_TEMPLATE_SUM = sum(_TEMPLATE) - sum(_TEMPLATE[:100]) - sum(_TEMPLATE[124:136])
+_MODE_TO_SIZE = _TEMPLATE[100:124]  # mode, uid, gid
+_MTIME = _TEMPLATE[136:148]
+_AFTER_CHKSUM = _TEMPLATE[156:]  # type, linkname, magic, owner names, devices, prefix
+_ZEROS = bytes(_BLOCK)
+
+
+class TarStream:
+    """What `tarfile.open(fileobj=f, mode="w|")` writes for regular files (mode 0444, no
+    time, no owner), byte for byte, with ustar headers filled into a template: tarfile's
+    per-member header code was most of an export's Python time. Names tarfile would give a
+    pax header (not ASCII, over 100 bytes) and sizes over 8 GiB go through tarfile's own
+    header code."""
+
+    def __init__(self, f):
+        self.f = f
+        self.offset = 0
+
+    @staticmethod
+    def header(name: str, size: int) -> bytes:
+        raw = name.encode("utf-8", "surrogateescape")
+        if len(raw) > 100 or not name.isascii() or size >= 8**11:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            info.mode = 0o444
+            return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        size_field = b"%011o\0" % size
+        chksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)
+        return b"%s%s%s%s%06o\0 %s" % (
+            raw.ljust(100, b"\0"),
+            _MODE_TO_SIZE,
+            size_field,
+            _MTIME,
+            chksum,
+            _AFTER_CHKSUM,
+        )
+
+    def pieces(self, name: str, data: bytes) -> tuple[bytes, ...]:
+        """The member's bytes (header, data, padding) as pieces to write in one go."""
+        head = self.header(name, len(data))
+        pad = -len(data) % _BLOCK
+        self.offset += len(head) + len(data) + pad
+        return (head, data, _ZEROS[:pad])
+
+    def add(self, name: str, data: bytes) -> None:
+        self.f.write(b"".join(self.pieces(name, data)))
+
+    def close(self) -> None:
+        """The two zero blocks ending the archive, then zeros to a whole record (tar -b20)."""
+        end = 2 * _BLOCK
+        end += -(self.offset + end) % _RECORD
+        self.f.write(bytes(end))
+        self.offset += end
 
 
 class ShardWriter:
@@ -147,17 +257,48 @@ class WebDatasetWriter(ShardWriter):
 
     def __init__(self, target: str, shard: int, digits: int, token: str):
         super().__init__(target, shard, digits, token)
-        # "w|": a stream, so object-store files (write-only, no seek) work too
-        self._tar = tarfile.open(fileobj=self.open(f"{self.name}.tar"), mode="w|")
-        self._meta: list[dict[str, Any]] = []
+        # written as a stream (no seek), so object-store files (write-only) work too
+        self._tar = TarStream(self.open(f"{self.name}.tar"))
+        self._meta: list[dict[str, Any]] = []  # rows written one by one (subclasses)
+        self._tables: list[pa.Table] = []  # rows written batch by batch
         self._bytes = 0
 
     def add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o444
-        self._tar.addfile(info, io.BytesIO(data))
+        self._tar.add(name, data)
         self._bytes += len(data)
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        if type(self).members is not WebDatasetWriter.members or (
+            type(self).meta is not WebDatasetWriter.meta
+        ):
+            return super().write_batch(batch)  # a subclass's own members: row by row
+        n = batch.num_rows
+        if not n:
+            return
+        names = [name for name, _ in META_FIELDS]
+        keys = batch.column("key").to_pylist()
+        images = batch.column("image").to_pylist()
+        fmts = (
+            batch.column("image_format").to_pylist()
+            if "image_format" in batch.schema.names
+            else [None] * n
+        )
+        captions = batch.column("caption").to_pylist()
+        dumps = json.JSONEncoder(ensure_ascii=False).encode
+        tar = self._tar
+        pieces: list[bytes] = []
+        for key, image, fmt, caption, values in zip(
+            keys, images, fmts, captions, zip(*meta_columns(batch), strict=True), strict=True
+        ):
+            text = (caption or "").encode("utf-8")
+            doc = dumps(dict(zip(names, values, strict=True))).encode("utf-8")
+            pieces += tar.pieces(f"{key}.{image_ext(fmt)}", image)
+            pieces += tar.pieces(f"{key}.txt", text)
+            pieces += tar.pieces(f"{key}.json", doc)
+            self._bytes += len(image) + len(text) + len(doc)
+        tar.f.write(b"".join(pieces))
+        self._tables.append(meta_table(batch))
+        self.count += n
 
     def members(self, row: dict[str, Any], meta: dict[str, Any]) -> list[tuple[str, bytes]]:
         """(extension, bytes) of one sample's files."""
@@ -184,6 +325,8 @@ class WebDatasetWriter(ShardWriter):
     def finish(self) -> None:
         self._tar.close()
         table = pa.Table.from_pylist(self._meta, schema=self.meta_schema())
+        if self._tables:
+            table = pa.concat_tables([table, *self._tables]).combine_chunks()
         pq.write_table(table, self.open(f"{self.name}.parquet"))
         stats = {  # img2dataset's {shard}_stats.json fields, then ours
             "count": self.count,
@@ -210,7 +353,7 @@ class LaionWriter(ShardWriter):
         super().__init__(target, shard, digits, token)
         self._img: list[np.ndarray] = []
         self._txt: list[np.ndarray] = []
-        self._meta: list[dict[str, Any]] = []
+        self._meta: list[pa.Table] = []
 
     @staticmethod
     def _matrix(col: pa.Array, what: str) -> np.ndarray:
@@ -231,15 +374,16 @@ class LaionWriter(ShardWriter):
             return
         self._img.append(self._matrix(batch.column("image_embedding"), "image_embedding"))
         self._txt.append(self._matrix(batch.column("text_embedding"), "text_embedding"))
-        meta = batch.select([c for c in ROW_META if c in batch.schema.names])
-        self._meta.extend(sample_meta(r) for r in meta.to_pylist())
+        self._meta.append(meta_table(batch))
         self.count += batch.num_rows
 
     def finish(self) -> None:
         for folder, parts in (("img_emb", self._img), ("text_emb", self._txt)):
             arr = np.concatenate(parts) if parts else np.zeros((0, 0), np.float16)
             np.save(self.open(f"{folder}/{folder}_{self.name}.npy"), arr)
-        table = pa.Table.from_pylist(self._meta, schema=META_SCHEMA)
+        table = pa.concat_tables(self._meta).combine_chunks() if self._meta else None
+        if table is None:
+            table = META_SCHEMA.empty_table()
         pq.write_table(table, self.open(f"metadata/metadata_{self.name}.parquet"))
 
 
@@ -256,14 +400,18 @@ class ParquetWriter(ShardWriter):
         self._pq = pq.ParquetWriter(self.open(f"{self.name}.parquet"), self.SCHEMA)
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
-        rows = []
-        for r in batch.to_pylist():
-            meta = sample_meta(r)
-            meta.update(image=r["image"], image_format=r.get("image_format"))
-            rows.append(meta)
-        if rows:
-            self._pq.write_table(pa.Table.from_pylist(rows, schema=self.SCHEMA))
-        self.count += len(rows)
+        if not batch.num_rows:
+            return
+        table = meta_table(batch)
+        for name in ("image", "image_format"):
+            typ = self.SCHEMA.field(name).type
+            col = batch.column(name) if name in batch.schema.names else None
+            table = table.append_column(
+                self.SCHEMA.field(name),
+                pa.nulls(batch.num_rows, typ) if col is None else pc.cast(col, typ),
+            )
+        self._pq.write_table(table)
+        self.count += batch.num_rows
 
     def finish(self) -> None:
         self._pq.close()
