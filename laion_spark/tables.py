@@ -545,22 +545,10 @@ class Tables:
         One MERGE: rows of `df` are upserted, rows of the scope that `df` no longer holds
         are deleted; rows outside the scope are never touched. `df` must lie in the scope.
         """
-        keys = tuple(keys or SPECS[name].keys)
         in_scope = F.lit(True)
         for col, value in scope.items():
             in_scope = in_scope & (F.col(f"t.`{col}`") == F.lit(value))
-        cols = {f"`{c}`": f"s.`{c}`" for c in df.columns}
-        updates = {k: v for k, v in cols.items() if k.strip("`") not in keys}
-
-        def attempt() -> dict[str, int]:
-            self._create_for(df, name)
-            merge = self.delta(name).alias("t").merge(df.alias("s"), _key_condition(keys))
-            if updates:
-                merge = merge.whenMatchedUpdate(set=updates)
-            merge = merge.whenNotMatchedInsert(values=cols)
-            return _metrics(merge.whenNotMatchedBySourceDelete(condition=in_scope).execute())
-
-        return self._committed(name, "replace", attempt)
+        return self._replace_where(df, name, in_scope, keys)
 
     def replace_in(
         self,
@@ -573,8 +561,13 @@ class Tables:
         """`replace` for several scopes at once: the rows of `name` whose `column` is one of
         `values` become exactly `df`'s rows, in one MERGE (one commit instead of one per
         value); rows with any other value are never touched. `df` must lie in the scopes."""
-        keys = tuple(keys or SPECS[name].keys)
         in_scope = F.col(f"t.`{column}`").isin([F.lit(v) for v in values])
+        return self._replace_where(df, name, in_scope, keys)
+
+    def _replace_where(
+        self, df: DataFrame, name: str, in_scope: Column, keys: Sequence[str] | None
+    ) -> dict[str, int]:
+        keys = tuple(keys or SPECS[name].keys)
         cols = {f"`{c}`": f"s.`{c}`" for c in df.columns}
         updates = {k: v for k, v in cols.items() if k.strip("`") not in keys}
 
