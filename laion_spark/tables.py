@@ -690,6 +690,16 @@ class Tables:
         hist = self.delta(name).history(1).select("version").collect()
         return int(hist[0]["version"]) if hist else 0
 
+    def data_version(self, name: str) -> int | None:
+        """The newest Delta version whose commit changed `name`'s rows or schema (None when
+        the table does not exist). A MERGE that matched nothing, an OPTIMIZE or a property
+        change still commit a version; digests of what was read (export, curate) use this
+        one, so a re-run of a stage with nothing to do does not make later work look new."""
+        current = self.version(name)
+        if current is None or self.database:
+            return current  # catalog tables: the log's location is the catalog's business
+        return last_data_change(self.location(name), current)
+
     def counts(self) -> list[dict]:
         """Each existing table: name, location, row count, Delta version."""
         out = []
@@ -723,6 +733,35 @@ _CONFLICTS = (
     "ProtocolChangedException",
     "DeltaConcurrentModificationException",
 )
+
+
+# how far back data_version walks the log before it takes the version it stands on
+_DATA_VERSION_WALK = 200
+
+
+def last_data_change(location: str, current: int) -> int:
+    """Walk the Delta log of the table at `location` back from version `current` to the
+    newest commit that adds or removes data (`dataChange`) or changes the schema. A commit
+    file that cannot be read (log cleaned up) counts as a change: never claim more."""
+    import json
+
+    from laion_spark.storage import fs_path, join
+
+    fs, log_dir = fs_path(join(location, "_delta_log"))
+    for v in range(current, max(-1, current - _DATA_VERSION_WALK), -1):
+        try:
+            with fs.open(f"{log_dir}/{v:020d}.json", "rb") as f:
+                lines = f.read().splitlines()
+        except (FileNotFoundError, OSError):
+            return v
+        for line in lines:
+            action = json.loads(line) if line.strip() else {}
+            if "metaData" in action:
+                return v
+            for kind in ("add", "remove"):
+                if kind in action and action[kind].get("dataChange", True):
+                    return v
+    return max(0, current - _DATA_VERSION_WALK + 1)
 
 
 def _conflict_name(e: BaseException) -> str | None:

@@ -58,7 +58,7 @@ def state_digest(cfg: Config, tables: Tables, names: list[str], targets: dict[st
     import json
 
     state = {
-        "versions": {t: tables.version(t) for t in STATE_TABLES},
+        "versions": {t: tables.data_version(t) for t in STATE_TABLES},
         "names": names,
         "targets": targets,
         "curate": dataclasses.asdict(cfg.curate),

@@ -145,8 +145,9 @@ def run(
 
 
 def table_versions(tables: Tables, names) -> dict[str, int | None]:
-    """Tables.version of each table, asked concurrently (each is a small Spark job)."""
+    """Tables.data_version of each table (the last commit that changed its rows), asked
+    concurrently (for catalog tables each is a small Spark job)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(len(names)) as pool:
-        return dict(zip(names, pool.map(tables.version, names), strict=True))
+        return dict(zip(names, pool.map(tables.data_version, names), strict=True))
