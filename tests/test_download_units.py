@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import socket
 import threading
 import time
@@ -493,3 +494,104 @@ def test_hanging_or_trickling_server_is_cut_at_the_deadline(mode, cfg_kw):
     # retry later (before: 5.07 s, 1.43 s, and no end for the trickling headers)
     assert 0.95 <= took < 1.15, (took, res.error)
     assert res.error == "total deadline timeout_s=1.0s passed waiting for 127.0.0.1"
+
+
+# ---------------- memory: what one task holds while decoding ----------------
+
+
+def test_matte_in_strips_equals_the_whole_image_formula(monkeypatch):
+    from laion_spark.download import resize
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 23, 4), dtype=np.uint8)
+    alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+    whole = np.rint(img[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
+    monkeypatch.setattr(resize, "_MATTE_PIXELS", 50)  # 2 rows per strip: 19 strips
+    assert np.array_equal(resize._matte_on_white(img), whole)
+
+
+def test_pixel_budget_caps_pixels_in_flight_and_lets_an_oversized_image_run_alone():
+    from laion_spark.download.resize import PixelBudget
+
+    budget = PixelBudget(100)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def work(pixels: int) -> None:
+        with budget.hold(pixels):
+            with lock:
+                seen.append(budget.used)
+            time.sleep(0.01)
+
+    sizes = [60, 30, 30, 500, 10, 90, 45, 45] * 3  # 500 > the budget: held as 100, alone
+    threads = [threading.Thread(target=work, args=(s,)) for s in sizes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(seen) == len(sizes) and max(seen) <= 100
+    assert budget.used == 0
+
+
+def test_a_task_decoding_many_large_pngs_stays_within_the_pixel_budget(tmp_path):
+    """Eight 16 MP RGBA PNGs (a few kB each on the wire) fetched by eight threads: decoded
+    together they would hold ~3 GB; the decode budget makes them take turns. Measured in a
+    fresh process, as a Spark Python worker would hold it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    img = np.zeros((4000, 4000, 4), np.uint8)
+    img[..., 1], img[..., 3] = 200, 128
+    png = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+    assert len(png) < 200_000
+    code = (
+        "import json, resource, sys\n"
+        "from laion_spark.download.settings import DownloadSettings\n"
+        "from laion_spark.download.worker import download_rows\n"
+        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"
+        "base = peak()\n"
+        "cfg = DownloadSettings(threads=8, allow_networks=['127.0.0.1/32'],\n"
+        "                       decode_pixels_in_flight=20_000_000, image_size=64)\n"
+        "rows = list(download_rows([(str(i), sys.argv[1] + f'?{i}') for i in range(8)], cfg))\n"
+        "print(json.dumps({'added_mb': peak() - base,\n"
+        "                  'statuses': sorted({r['status'] for r in rows})}))\n"
+    )
+    with ImageServer() as srv:
+        url = srv.add("/big.png", png, "image/png")
+        out = subprocess.run(
+            [sys.executable, "-c", code, url],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["statuses"] == ["success"]
+    # one 16 MP image at a time: RGBA 64 MB + its matte 48 MB + strips; eight at once ~3 GB
+    assert got["added_mb"] < 400, got
+
+
+def test_png_header_is_read_without_decoding_pixels(monkeypatch):
+    """Pillow's PNG getexif() decodes the image when no eXIf chunk precedes the pixels: the
+    header read (run before max_pixels is checked) must never do that."""
+    from PIL import Image, PngImagePlugin
+
+    from laion_spark.download.resize import _header
+
+    plain = data.png(40, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(buf, "PNG", exif=exif.tobytes())
+    rotated = buf.getvalue()
+
+    def refuse(self, *a, **k):
+        raise AssertionError("pixels decoded while reading the header")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", refuse)
+    assert _header(plain) == ("PNG", 40, 20, "RGB", 1)
+    assert _header(rotated)[4] == 6  # an eXIf chunk before the pixels is still honoured

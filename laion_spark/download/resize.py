@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -89,11 +92,19 @@ def _header(data: bytes) -> tuple[str, int, int, str, int]:
         with Image.open(io.BytesIO(data)) as im:
             fmt = _FORMAT_ALIASES.get(im.format or "", im.format or "unknown")
             orientation = 1
-            if fmt in ("JPEG", "WEBP", "PNG"):
-                try:
+            try:
+                if fmt in ("JPEG", "WEBP"):
                     orientation = int(im.getexif().get(0x0112, 1) or 1)
-                except Exception:  # broken EXIF is not a broken image
-                    orientation = 1
+                elif fmt == "PNG":
+                    # Pillow's PNG getexif() decodes the whole image when no eXIf chunk came
+                    # before the pixels: read only a chunk already seen
+                    raw = im.info.get("exif")
+                    if raw:
+                        exif = Image.Exif()
+                        exif.load(raw)
+                        orientation = int(exif.get(0x0112, 1) or 1)
+            except Exception:  # broken EXIF is not a broken image
+                orientation = 1
             return fmt, im.width, im.height, im.mode, orientation
 
 
@@ -134,18 +145,10 @@ def _decode(
     changed = False
     if fmt == "JPEG":
         flag = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-        if cfg.fast_jpeg_decode and cfg.resize_mode != "no" and mode != "CMYK":
-            # the largest DCT reduction that keeps the decoded image >= what the resize needs
-            need = _needed_side(w, h, cfg)
-            for factor, reduced in (
-                (8, cv2.IMREAD_REDUCED_COLOR_8),
-                (4, cv2.IMREAD_REDUCED_COLOR_4),
-                (2, cv2.IMREAD_REDUCED_COLOR_2),
-            ):
-                if need is not None and _side_for_mode(w // factor, h // factor, cfg) >= need:
-                    flag = reduced | cv2.IMREAD_IGNORE_ORIENTATION
-                    changed = True
-                    break
+        factor = _jpeg_reduction(w, h, mode, cfg)
+        if factor > 1:
+            flag = _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+            changed = True
         if mode == "CMYK":
             # Adobe CMYK JPEGs: Pillow's converter handles the inverted-ink convention
             with Image.open(io.BytesIO(data)) as im:
@@ -165,13 +168,87 @@ def _decode(
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     elif img.shape[2] == 4:
-        # alpha matting on a white background (img2dataset's formula)
-        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        img = np.rint(img[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
+        img = _matte_on_white(img)
         changed = True
     elif img.shape[2] == 1:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     return img, changed
+
+
+_REDUCED_FLAGS = {
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+}
+# rows of a float32 matte computed at once: ~1M pixels, so temporaries stay ~30 MB
+_MATTE_PIXELS = 1 << 20
+
+
+def _jpeg_reduction(w: int, h: int, mode: str, cfg: DownloadSettings) -> int:
+    """The largest DCT reduction (8, 4, 2; 1 = none) that keeps the decoded JPEG at least
+    as large as the resize needs."""
+    if not (cfg.fast_jpeg_decode and cfg.resize_mode != "no" and mode != "CMYK"):
+        return 1
+    need = _needed_side(w, h, cfg)
+    for factor in (8, 4, 2):
+        if need is not None and _side_for_mode(w // factor, h // factor, cfg) >= need:
+            return factor
+    return 1
+
+
+def _matte_on_white(img: np.ndarray) -> np.ndarray:
+    """BGRA -> BGR on a white background (img2dataset's formula), a strip of rows at a
+    time: done in one go, the float32 temporaries of an 81 MP image take ~2.5 GB."""
+    h, w = img.shape[:2]
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, _MATTE_PIXELS // max(1, w))
+    for y in range(0, h, step):
+        strip = img[y : y + step]
+        alpha = strip[:, :, 3:4].astype(np.float32) / 255.0
+        matte = np.rint(strip[:, :, :3] * alpha + 255.0 * (1.0 - alpha))
+        out[y : y + step] = matte.clip(0, 255).astype(np.uint8)
+    return out
+
+
+def decoded_pixels(fmt: str, w: int, h: int, mode: str, cfg: DownloadSettings) -> int:
+    """Pixels the decoder will allocate for this image (what the decode budget counts)."""
+    factor = _jpeg_reduction(w, h, mode, cfg) if fmt == "JPEG" else 1
+    return max(1, (w // factor) * (h // factor))
+
+
+class PixelBudget:
+    """At most `limit` decoded pixels held at once by the threads of one process (a
+    download task): ordinary images never wait; images near max_pixels take turns."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        need = min(pixels, self.limit)  # one image larger than the budget still runs, alone
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + need <= self.limit)
+            self.used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= need
+                self._cond.notify_all()
+
+
+_BUDGETS: dict[int, PixelBudget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def pixel_budget(limit: int) -> PixelBudget:
+    """The process's budget for this limit (shared by every thread of the task)."""
+    with _BUDGETS_LOCK:
+        if limit not in _BUDGETS:
+            _BUDGETS[limit] = PixelBudget(limit)
+        return _BUDGETS[limit]
 
 
 def _side_for_mode(w: int, h: int, cfg: DownloadSettings) -> int:
@@ -296,6 +373,20 @@ def process_image(data: bytes, cfg: DownloadSettings) -> ResizeResult:
     if fmt == "JPEG" and not _jpeg_complete(data):
         res.error = "truncated JPEG (no end-of-image marker after the last scan)"
         return res
+    with pixel_budget(cfg.decode_pixels_in_flight).hold(decoded_pixels(fmt, w, h, mode, cfg)):
+        return _decode_and_encode(data, res, fmt, mode, w, h, orientation, cfg)
+
+
+def _decode_and_encode(
+    data: bytes,
+    res: ResizeResult,
+    fmt: str,
+    mode: str,
+    w: int,
+    h: int,
+    orientation: int,
+    cfg: DownloadSettings,
+) -> ResizeResult:
     try:
         img, changed = _decode(data, fmt, mode, w, h, cfg)
         if orientation != 1:

@@ -39,6 +39,9 @@ class DownloadSettings:
     # --- size bounds ---
     max_bytes: int = 20_000_000
     max_pixels: int = 89_478_485
+    # decoded pixels in flight across one task's threads: a 300 KB PNG can decode to 81 MP
+    # (~0.6 GB while resized); without a cap, `threads` of them at once exhaust a worker
+    decode_pixels_in_flight: int = 100_000_000
     min_image_size: int = 0
     allowed_formats: list[str] = field(default_factory=lambda: list(SOURCE_FORMATS))
     # responses whose Content-Type starts with one of these are refused before the body is read
@@ -94,6 +97,7 @@ class DownloadSettings:
         require(self.retries >= 0, f"{p}.retries", "must be >= 0")
         require(self.max_bytes > 0, f"{p}.max_bytes", "must be > 0")
         require(self.max_pixels > 0, f"{p}.max_pixels", "must be > 0")
+        require(self.decode_pixels_in_flight > 0, f"{p}.decode_pixels_in_flight", "must be > 0")
         require(self.max_redirects >= 0, f"{p}.max_redirects", "must be >= 0")
         require(self.threads >= 1, f"{p}.threads", "must be >= 1")
         require(self.per_host_concurrency >= 1, f"{p}.per_host_concurrency", "must be >= 1")
