@@ -115,15 +115,7 @@ def _pipeline(cfg: Config, have: set[str], add) -> None:
     if "candidates" not in have:
         add("download", 0, "no candidates yet")
         return
-    if "images" in have:
-        n = _count(
-            cfg,
-            "SELECT count(*) FROM (SELECT DISTINCT sample_id FROM candidates) c "
-            "LEFT ANTI JOIN images i ON c.sample_id = i.sample_id",
-        )
-    else:
-        n = _count(cfg, "SELECT count(DISTINCT sample_id) FROM candidates")
-    add("download", n, "candidates without an images row")
+    add("download", _download_pending(cfg, have), "candidates without an images row")
     if "images" not in have:
         return
     model = _model_id(cfg, have)
@@ -144,18 +136,8 @@ def _pipeline(cfg: Config, have: set[str], add) -> None:
         ),
         f"successful images not embedded with {model}",
     )
-    emb = f"(SELECT sample_id FROM embeddings WHERE model_id = {m} AND image_embedding IS NOT NULL)"
-    scored = f"(SELECT sample_id FROM scores WHERE model_id = {m})" if "scores" in have else None
-    add(
-        "score",
-        _count(
-            cfg,
-            f"SELECT count(*) FROM {emb} e LEFT ANTI JOIN {scored} s ON e.sample_id = s.sample_id",
-        )
-        if scored
-        else _count(cfg, f"SELECT count(*) FROM {emb} e"),
-        "embeddings without a score",
-    )
+    emb = _embedded(model)
+    add("score", _score_pending(cfg, have, model), "embeddings without a score")
     if "subsets" in have:
         sizes = query(
             cfg, "SELECT subset, count(*) AS n FROM subsets GROUP BY subset ORDER BY subset"
@@ -194,6 +176,62 @@ def _pipeline(cfg: Config, have: set[str], add) -> None:
         abs(in_index - merged),
         f"{in_index} vectors in shards, {merged} in the merged index",
     )
+
+
+def _download_pending(cfg: Config, have: set[str]) -> int:
+    if "candidates" not in have:
+        return 0
+    if "images" not in have:
+        return _count(cfg, "SELECT count(DISTINCT sample_id) FROM candidates")
+    return _count(
+        cfg,
+        "SELECT count(*) FROM (SELECT DISTINCT sample_id FROM candidates) c "
+        "LEFT ANTI JOIN images i ON c.sample_id = i.sample_id",
+    )
+
+
+def _embedded(model: str) -> str:
+    m = _literal(model)
+    return (
+        f"(SELECT sample_id FROM embeddings WHERE model_id = {m} AND image_embedding IS NOT NULL)"
+    )
+
+
+def _score_pending(cfg: Config, have: set[str], model: str) -> int:
+    emb = _embedded(model)
+    if "scores" not in have:
+        return _count(cfg, f"SELECT count(*) FROM {emb} e")
+    scored = f"(SELECT sample_id FROM scores WHERE model_id = {_literal(model)})"
+    return _count(
+        cfg, f"SELECT count(*) FROM {emb} e LEFT ANTI JOIN {scored} s ON e.sample_id = s.sample_id"
+    )
+
+
+def nothing_to_do(cfg: Config, stage: str, options: dict[str, Any]) -> str | None:
+    """Why `stage` certainly has no work now (its own pending rule, counted with SQL over
+    local Delta tables: no JVM), or None when it may have work or this cannot tell cheaply
+    (catalog or remote tables, options that widen the work, several embedding models).
+    Counts here never subtract takedowns, so they are never below the stage's own: a zero
+    here is a zero there. `laion-spark run` answers a no-op run with this in a second."""
+    if not local_tables(cfg) or options:
+        return None
+    try:
+        have = set(delta_tables(cfg))
+        if stage == "download" and not cfg.download.retry_failed:
+            if _download_pending(cfg, have) == 0:
+                return "every candidate has an images row"
+        elif stage == "score":
+            if "embeddings" not in have:
+                return "no embeddings yet"
+            ids = query(cfg, "SELECT DISTINCT model_id FROM embeddings").column(0).to_pylist()
+            ids = [m for m in ids if m]
+            if not ids:
+                return "no embeddings yet"
+            if len(ids) == 1 and _score_pending(cfg, have, ids[0]) == 0:
+                return f"every embedding of {ids[0]} has a score"
+    except Exception:  # cannot tell here: the stage decides, with Spark
+        return None
+    return None
 
 
 def render_status(cfg: Config) -> str:

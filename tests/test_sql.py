@@ -173,11 +173,67 @@ def test_status_counts_the_dpo_stages(spark, tmp_path):
     ]
     tables.upsert(
         spark.createDataFrame(
-            rows, "candidate_id string, pool_id string, template string, status string, "
-            "scorer_id string"
+            rows,
+            "candidate_id string, pool_id string, template string, status string, scorer_id string",
         ),
         "dpo_candidates",
     )
     got = {r["stage"]: r["pending"] for r in pending(cfg) if r["stage"].startswith("dpo")}
     # 9 - 2 answered; one success of a usable row without a score (c0)
     assert got == {"dpo_generate": 7, "dpo_score": 1, "dpo_select": None}
+
+
+def test_a_run_with_nothing_to_do_answers_without_starting_spark(spark, small_tables, tmp_path):
+    """`run download|score` on local tables with nothing pending is answered from the Delta
+    tables: proven by running the CLI where no Java exists (a JVM start would fail)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from laion_spark.config import load_config
+    from laion_spark.status import nothing_to_do
+    from laion_spark.tables import Tables
+
+    # download: every candidate of small_tables has an images row; --retry-failed widens it
+    assert nothing_to_do(small_tables, "download", {}) == "every candidate has an images row"
+    assert nothing_to_do(small_tables, "download", {"retry_failed": True}) is None
+    assert nothing_to_do(small_tables, "score", {}) == "no embeddings yet"
+
+    cfg = load_config("local", [f"workdir={tmp_path / 'wd'}"])
+    tables = Tables(spark, cfg)
+    ids = [f"{i:032x}" for i in range(3)]
+    emb = spark.createDataFrame(
+        [(s, "m@1", [1.0, 0.0]) for s in ids],
+        "sample_id string, model_id string, image_embedding array<float>",
+    )
+    tables.upsert(emb, "embeddings")
+    scores = spark.createDataFrame(
+        [(s, "m@1") for s in ids[:2]], "sample_id string, model_id string"
+    )
+    tables.upsert(scores, "scores")
+    assert nothing_to_do(cfg, "score", {}) is None  # one embedding has no score yet
+    tables.upsert(spark.createDataFrame([(ids[2], "m@1")], scores.schema), "scores")
+    assert nothing_to_do(cfg, "score", {}) == "every embedding of m@1 has a score"
+    assert nothing_to_do(cfg, "embed", {}) is None  # stages without a cheap rule: Spark decides
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, JAVA_HOME=str(tmp_path / "no-java"), PYTHONPATH=str(root))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "laion_spark.cli",
+            "run",
+            "score",
+            "--set",
+            f"workdir={tmp_path / 'wd'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "score: nothing to do (every embedding of m@1 has a score" in out.stdout

@@ -21,6 +21,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.force:
         options["force"] = True
     name, options = resolve(args.stage, options)  # a wrong option fails before Spark starts
+    from laion_spark.status import nothing_to_do
+
+    idle = nothing_to_do(cfg, name, options)
+    if idle is not None:  # found from the Delta tables: no JVM started for a no-op
+        print(f"{name}: nothing to do ({idle}; checked without starting Spark)")
+        return 0
     spark, tables = session(cfg)
     return exit_code(run_stage(name, spark, cfg, tables, **options))
 
