@@ -5,7 +5,7 @@
 
 What a Spark executor's Python worker holds is what one task's function holds, so each case
 runs that function in a fresh process (this script with --child) and reads the process's
-peak resident memory (`ru_maxrss`) before and after the work; `peak_mb` is the high-water
+peak resident memory (VmHWM) before and after the work; `peak_mb` is the high-water
 mark, `added_mb` what the case added on top of the imports. The hostile server is this
 process (laion_spark.demo.image_server, 127.0.0.1 only); nothing leaves loopback.
 
@@ -58,7 +58,13 @@ GB = 1 << 30
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that across
+    exec from the forking parent, so a child would start at this script's own size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------- inputs (made by the parent, served or written once) ----------------

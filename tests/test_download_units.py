@@ -546,10 +546,12 @@ def test_a_task_decoding_many_large_pngs_stays_within_the_pixel_budget(tmp_path)
     png = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
     assert len(png) < 200_000
     code = (
-        "import json, resource, sys\n"
+        "import json, sys\n"
         "from laion_spark.download.settings import DownloadSettings\n"
         "from laion_spark.download.worker import download_rows\n"
-        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the parent (pytest)
+        "peak = lambda: int(next(x for x in open('/proc/self/status')\n"
+        "                        if x.startswith('VmHWM:')).split()[1]) // 1024\n"
         "base = peak()\n"
         "cfg = DownloadSettings(threads=8, allow_networks=['127.0.0.1/32'],\n"
         "                       decode_pixels_in_flight=20_000_000, image_size=64)\n"
