@@ -692,9 +692,9 @@ class Tables:
 
     def data_version(self, name: str) -> int | None:
         """The newest Delta version whose commit changed `name`'s rows or schema (None when
-        the table does not exist). A MERGE that matched nothing, an OPTIMIZE or a property
-        change still commit a version; digests of what was read (export, curate) use this
-        one, so a re-run of a stage with nothing to do does not make later work look new."""
+        the table does not exist). OPTIMIZE (`dataChange` false) and VACUUM's start/end
+        commits move the version without changing a row; digests of what was read (export,
+        curate) use this one, so such commits do not make later work look new."""
         current = self.version(name)
         if current is None or self.database:
             return current  # catalog tables: the log's location is the catalog's business

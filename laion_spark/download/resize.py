@@ -137,15 +137,13 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img
 
 
-def _decode(
-    data: bytes, fmt: str, mode: str, w: int, h: int, cfg: DownloadSettings
-) -> tuple[np.ndarray, bool]:
-    """BGR uint8 image and whether it differs from the source bytes' pixels (alpha, depth)."""
+def _decode(data: bytes, fmt: str, mode: str, factor: int) -> tuple[np.ndarray, bool]:
+    """BGR uint8 image and whether it differs from the source bytes' pixels (alpha, depth);
+    a JPEG is decoded DCT-reduced by `factor` (see _jpeg_reduction)."""
     buf = np.frombuffer(data, np.uint8)
     changed = False
     if fmt == "JPEG":
         flag = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-        factor = _jpeg_reduction(w, h, mode, cfg)
         if factor > 1:
             flag = _REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
             changed = True
@@ -198,7 +196,7 @@ def _jpeg_reduction(w: int, h: int, mode: str, cfg: DownloadSettings) -> int:
 
 def _matte_on_white(img: np.ndarray) -> np.ndarray:
     """BGRA -> BGR on a white background (img2dataset's formula), a strip of rows at a
-    time: done in one go, the float32 temporaries of an 81 MP image take ~2.5 GB."""
+    time: done in one go, the float32 temporaries of an 81 MP image take ~2 GB."""
     h, w = img.shape[:2]
     out = np.empty((h, w, 3), np.uint8)
     step = max(1, _MATTE_PIXELS // max(1, w))
@@ -208,12 +206,6 @@ def _matte_on_white(img: np.ndarray) -> np.ndarray:
         matte = np.rint(strip[:, :, :3] * alpha + 255.0 * (1.0 - alpha))
         out[y : y + step] = matte.clip(0, 255).astype(np.uint8)
     return out
-
-
-def decoded_pixels(fmt: str, w: int, h: int, mode: str, cfg: DownloadSettings) -> int:
-    """Pixels the decoder will allocate for this image (what the decode budget counts)."""
-    factor = _jpeg_reduction(w, h, mode, cfg) if fmt == "JPEG" else 1
-    return max(1, (w // factor) * (h // factor))
 
 
 class PixelBudget:
@@ -373,8 +365,10 @@ def process_image(data: bytes, cfg: DownloadSettings) -> ResizeResult:
     if fmt == "JPEG" and not _jpeg_complete(data):
         res.error = "truncated JPEG (no end-of-image marker after the last scan)"
         return res
-    with pixel_budget(cfg.decode_pixels_in_flight).hold(decoded_pixels(fmt, w, h, mode, cfg)):
-        return _decode_and_encode(data, res, fmt, mode, w, h, orientation, cfg)
+    factor = _jpeg_reduction(w, h, mode, cfg) if fmt == "JPEG" else 1
+    decoded = max(1, (w // factor) * (h // factor))  # what the decoder allocates: the budget
+    with pixel_budget(cfg.decode_pixels_in_flight).hold(decoded):
+        return _decode_and_encode(data, res, fmt, mode, factor, w, h, orientation, cfg)
 
 
 def _decode_and_encode(
@@ -382,13 +376,14 @@ def _decode_and_encode(
     res: ResizeResult,
     fmt: str,
     mode: str,
+    factor: int,
     w: int,
     h: int,
     orientation: int,
     cfg: DownloadSettings,
 ) -> ResizeResult:
     try:
-        img, changed = _decode(data, fmt, mode, w, h, cfg)
+        img, changed = _decode(data, fmt, mode, factor)
         if orientation != 1:
             img = _apply_orientation(img, orientation)
             changed = True
