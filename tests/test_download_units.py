@@ -533,7 +533,7 @@ def test_pixel_budget_caps_pixels_in_flight_and_lets_an_oversized_image_run_alon
     assert budget.used == 0
 
 
-def test_a_task_decoding_many_large_pngs_stays_within_the_pixel_budget(tmp_path):
+def test_a_task_decoding_many_large_pngs_stays_within_the_pixel_budget():
     """Eight 16 MP RGBA PNGs (a few kB each on the wire) fetched by eight threads: decoded
     together they would hold ~3 GB; the decode budget makes them take turns. Measured in a
     fresh process, as a Spark Python worker would hold it."""
