@@ -164,3 +164,21 @@ def test_device_decode_matches_the_pil_path(clip):
     assert isinstance(got[14], ImageDecodeError) and "empty" in str(got[14])
     huge = decode_on_device(small, [jpegs[1]])[0]
     assert isinstance(huge, ImageDecodeError) and "too large" in str(huge)
+
+
+def test_registering_tiny_clip_leaves_no_temporary_directory(tmp_path):
+    """Every process that loads tiny-clip registers its config with open_clip; that used to
+    leave one `laion_spark_cfg_*` directory in /tmp per process (416 after a day's work)."""
+    import os
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    code = (
+        "from laion_spark.models.tiny_clip import register; register(); import open_clip;"
+        "assert 'tiny-clip' in open_clip.list_models()"
+    )
+    env = dict(os.environ, TMPDIR=str(scratch))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert not list(scratch.glob("laion_spark*"))  # (torch keeps its own cache there)

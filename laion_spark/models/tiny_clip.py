@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -75,9 +74,16 @@ def register() -> None:
     import open_clip
 
     if TINY_NAME not in open_clip.list_models():
-        d = Path(tempfile.mkdtemp(prefix="laion_spark_cfg_"))
+        # in the cache, not a temp dir: every process registers it (one temp dir each was
+        # left behind), and open_clip re-reads its config paths whenever one is added
+        d = cache_root() / "models" / f"{TINY_NAME}-config"
+        d.mkdir(parents=True, exist_ok=True)
         p = d / f"{TINY_NAME}.json"
-        p.write_text(json.dumps(TINY_CONFIG))
+        text = json.dumps(TINY_CONFIG)
+        if not p.is_file() or p.read_text() != text:
+            tmp = d / f".{TINY_NAME}.{os.getpid()}.json"  # atomic: readers never see half
+            tmp.write_text(text)
+            os.replace(tmp, p)
         open_clip.add_model_config(p)
     _registered = True
 
