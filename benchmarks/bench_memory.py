@@ -22,6 +22,12 @@ Download cases (`download_rows`, the stage's per-task function, `--threads` fetc
 Extract case (`iter_file`, the stage's per-file function):
 - wat_300mb_record: a WAT whose second record's JSON is 300 MB (gzip: 0.3 MB), between
   ordinary records: skipped at `max_wat_record_bytes` while the others are read.
+Embed cases (the stage's mapInArrow function with tiny-clip on the CPU and the default
+`embed:` settings, fed Arrow batches cut at `embed.arrow_batch_size` rows or
+`embed.arrow_batch_mb` as Spark cuts them;
+images the download stage did not resize, as `laion-spark import` brings in a pool):
+- embed_jpeg_12mp: 1,024 rows of a 4000 x 3000 camera-size JPEG (1.4 MB);
+- embed_jpeg_60mp: 16 rows of a 9000 x 6600 JPEG (just under `embed.max_image_pixels`).
 
 Ends with `result: <case>_peak_mb=... <case>_added_mb=...`.
 """
@@ -54,6 +60,7 @@ DOWNLOAD_CASES = (
     "jpeg_24mp",
 )
 EXTRACT_CASES = ("wat_300mb_record",)
+EMBED_CASES = {"embed_jpeg_12mp": (4000, 3000, 1024), "embed_jpeg_60mp": (9000, 6600, 16)}
 GB = 1 << 30
 
 
@@ -87,14 +94,48 @@ def _png_rgba(side: int) -> bytes:
     return cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
 
 
-def _jpeg(w: int, h: int) -> bytes:
+def _jpeg(w: int, h: int, grain: int = 0) -> bytes:
+    """A gradient; `grain` adds noise of that amplitude, so the file has a photo's size."""
     import cv2
     import numpy as np
 
     img = np.zeros((h, w, 3), np.uint8)
     img[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None, :]
     img[..., 2] = np.linspace(0, 255, h, dtype=np.uint8)[:, None]
+    if grain:
+        noise = np.random.default_rng(0).integers(0, grain, (h, w, 1), dtype=np.uint8)
+        img = cv2.add(img, np.repeat(noise, 3, axis=2))
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def _embed(path: str, rows: int) -> dict[str, int]:
+    """The embed stage's per-task function over `rows` copies of the image at `path`."""
+    import pyarrow as pa
+
+    from laion_spark.embed.settings import EmbedSettings
+    from laion_spark.embed.stage import _embed_partition, worker_config
+    from laion_spark.models.clip import load_clip
+
+    conf = worker_config(EmbedSettings(model="tiny-clip", device="cpu"))
+    model_id = load_clip(EmbedSettings(**conf)).model_id  # loaded before the base is read
+    data = Path(path).read_bytes()
+    # Spark cuts a batch at arrow_batch_size rows or arrow_batch_mb (maxBytesPerBatch)
+    per = min(int(conf["arrow_batch_size"]), max(1, (int(conf["arrow_batch_mb"]) << 20) // len(data)))
+
+    def batches():  # made when pulled, one at a time, as Spark's Arrow stream hands them
+        for start in range(0, rows, per):
+            n = min(per, rows - start)
+            yield pa.record_batch(
+                [pa.array([f"s{start + i}" for i in range(n)]),
+                 pa.array([data] * n, pa.binary()), pa.array(["a photo"] * n)],
+                names=["sample_id", "image", "text"],
+            )
+
+    statuses: dict[str, int] = {}
+    for out in _embed_partition(conf, model_id)(batches()):
+        for st in out.column("status").to_pylist():
+            statuses[st] = statuses.get(st, 0) + 1
+    return statuses
 
 
 def _pixel_bomb(w: int = 30000, h: int = 30000) -> bytes:
@@ -149,10 +190,18 @@ def child(case: str, arg: str, threads: int, copies: int) -> None:
     from laion_spark.download.worker import download_rows
     from laion_spark.extract.reader import FileStats, iter_file
 
+    if case in EMBED_CASES:  # the model loads first: a worker holds it before any task
+        from laion_spark.embed.settings import EmbedSettings
+        from laion_spark.embed.stage import worker_config
+        from laion_spark.models.clip import load_clip
+
+        load_clip(EmbedSettings(**worker_config(EmbedSettings(model="tiny-clip", device="cpu"))))
     base = _peak_mb()
     t0 = time.monotonic()
     statuses: dict[str, int] = {}
-    if case in EXTRACT_CASES:
+    if case in EMBED_CASES:
+        statuses = _embed(arg, copies)
+    elif case in EXTRACT_CASES:
         for item in iter_file(arg, {}):
             if isinstance(item, FileStats):
                 d = item.as_dict()
@@ -185,7 +234,7 @@ def run_child(case: str, arg: str, threads: int, copies: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cases", default=",".join(DOWNLOAD_CASES + EXTRACT_CASES))
+    ap.add_argument("--cases", default=",".join(DOWNLOAD_CASES + EXTRACT_CASES + tuple(EMBED_CASES)))
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--copies", type=int, default=32)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -223,7 +272,13 @@ def main() -> None:
         print("| case | on the wire | threads x copies | peak MB | added MB | seconds | statuses |")
         print("|---|---|---|---|---|---|---|")
         for case in cases:
-            if case in EXTRACT_CASES:
+            copies = a.copies
+            if case in EMBED_CASES:
+                w, h, copies = EMBED_CASES[case]
+                path = Path(tmp) / f"{case}.jpg"
+                path.write_bytes(_jpeg(w, h, grain=8))
+                arg, wire = str(path), f"{path.stat().st_size / 1e6:.1f} MB per row"
+            elif case in EXTRACT_CASES:
                 path = Path(tmp) / "huge.warc.wat.gz"
                 _wat_with_huge_record(path, 300_000_000)
                 arg, wire = str(path), f"{path.stat().st_size / 1e6:.1f} MB file"
@@ -232,9 +287,11 @@ def main() -> None:
                 wire = (
                     "10 GB" if case.startswith("body_10gb") else f"{len(made[case]) / 1e3:.1f} kB"
                 )
-            r = run_child(case, arg, a.threads, a.copies)
+            r = run_child(case, arg, a.threads, copies)
             added = r["peak_mb"] - r["base_mb"]
-            par = "1 file" if case in EXTRACT_CASES else f"{a.threads} x {a.copies}"
+            par = "1 file" if case in EXTRACT_CASES else f"{a.threads} x {copies}"
+            if case in EMBED_CASES:
+                par = f"{copies} rows"
             print(
                 f"| {case} | {wire} | {par} | {r['peak_mb']} | {added} | {r['seconds']} "
                 f"| {r['statuses']} |",

@@ -199,6 +199,7 @@ def submit_args(cfg: Config) -> list[str]:
 
 
 ARROW_BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
+ARROW_BATCH_BYTES = "spark.sql.execution.arrow.maxBytesPerBatch"  # Python UDF input batches
 
 
 @contextmanager

@@ -144,3 +144,65 @@ def test_embed_stage_is_incremental(spark, make_cfg, clip):
     res = run(spark, cfg, tables)
     assert res.rows_in == 10 and res.by_status == {SUCCESS: 10}
     assert tables.read("embeddings").count() == 30
+
+
+def test_model_batches_span_arrow_batches_in_order(clip):
+    """Arrow batches of 5, 7 and 1 rows (cut by bytes, as `embed.arrow_batch_mb` makes Spark
+    cut them) become model batches of `batch_size` rows: every row once, in order, each
+    embedding the model's own."""
+    import pyarrow as pa
+
+    from laion_spark.embed.settings import EmbedSettings
+    from laion_spark.embed.stage import BatchEmbedder
+
+    samples = make_samples(13, seed=4)
+    rows = [(f"s{i}", s.jpeg(64), s.caption) for i, s in enumerate(samples)]
+    cuts = [(0, 5), (5, 12), (12, 13)]
+    batches = [
+        pa.record_batch(
+            [pa.array([r[k] for r in rows[a:b]]) for k in range(3)],
+            names=["sample_id", "image", "text"],
+        )
+        for a, b in cuts
+    ]
+    emb = BatchEmbedder(clip, EmbedSettings(batch_size=4))
+    try:
+        outs = list(emb.run(iter(batches)))
+    finally:
+        emb.close()
+    assert [len(b) for b in outs] == [4, 4, 4, 1]  # full model batches across the cuts
+    out = pa.Table.from_batches(outs)
+    assert out.column("sample_id").to_pylist() == [r[0] for r in rows]
+    assert set(out.column("status").to_pylist()) == {SUCCESS}
+    import torch
+
+    direct = clip.encode_image_tensor(torch.stack([clip.decode(r[1]) for r in rows]))
+    got = np.array(out.column("image_embedding").to_pylist(), np.float32)
+    assert np.allclose(got, direct, atol=1e-5)
+
+
+def test_large_jpeg_decodes_reduced_and_embeds_the_same(clip):
+    """A JPEG far larger than the model's input is decoded at a DCT scale (shorter side
+    still >= clip.decode_side); its embedding stays that of the full decode."""
+    import io
+
+    from PIL import Image
+
+    from laion_spark.models.clip import decode_rgb
+
+    s = make_samples(1, seed=8)[0]
+    small = Image.open(io.BytesIO(s.jpeg(64))).convert("RGB")
+    buf = io.BytesIO()
+    small.resize((2400, 1800), Image.BICUBIC).save(buf, "JPEG", quality=92)
+    big = buf.getvalue()
+    side = clip.decode_side
+    assert side >= 256
+    reduced = decode_rgb(big, clip.max_image_pixels, min_side=side)
+    assert min(reduced.size) >= side and reduced.size[0] < 2400  # 1/2 or 1/4 of 2400 x 1800
+    full = decode_rgb(big, clip.max_image_pixels)
+    assert full.size == (2400, 1800)
+    # an image already near the input size is decoded whole
+    assert decode_rgb(s.jpeg(64), clip.max_image_pixels, min_side=side).size == (64, 64)
+    a = clip.encode_image_tensor(clip.preprocess(reduced)[None])
+    b = clip.encode_image_tensor(clip.preprocess(full)[None])
+    assert float((a * b).sum()) > 0.99

@@ -21,6 +21,9 @@ class EmbedSettings:
     precision: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | fp32 | fp16 | bf16
     batch_size: int = 256  # images per model forward pass
     arrow_batch_size: int = 1024  # rows per Arrow batch handed to the Python worker
+    # ...and at most this many MB per batch (image bytes dominate): images that were not
+    # resized (an imported pool) would make 1,024 rows several GB, past Arrow's 2 GB column
+    arrow_batch_mb: int = 128
     decode_threads: int = 2  # JPEG decode + preprocess threads per task, overlapped with compute
     # cpu: PIL on the decode threads; device: JPEGs decoded and preprocessed where the model
     # runs (nvJPEG on a GPU; models/device_decode.py), other formats on the CPU
@@ -40,6 +43,7 @@ class EmbedSettings:
         require_precision(self.precision, f"{p}.precision")
         require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
         require(self.arrow_batch_size >= 1, f"{p}.arrow_batch_size", "must be >= 1")
+        require(1 <= self.arrow_batch_mb <= 1024, f"{p}.arrow_batch_mb", "must be 1..1024")
         require(self.decode_threads >= 1, f"{p}.decode_threads", "must be >= 1")
         require(self.decode in ("cpu", "device"), f"{p}.decode", "must be cpu or device")
         require(self.cpu_threads >= 0, f"{p}.cpu_threads", "must be >= 0")

@@ -44,7 +44,7 @@ from laion_spark.models.text_tower import (
     route_column,
     tower_paths,
 )
-from laion_spark.session import ARROW_BATCH_ROWS, session_conf
+from laion_spark.session import ARROW_BATCH_BYTES, ARROW_BATCH_ROWS, session_conf
 from laion_spark.stage import StageResult
 from laion_spark.tables import SPECS, arrow_schema, spark_schema
 
@@ -171,14 +171,24 @@ class BatchEmbedder:
         inflight: deque = deque()
 
         def chunks():
+            """Model batches of `bs` rows across Arrow batches (cut by rows and bytes):
+            only a model batch's image bytes become Python objects at a time."""
+            buf: list[list] = [[], [], [], []]
             for rb in batches:
-                ids = rb.column("sample_id").to_pylist()
-                imgs = rb.column("image").to_pylist()
-                texts = rb.column("text").to_pylist()
-                names = rb.schema.names
-                routes = rb.column("route").to_pylist() if "route" in names else [None] * len(ids)
-                for i in range(0, len(ids), bs):
-                    yield ids[i : i + bs], imgs[i : i + bs], texts[i : i + bs], routes[i : i + bs]
+                route = "route" in rb.schema.names
+                i = 0
+                while i < rb.num_rows:
+                    part = rb.slice(i, min(bs - len(buf[0]), rb.num_rows - i))
+                    i += part.num_rows
+                    buf[0] += part.column("sample_id").to_pylist()
+                    buf[1] += part.column("image").to_pylist()
+                    buf[2] += part.column("text").to_pylist()
+                    buf[3] += part.column("route").to_pylist() if route else [None] * len(part)
+                    if len(buf[0]) >= bs:
+                        yield tuple(buf)
+                        buf = [[], [], [], []]
+            if buf[0]:
+                yield tuple(buf)
 
         for ids, imgs, texts, routes in chunks():
             inflight.append((ids, texts, routes, self._submit(imgs)))
@@ -335,7 +345,11 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     # are none every pending row is new and an insert-only MERGE (anti-join + append) does
     redo = _has_rows_to_redo(tables, pending, mid, bool(tower_ids))
     # rows per Arrow batch into the task
-    with session_conf(spark, {ARROW_BATCH_ROWS: clip_cfg.arrow_batch_size}):
+    arrow = {
+        ARROW_BATCH_ROWS: clip_cfg.arrow_batch_size,
+        ARROW_BATCH_BYTES: clip_cfg.arrow_batch_mb << 20,
+    }
+    with session_conf(spark, arrow):
         # images and pending are unique per sample_id, and the UDF maps rows 1:1
         t_write = time.time()
         tables.upsert(out, "embeddings", update=bool(redo), dedup=False)

@@ -44,10 +44,17 @@ class ImageDecodeError(ValueError):
 
 
 def decode_rgb(
-    data: bytes | None, max_pixels: int, error: type[ValueError] = ImageDecodeError
+    data: bytes | None,
+    max_pixels: int,
+    error: type[ValueError] = ImageDecodeError,
+    min_side: int = 0,
 ) -> Any:
     """Encoded image bytes -> RGB PIL image; raises `error` with the reason when they are
-    empty, undecodable or more than `max_pixels` (checked before decoding: bombs)."""
+    empty, undecodable or more than `max_pixels` (checked before decoding: bombs).
+
+    `min_side` > 0: a JPEG whose shorter side is at least twice that is decoded at a DCT
+    scale (1/2, 1/4, 1/8) that keeps the shorter side >= `min_side`: a 60 MP photo for a
+    224-px model costs 1/64 of the pixels. Other formats decode whole."""
     from PIL import Image
 
     if not data:
@@ -57,7 +64,11 @@ def decode_rgb(
             w, h = im.size
             if w * h > max_pixels:
                 raise error(f"image too large: {w}x{h} pixels")
-            im.draft("RGB", (w, h))  # no-op for most; keeps JPEG decode cheap
+            want = (w, h)
+            if min_side > 0 and min(w, h) >= 2 * min_side:
+                k = min(w, h) / min_side  # draft keeps both sides >= the requested ones
+                want = (max(1, int(w / k)), max(1, int(h / k)))
+            im.draft("RGB", want)  # JPEG only (a no-op for other formats)
             return im.convert("RGB")
     except error:
         raise
@@ -82,11 +93,15 @@ class LoadedClip:
     # default CLIP-filter thresholds per language group ("en", "multi") for this model
     thresholds: dict[str, float] = field(default_factory=lambda: dict(LAION_THRESHOLDS))
     max_image_pixels: int = 64_000_000
+    # large JPEGs are decoded DCT-reduced down to this shorter side (twice the model's
+    # input, at least 256: the resize to the input still has 2x the pixels to filter
+    # from, and images the download stage resized are never touched); 0 = never
+    decode_side: int = 0
 
     # --- images ---------------------------------------------------------------------------
     def decode(self, data: bytes) -> Any:
         """JPEG/PNG/... bytes -> preprocessed CHW tensor; ImageDecodeError when unusable."""
-        return self.preprocess(decode_rgb(data, self.max_image_pixels))
+        return self.preprocess(decode_rgb(data, self.max_image_pixels, min_side=self.decode_side))
 
     def encode_image_tensor(self, batch: Any) -> np.ndarray:
         """Preprocessed (n, 3, H, W) tensor -> (n, dim) float32 L2-normalised embeddings."""
@@ -251,7 +266,12 @@ def _load(clip_cfg: EmbedSettings, pretrained: str, dev: str, prec: str) -> Load
         precision=prec,
         thresholds=thresholds,
         max_image_pixels=clip_cfg.max_image_pixels,
+        decode_side=max(256, 2 * max(_pair(model.visual.image_size))),
     )
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 class _DropRandomInit(logging.Filter):
