@@ -609,6 +609,64 @@ class Tables:
                 time.sleep(self.retry_backoff_s * n * (1 + random.random()))
         raise AssertionError("unreachable")
 
+    def local(self, name: str) -> bool:
+        """Whether `name` is a path-based table on this machine's filesystem: the tables a
+        stage may read and write in-process with delta-rs (small runs, no Spark job)."""
+        from laion_spark.storage import is_local
+
+        return not self.database and is_local(self.location(name))
+
+    def upsert_local(self, rows: Any, name: str, update: bool = True) -> dict[str, int]:
+        """`upsert` of an Arrow table through delta-rs in this process (local tables only):
+        the same MERGE on the declared keys, the table created with its declared schema
+        when missing, commit conflicts retried as `upsert` retries them. For small writes,
+        where a Spark MERGE's jobs cost seconds; `rows` must hold unique keys."""
+        import pyarrow as pa
+        from deltalake import DeltaTable, write_deltalake
+        from deltalake.exceptions import TableNotFoundError
+
+        if not self.local(name):
+            raise ValueError(f"upsert_local: table {name} is not a local path table")
+        loc = self.location(name)
+        keys = SPECS[name].keys
+        full = arrow_schema(name)
+        cols = {f.name for f in full}
+        extra = [c for c in rows.column_names if c not in cols]
+        if extra:
+            raise ValueError(f"upsert_local: table {name} has no column(s) {extra}")
+        # every declared column, in the declared order and types (absent ones null)
+        rows = pa.table(
+            [
+                rows.column(f.name).cast(f.type)
+                if f.name in rows.column_names
+                else pa.nulls(len(rows), f.type)
+                for f in full
+            ],
+            schema=full,
+        )
+        try:
+            DeltaTable(loc)
+        except TableNotFoundError:
+            write_deltalake(loc, full.empty_table(), mode="append")  # racing creators: append
+        on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+
+        def attempt() -> dict[str, int]:
+            merge = DeltaTable(loc).merge(
+                rows, predicate=on, source_alias="s", target_alias="t"
+            )
+            if update:
+                merge = merge.when_matched_update_all()
+            m = merge.when_not_matched_insert_all().execute()
+            return {
+                "num_inserted_rows": int(m.get("num_target_rows_inserted", 0)),
+                "num_updated_rows": int(m.get("num_target_rows_updated", 0)),
+                "num_deleted_rows": int(m.get("num_target_rows_deleted", 0)),
+                "num_affected_rows": int(m.get("num_target_rows_inserted", 0))
+                + int(m.get("num_target_rows_updated", 0)),
+            }
+
+        return self._committed(name, "upsert", attempt)
+
     def delete(self, name: str, keys: DataFrame) -> dict[str, int]:
         """Delete the rows of `name` whose key columns (the columns of `keys`) match a row of
         `keys`; Delta's metrics say how many went."""
@@ -766,6 +824,8 @@ def last_data_change(location: str, current: int) -> int:
 
 def _conflict_name(e: BaseException) -> str | None:
     """The Delta conflict `e` is (its class name), or None when it is some other error."""
+    if type(e).__name__ == "CommitFailedError":  # delta-rs (upsert_local): lost the commit
+        return f"CommitFailedError: {str(e)[:200]}"
     for cls in type(e).__mro__:
         if cls.__name__ in _CONFLICTS:
             return cls.__name__

@@ -252,3 +252,46 @@ def test_head_of_wrong_width_fails_fast_naming_the_key(spark, make_cfg, tmp_path
     with pytest.raises(ValueError, match="score.nsfw_head: head expects 768-d"):
         run(spark, cfg, tables, model_id=MODEL)
     assert not tables.exists("scores") or tables.read("scores").where(F.lit(True)).count() == 0
+
+
+def test_local_path_writes_what_the_spark_path_writes(spark, make_cfg, tmp_path):
+    """Small local runs score in the driver (delta-rs reads, one delta-rs MERGE); the same
+    inputs through Spark's job give the same `scores` rows, and both re-runs are no-ops."""
+    from laion_spark.models.heads import new_head, save_head
+    from laion_spark.tables import Tables
+
+    heads = []
+    for kind in ("nsfw", "watermark", "aesthetic"):
+        torch.manual_seed(len(heads))
+        heads.append(f"score.{kind}_head=" + save_head(
+            str(tmp_path / f"{kind}.pt"), kind, new_head(kind, D)))
+    rng = np.random.default_rng(1)
+
+    def unit(k: int) -> np.ndarray:
+        p = rng.normal(size=(k, D)).astype(np.float32)
+        return p / np.linalg.norm(p, axis=1, keepdims=True)
+
+    pe = PromptEmbeddings(unit(3), unit(2), unit(1), unit(2), unit(1), unit(1))
+    got = {}
+    for engine, limit in (("spark", 0), ("local", 100_000)):
+        cfg = make_cfg([*heads, f"score.local_max_rows={limit}"], workdir=tmp_path / engine)
+        tables = Tables(spark, cfg)
+        ids, _, _ = write_tables(spark, tables, n=60)
+        res = run(spark, cfg, tables, model_id=MODEL, prompt_embeddings=pe)
+        assert res.notes.get("engine", "spark") == engine, res.notes
+        assert res.rows_in == 62 and res.by_status["bad_embedding"] == 2
+        again = run(spark, cfg, tables, model_id=MODEL, prompt_embeddings=pe)
+        assert again.rows_in == 0
+        # read back by Spark and by delta-rs alike
+        sc = tables.read("scores").toPandas().sort_values("sample_id").reset_index(drop=True)
+        assert len(sc) == 62 and sc["sample_id"].is_unique
+        got[engine] = (res.by_status, sc)
+    (st_a, a), (st_b, b) = got["spark"], got["local"]
+    assert st_a == st_b
+    for col in ("sample_id", "model_id", "nsfw_tag"):
+        assert a[col].tolist() == b[col].tolist(), col
+    for col in ("punsafe", "pwatermark", "toxicity", "aesthetic"):
+        assert np.allclose(a[col].to_numpy(float), b[col].to_numpy(float), equal_nan=True), col
+    assert [sorted(f) for f in a["flags"]] == [sorted(f) for f in b["flags"]]
+    assert [dict(m) for m in a["score_models"]] == [dict(m) for m in b["score_models"]]
+    assert b["scored_at"].notna().all()

@@ -34,6 +34,9 @@ class ScoreSettings:
     toxicity_threshold: float = 0.5
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_rows: int = 4096  # rows per Arrow batch handed to the Python worker
+    # local path tables and at most this many embeddings of the model: score in this
+    # process with delta-rs reads and one delta-rs MERGE, no Spark job (0 = always Spark)
+    local_max_rows: int = 100_000
 
     def validate(self, prefix: str) -> None:
         p = prefix or "score"
@@ -42,4 +45,5 @@ class ScoreSettings:
             require(0.0 <= v <= 1.0, f"{p}.{name}", f"must be within [0, 1], not {v}")
         require(self.watermark_image_size >= 16, f"{p}.watermark_image_size", "must be >= 16")
         require(self.batch_rows >= 1, f"{p}.batch_rows", "must be >= 1")
+        require(self.local_max_rows >= 0, f"{p}.local_max_rows", "must be >= 0 (0 = never)")
         require_device(self.device, f"{p}.device")

@@ -189,6 +189,19 @@ def _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, lim
     )
     if model_id is None:
         return StageResult("score", 0, 0, {}, time.time() - t0, {"model_id": None})
+    if not cfg.score.watermark_image_model:  # the image classifier reads bytes: Spark's job
+        from laion_spark.score.local import pending_local, run_local
+
+        todo = pending_local(tables, model_id, rescore, cfg.score.local_max_rows)
+        if todo is not None and len(todo) == 0:
+            notes = {"model_id": model_id, "pending": 0, "engine": "local"}
+            return StageResult("score", 0, 0, {}, time.time() - t0, notes)
+        if todo is not None:
+
+            def make_plan(dim: int) -> ScorePlan:
+                return build_plan(cfg, model_id, clip, prompt_embeddings, dim=dim)
+
+            return run_local(cfg, tables, t0, model_id, todo, make_plan, rescore, limit)
     # nothing pending: say so before any model loads or Python worker starts (a JVM-only
     # probe on the keys)
     probe = pending_embeddings(tables, model_id, rescore, text_embedding=False)
