@@ -22,14 +22,20 @@ from laion_spark.stage import StageResult
 from laion_spark.tables import Tables, arrow_schema
 
 
-def _dataset(tables: Tables, name: str):
+def _table(tables: Tables, name: str):
+    """The Delta table `name` read by delta-rs, or None when it does not exist yet."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return DeltaTable(tables.location(name)).to_pyarrow_dataset()
+        return DeltaTable(tables.location(name))
     except TableNotFoundError:
         return None
+
+
+def _dataset(tables: Tables, name: str):
+    dt = _table(tables, name)
+    return None if dt is None else dt.to_pyarrow_dataset()
 
 
 def _is(ds: Any, column: str, value: Any):
@@ -66,11 +72,9 @@ def pending_local(tables: Tables, model_id: str, rescore: bool, max_rows: int) -
     ids = ids.column("sample_id")
     if len(ids) > max_rows:
         return None
-    if rescore or _dataset(tables, "scores") is None:
+    scores = _table(tables, "scores")  # opened once: its size, then its keys
+    if rescore or scores is None:
         return ids.combine_chunks()
-    from deltalake import DeltaTable
-
-    scores = DeltaTable(tables.location("scores"))
     if sum(scores.get_add_actions(flatten=True).column("num_records").to_pylist()) > 4 * max_rows:
         return None  # a big table to anti-join against: Spark's job
     # filtered here, not in the scan: files delta-rs wrote hold string_view columns, which
@@ -132,21 +136,19 @@ def run_local(
         for i in range(0, len(src), step)
     ]
     rows = len(src)
+    scored = pd.concat(parts, ignore_index=True)
+    scored["scored_at"] = datetime.now(UTC)
+    out = pa.Table.from_pandas(scored, schema=arrow_schema("scores"), preserve_index=False)
+    # as the Spark path: insert-only unless rows of another model may be replaced
+    others = [m for m in tables.distinct("scores", "model_id") if m != model_id]
+    tables.upsert_local(out, "scores", update=rescore or bool(others))
     by_status: dict[str, int] = {}
-    if rows:
-        scored = pd.concat(parts, ignore_index=True)
-        scored["scored_at"] = datetime.now(UTC)
-        out = pa.Table.from_pandas(scored, schema=arrow_schema("scores"), preserve_index=False)
-        # as the Spark path: insert-only unless rows of another model may be replaced
-        others = [m for m in tables.distinct("scores", "model_id") if m != model_id]
-        tables.upsert_local(out, "scores", update=rescore or bool(others))
-        flags = scored["flags"]
-        for f in ("bad_embedding", "nsfw", "watermark", "toxic", "drop"):
-            k = int(sum(f in (fl if fl is not None else ()) for fl in flags))
-            if k:
-                by_status[f] = k
-        for tag, k in scored["nsfw_tag"].value_counts().items():
-            by_status[str(tag)] = int(k)
+    for f in ("bad_embedding", "nsfw", "watermark", "toxic", "drop"):
+        k = int(sum(f in (fl if fl is not None else ()) for fl in scored["flags"]))
+        if k:
+            by_status[f] = k
+    for tag, k in scored["nsfw_tag"].value_counts().items():
+        by_status[str(tag)] = int(k)
     by_status = {"scored": rows - by_status.get("bad_embedding", 0), **by_status}
     absent = sorted(k for k, v in plan.refs.items() if v.startswith(ABSENT))
     notes = {"model_id": model_id, "engine": "local"}
