@@ -108,16 +108,23 @@ def _jpeg(w: int, h: int, grain: int = 0) -> bytes:
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
-def _embed(path: str, rows: int) -> dict[str, int]:
-    """The embed stage's per-task function over `rows` copies of the image at `path`."""
-    import pyarrow as pa
-
+def _embed_worker() -> tuple[dict, str]:
+    """What an embed task is handed (worker config, model id), with the model loaded and
+    cached in this process as a Python worker holds it before any task."""
     from laion_spark.embed.settings import EmbedSettings
-    from laion_spark.embed.stage import _embed_partition, worker_config
+    from laion_spark.embed.stage import worker_config
     from laion_spark.models.clip import load_clip
 
     conf = worker_config(EmbedSettings(model="tiny-clip", device="cpu"))
-    model_id = load_clip(EmbedSettings(**conf)).model_id  # loaded before the base is read
+    return conf, load_clip(EmbedSettings(**conf)).model_id
+
+
+def _embed(path: str, rows: int, conf: dict, model_id: str) -> dict[str, int]:
+    """The embed stage's per-task function over `rows` copies of the image at `path`."""
+    import pyarrow as pa
+
+    from laion_spark.embed.stage import _embed_partition
+
     data = Path(path).read_bytes()
     # Spark cuts a batch at arrow_batch_size rows or arrow_batch_mb (maxBytesPerBatch)
     per = min(int(conf["arrow_batch_size"]), max(1, (int(conf["arrow_batch_mb"]) << 20) // len(data)))
@@ -190,17 +197,12 @@ def child(case: str, arg: str, threads: int, copies: int) -> None:
     from laion_spark.download.worker import download_rows
     from laion_spark.extract.reader import FileStats, iter_file
 
-    if case in EMBED_CASES:  # the model loads first: a worker holds it before any task
-        from laion_spark.embed.settings import EmbedSettings
-        from laion_spark.embed.stage import worker_config
-        from laion_spark.models.clip import load_clip
-
-        load_clip(EmbedSettings(**worker_config(EmbedSettings(model="tiny-clip", device="cpu"))))
+    worker = _embed_worker() if case in EMBED_CASES else None  # before the base is read
     base = _peak_mb()
     t0 = time.monotonic()
     statuses: dict[str, int] = {}
-    if case in EMBED_CASES:
-        statuses = _embed(arg, copies)
+    if worker is not None:
+        statuses = _embed(arg, copies, *worker)
     elif case in EXTRACT_CASES:
         for item in iter_file(arg, {}):
             if isinstance(item, FileStats):
