@@ -7,8 +7,10 @@ into a local cache first (`local_copy`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import uuid
 
 import fsspec
 
@@ -69,14 +71,21 @@ def fs_path(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def write_bytes(path: str, data: bytes) -> int:
-    """Write `data` atomically where the filesystem allows (tmp + rename locally)."""
+    """Write `data` atomically where the filesystem allows (tmp + rename locally). The
+    temporary name is this writer's own: two processes writing one path at once (two
+    workers, a speculative task) each rename a whole file, never the other's half."""
     fs, p = fs_path(path)
     fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
     if is_local(path):
-        tmp = p + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
+        tmp = writer_tmp(p)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
     else:
         with fs.open(p, "wb") as f:
             f.write(data)
@@ -104,8 +113,9 @@ def upload(local_file: str, path: str) -> None:
     fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
     if is_local(path):
         if os.path.abspath(local_file) != os.path.abspath(p):
-            shutil.copyfile(local_file, p + ".tmp")
-            os.replace(p + ".tmp", p)
+            tmp = writer_tmp(p)
+            shutil.copyfile(local_file, tmp)
+            os.replace(tmp, p)
     else:
         fs.put_file(local_file, p)
 
@@ -119,8 +129,9 @@ def local_copy(path: str, cache_dir: str) -> str:
     target = os.path.join(cache_dir, path.rstrip("/").rsplit("/", 1)[-1])
     if not os.path.exists(target) or os.path.getsize(target) != size(path):
         fs, p = fs_path(path)
-        fs.get_file(p, target + ".tmp")
-        os.replace(target + ".tmp", target)
+        tmp = writer_tmp(target)
+        fs.get_file(p, tmp)
+        os.replace(tmp, target)
     return target
 
 
@@ -133,6 +144,11 @@ def tmp_name(path: str, token: str) -> str:
     """`dir/.name.tmp-token`: hidden, so no reader's `*.tar` / `*.npy` pattern matches it."""
     head, _, name = path.rpartition("/")
     return f"{head}/.{name}{TMP_MARK}{token}" if head else f".{name}{TMP_MARK}{token}"
+
+
+def writer_tmp(path: str) -> str:
+    """A temporary name for `path` no other writer uses (process id + random token)."""
+    return tmp_name(path, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def is_tmp_name(path: str) -> bool:

@@ -70,3 +70,51 @@ def test_empty_input_file_is_ok_with_zero_records(tmp_path):
         pairs, stats = extract_file(str(tmp_path / name))
         assert pairs == [] and stats.status == "ok" and stats.records == 0, (name, stats)
         assert not stats.errors and stats.error_message is None
+
+
+def test_concurrent_writers_of_one_path_each_rename_a_whole_file(tmp_path):
+    """write_bytes from many writers at once (two workers registering a model config, a
+    speculative task re-writing a shard): a reader only ever sees one writer's whole file,
+    no writer fails, and no temporary file is left."""
+    import threading
+
+    from laion_spark.storage import write_bytes
+
+    path = str(tmp_path / "shared.bin")
+    payloads = [bytes([i]) * (256 * 1024 + i) for i in range(6)]
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+    torn: list[int] = []  # sizes of files a reader saw half-written
+    stop = threading.Event()
+
+    def writer(data: bytes) -> None:
+        try:
+            for _ in range(60):
+                write_bytes(path, data)
+        except BaseException as e:  # a writer whose temporary file another one renamed
+            errors.append(e)
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            seen.add(len(data))
+            if data not in payloads:
+                torn.append(len(data))
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
+    r = threading.Thread(target=reader)
+    r.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    r.join()
+    assert not errors, errors[:3]
+    assert not torn, f"torn files of {sorted(set(torn))[:5]} bytes"
+    assert seen <= {len(p) for p in payloads} and seen
+    assert sorted(os.listdir(tmp_path)) == ["shared.bin"]

@@ -73,6 +73,8 @@ def register() -> None:
         return
     import open_clip
 
+    from laion_spark.storage import write_bytes
+
     if TINY_NAME not in open_clip.list_models():
         # in the cache, not a temp dir: every process registers it (one temp dir each was
         # left behind), and open_clip re-reads its config paths whenever one is added
@@ -81,9 +83,7 @@ def register() -> None:
         p = d / f"{TINY_NAME}.json"
         text = json.dumps(TINY_CONFIG)
         if not p.is_file() or p.read_text() != text:
-            tmp = d / f".{TINY_NAME}.{os.getpid()}.json"  # atomic: readers never see half
-            tmp.write_text(text)
-            os.replace(tmp, p)
+            write_bytes(str(p), text.encode())  # atomic: readers never see half
         open_clip.add_model_config(p)
     _registered = True
 
