@@ -11,6 +11,22 @@ import pandas as pd
 from laion_spark.config import Config
 
 
+def arrow_dataset(dt):
+    """`dt.to_pyarrow_dataset()` (a deltalake DeltaTable), local files read through pyarrow's
+    own filesystem: read through delta-rs's, a process sometimes aborted at exit
+    ("terminate called without an active exception", exit code 134) after a clean run."""
+    from urllib.parse import unquote, urlsplit
+
+    from pyarrow import fs
+
+    uri = dt.table_uri
+    if uri.startswith("file:"):
+        uri = unquote(urlsplit(uri).path)
+    if uri.startswith("/"):
+        return dt.to_pyarrow_dataset(filesystem=fs.SubTreeFileSystem(uri, fs.LocalFileSystem()))
+    return dt.to_pyarrow_dataset()
+
+
 class Lake:
     def __init__(self, cfg: Config, spark=None, tables=None):
         self.cfg = cfg
@@ -56,7 +72,7 @@ class Lake:
             return None
         import pyarrow.compute as pc
 
-        ds = dt.to_pyarrow_dataset()
+        ds = arrow_dataset(dt)
         cols = [c for c in columns if c in ds.schema.names]
         flt = (pc.field(where[0]) == where[1]) if where is not None else None
         return ds.to_table(columns=cols, filter=flt).to_pandas()

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from laion_spark.config import Config
+from laion_spark.lake import arrow_dataset
 from laion_spark.models.device import resolve_device
 from laion_spark.score.scoring import ABSENT, Models, ScorePlan, score_batch
 from laion_spark.stage import StageResult
@@ -35,7 +36,7 @@ def _table(tables: Tables, name: str):
 
 def _dataset(tables: Tables, name: str):
     dt = _table(tables, name)
-    return None if dt is None else dt.to_pyarrow_dataset()
+    return None if dt is None else arrow_dataset(dt)
 
 
 def _is(ds: Any, column: str, value: Any):
@@ -79,7 +80,7 @@ def pending_local(tables: Tables, model_id: str, rescore: bool, max_rows: int) -
         return None  # a big table to anti-join against: Spark's job
     # filtered here, not in the scan: files delta-rs wrote hold string_view columns, which
     # a scan filter in the table's `string` type cannot compare with
-    done = scores.to_pyarrow_dataset().to_table(columns=["sample_id", "model_id"])
+    done = arrow_dataset(scores).to_table(columns=["sample_id", "model_id"])
     mine = pc.equal(done.column("model_id").cast(pa.string()), model_id)
     done_ids = pc.filter(done.column("sample_id"), mine).cast(ids.type)
     return pc.filter(ids, pc.invert(pc.is_in(ids, value_set=done_ids))).combine_chunks()
