@@ -449,6 +449,15 @@ class Tables:
         return f"{self.database}.{name}" if self.database else f"{self.root}/{name}"
 
     def exists(self, name: str) -> bool:
+        if self.local(name):  # the log read by delta-rs: no JVM call
+            from deltalake import DeltaTable
+            from deltalake.exceptions import TableNotFoundError
+
+            try:
+                DeltaTable(self.location(name))
+                return True
+            except TableNotFoundError:
+                return False
         from delta.tables import DeltaTable
 
         if self.database:

@@ -260,26 +260,47 @@ def test_manifest_exports_table_and_noop_rerun(world, wds_export):
     assert third.by_status == {"up_to_date": 30}
 
 
-def test_killed_export_rerun_leaves_complete_shards_each_sample_once(world, monkeypatch):
-    """The task writing the last shard dies mid-way (as a killed executor): the earlier
-    shards are complete, the rest are temporary files only; the re-run keeps the complete
-    shards, writes the others, and every sample is there exactly as often as it should."""
+def _cfg(world, *overrides: str):
+    return load_config("local", [f"workdir={world['cfg'].workdir}", *overrides])
+
+
+@pytest.mark.parametrize("path", ["spark", "here"])
+def test_killed_export_rerun_leaves_complete_shards_each_sample_once(world, monkeypatch, path):
+    """The writer of the last shard dies mid-way: a Spark task (as a killed executor), or
+    the whole process when the export runs in it (a small export of local tables, through
+    the CLI). The earlier shards are complete, the rest are temporary files only; the
+    re-run keeps the complete shards, writes the others, and every sample is there
+    exactly as often as it should."""
+    import subprocess
+    import sys
+
     from laion_spark.export.shards import CRASH_ENV
 
-    out = world["root"] / "killed"
-    monkeypatch.setenv(CRASH_ENV, "3")  # the driver passes it on to the write tasks
-    with pytest.raises(Exception, match="(?i)python worker"):  # the dead worker
-        run(world["spark"], world["cfg"], world["tables"], subset="sub", to=str(out))
-    monkeypatch.delenv(CRASH_ENV)
+    out = world["root"] / f"killed_{path}"
+    if path == "spark":  # every export through Spark's write tasks
+        cfg = _cfg(world, "export.shard_samples=8", "export.local_write_bytes=0")
+        monkeypatch.setenv(CRASH_ENV, "3")  # the driver passes it on to the write tasks
+        with pytest.raises(Exception, match="(?i)python worker"):  # the dead worker
+            run(world["spark"], cfg, world["tables"], subset="sub", to=str(out))
+        monkeypatch.delenv(CRASH_ENV)
+    else:
+        cfg = world["cfg"]
+        argv = [sys.executable, "-m", "laion_spark.cli", "export", "--subset", "sub"]
+        argv += ["--to", str(out), "--shard-samples", "8", "--set", f"workdir={cfg.workdir}"]
+        # one thread: shards 0-2 are complete when shard 3's writer dies
+        argv += ["--set", "export.local_threads=1"]
+        env = {**os.environ, CRASH_ENV: "3"}
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 17, proc.stderr[-2000:]
     files = os.listdir(out)
     assert "_SUCCESS" not in files
-    assert any(f.startswith(".") and ".tmp-" in f for f in files)  # the dead task's files
+    assert any(f.startswith(".") and ".tmp-" in f for f in files)  # the dead writer's files
     complete = sorted(f for f in files if f.endswith(".tar"))
     assert complete and "00003.tar" not in complete
     for t in complete:  # every final-named tar is a whole shard
         assert len(_tar_samples(out / t)) == 8
     kept = {t: os.stat(out / t).st_mtime_ns for t in complete}
-    res = run(world["spark"], world["cfg"], world["tables"], subset="sub", to=str(out))
+    res = run(world["spark"], cfg, world["tables"], subset="sub", to=str(out))
     assert res.notes["kept"] == len(complete) and res.notes["written"] == 4 - len(complete)
     assert {t: os.stat(out / t).st_mtime_ns for t in complete} == kept
     files = os.listdir(out)
@@ -290,6 +311,10 @@ def test_killed_export_rerun_leaves_complete_shards_each_sample_once(world, monk
             sid = json.loads(parts["json"])["sample_id"]
             seen[sid] = seen.get(sid, 0) + 1
     assert seen == _expected(world, "webdataset")
+    if path == "here":  # the CLI, JVM-free, ends cleanly (exit 0) when all is written
+        proc = subprocess.run(argv, env=dict(os.environ), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "30 samples in 4 shard(s)" in proc.stdout
 
 
 def test_laion_format_rows_align_with_embeddings(world):
@@ -373,30 +398,36 @@ def test_tar_stream_writes_what_tarfile_writes(tmp_path):
         assert tf.getnames() == names
 
 
-def test_driver_and_spark_plans_write_the_same_shards(world):
-    """A small subset is planned on the driver, a big one by Spark (sort, checkpoint,
-    count): both give the same shards, byte for byte, with a seeded shuffle and shards
-    cut by bytes, and the same skip counts (takedown included)."""
+def test_every_write_path_writes_the_same_shards(world):
+    """A small subset of local tables is read with delta-rs and written in this process; with
+    that off, planned on the driver from one Spark collect; a big one by Spark (sort,
+    checkpoint, count). All three give the same shards, byte for byte, with a seeded
+    shuffle (Spark's xxhash64 order) and shards cut by bytes, and the same skip counts
+    (takedown included)."""
+    paths = {
+        "here": [],
+        "driver": ["export.local_write_bytes=0"],
+        "spark": ["export.local_plan_rows=0"],
+    }
     outs, results = [], []
-    for local_rows in (250_000, 0):
-        cfg = load_config(
-            "local",
-            [
-                f"workdir={world['cfg'].workdir}",
-                "export.shard_bytes=20000",
-                "export.shuffle_seed=7",
-                f"export.local_plan_rows={local_rows}",
-            ],
-        )
-        out = world["root"] / f"plan_{local_rows}"
+    for name, extra in paths.items():
+        cfg = _cfg(world, "export.shard_bytes=20000", "export.shuffle_seed=7", *extra)
+        out = world["root"] / f"plan_{name}"
         results.append(run(world["spark"], cfg, world["tables"], subset="sub", to=str(out)))
         outs.append(out)
-    a, b = results
-    assert a.by_status == b.by_status and a.by_status["taken_down"] == 1
-    assert a.notes["shards"] == b.notes["shards"] > 2
+    here = results[0]
+    assert [r.notes["path"] for r in results] == list(paths)
+    assert here.by_status["taken_down"] == 1
     tars = sorted(f for f in os.listdir(outs[0]) if f.endswith(".tar"))
-    assert tars == sorted(f for f in os.listdir(outs[1]) if f.endswith(".tar"))
-    for t in tars:
-        assert (outs[0] / t).read_bytes() == (outs[1] / t).read_bytes(), t
+    for res, out in zip(results[1:], outs[1:], strict=True):
+        assert res.by_status == here.by_status
+        assert res.notes["shards"] == here.notes["shards"] > 2
+        assert tars == sorted(f for f in os.listdir(out) if f.endswith(".tar"))
+        for t in tars:
+            assert (outs[0] / t).read_bytes() == (out / t).read_bytes(), (out, t)
+            stem = t[:-4]
+            assert (outs[0] / f"{stem}.parquet").read_bytes() == (
+                out / f"{stem}.parquet"
+            ).read_bytes()
     keys = [k for t in tars for k, _ in _tar_samples(outs[0] / t)]
     assert keys != sorted(keys)  # shuffled across shards

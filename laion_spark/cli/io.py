@@ -84,7 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     args.overrides = [*args.overrides, *_export_settings(args)]
     cfg = config(args)
-    spark, tables = session(cfg)
+    spark, tables = session(cfg, lazy=True)  # a small local export needs no JVM
     fmt = args.format or cfg.export.format
     result = run(spark, cfg, tables, subset=subset, to=args.to, fmt=fmt, force=args.force)
     code = _finish(cfg, tables, result, {"subset": subset, "format": fmt, "to": args.to})

@@ -27,13 +27,35 @@ def config(args: argparse.Namespace) -> Config:
     return load_config(args.conf, args.overrides, extra=extra)
 
 
-def session(cfg: Config):
-    """(spark, tables) for the config: the active session on a cluster, else a local one."""
+def session(cfg: Config, lazy: bool = False):
+    """(spark, tables) for the config: the active session on a cluster, else a local one.
+
+    lazy: the session starts on first use, so a command whose work runs in this process
+    (a small export of local tables) never starts a JVM."""
     from laion_spark.session import get_spark
     from laion_spark.tables import Tables
 
-    spark = get_spark(cfg)
+    spark = LazySpark(cfg) if lazy else get_spark(cfg)
     return spark, Tables(spark, cfg)
+
+
+class LazySpark:
+    """A SparkSession that starts when an attribute is first asked for."""
+
+    def __init__(self, cfg: Config):
+        self._cfg = cfg
+        self._spark = None
+
+    @property
+    def started(self) -> bool:
+        return self._spark is not None
+
+    def __getattr__(self, name: str):
+        if self._spark is None:
+            from laion_spark.session import get_spark
+
+            self._spark = get_spark(self._cfg)
+        return getattr(self._spark, name)
 
 
 def exit_code(result) -> int:

@@ -30,6 +30,11 @@ class ExportSettings:
     # statistics) are planned on the driver from one collect of their narrow rows, instead
     # of a distributed sort + checkpoint + count (same shards either way); 0: always Spark
     local_plan_rows: int = 250_000
+    # such a subset, when every table is a path table on this machine and its payload (image
+    # bytes, vectors) is at most this many bytes, is read with delta-rs and written by this
+    # process, `local_threads` shards at once (0: one per CPU): no Spark job; 0: never
+    local_write_bytes: int = 1 << 30
+    local_threads: int = 0
     # import/reshard: bounds on untrusted shards (a bigger member is skipped with a status)
     max_member_bytes: int = 64 * 1024 * 1024
     import_shards_per_commit: int = 64
@@ -53,6 +58,8 @@ class ExportSettings:
         )
         require(self.broadcast_plan_rows >= 0, f"{prefix}.broadcast_plan_rows", "must be >= 0")
         require(self.local_plan_rows >= 0, f"{prefix}.local_plan_rows", "must be >= 0")
+        require(self.local_write_bytes >= 0, f"{prefix}.local_write_bytes", "must be >= 0")
+        require(self.local_threads >= 0, f"{prefix}.local_threads", "must be >= 0 (0: CPUs)")
         require(self.max_member_bytes >= 1024, f"{prefix}.max_member_bytes", "must be >= 1024")
         require(
             self.import_shards_per_commit >= 1,

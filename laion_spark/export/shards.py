@@ -78,11 +78,15 @@ def export_id(target: str) -> str:
 
 @dataclass
 class Plan:
-    rows: DataFrame  # the planned rows + shard (long) + _pos (long: global order)
+    rows: DataFrame | None  # the planned rows + shard (long) + _pos (long: global order)
     shards: int
     samples: int
     skipped: dict[str, int] = field(default_factory=dict)  # rows left out, by reason
     routed: bool = False  # rows carry `_route` already (plans made on the driver)
+    # a plan written in this process (export.local): the planned rows in (shard, _pos)
+    # order with their payload, as an Arrow table; `rows` is then None
+    table: Any = None
+    threads: int = 1
 
 
 def plan_table(
@@ -326,6 +330,27 @@ def write_partition(batches, spec: TaskSpec):
         raise
 
 
+def write_here(table: Any, todo: list[int], spec: TaskSpec, threads: int) -> list[dict[str, Any]]:
+    """The shards `todo` of a plan made in this process (an Arrow table sorted by shard,
+    _pos), each written by `write_partition` as a Spark task would, `threads` at once
+    (tar and file writes release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    shard = table.column("shard").to_numpy()
+    starts = np.searchsorted(shard, todo, side="left")
+    ends = np.searchsorted(shard, todo, side="right")
+
+    def one(i: int) -> list[dict[str, Any]]:
+        part = table.slice(int(starts[i]), int(ends[i] - starts[i]))
+        out = write_partition(iter(part.to_batches()), spec)
+        return [r for b in out for r in b.to_pylist()]
+
+    with ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
+        return [r for rs in pool.map(one, range(len(todo))) for r in rs]
+
+
 # ------------------------------------------------------------------------ target state
 
 
@@ -438,14 +463,17 @@ def write_shard_set(
 
     plan: Plan = make_plan()
     lap("plan")
-    if callable(payload):  # a payload that only exists once the plan's pass has run
-        payload = payload()
     digits = max(5, len(str(max(plan.shards - 1, 0))))
     todo = [s for s in range(plan.shards) if s not in keep]
     results: list[dict[str, Any]] = [
         {k: m[k] for k in ("shard", "files", "count", "bytes")} for m in keep.values()
     ]
-    if todo:
+    if todo and plan.table is not None:
+        spec = TaskSpec(target, writer, digits, digest)
+        results += write_here(plan.table, todo, spec, plan.threads)
+    elif todo:
+        if callable(payload):  # a payload that only exists once the plan's pass has run
+            payload = payload()
         rows = plan.rows
         if len(keep):
             rows = rows.where(~F.col("shard").isin(*sorted(keep)))
@@ -525,6 +553,14 @@ def record_export(tables, manifest: dict[str, Any]) -> None:
             k: int(v) for k, v in (manifest.get("delta_versions") or {}).items() if v is not None
         },
     }
+    if tables.local("exports"):  # one delta-rs MERGE here: no Spark job
+        import pyarrow as pa
+
+        from laion_spark.tables import arrow_schema
+
+        row["delta_versions"] = list(row["delta_versions"].items())
+        tables.upsert_local(pa.Table.from_pylist([row], arrow_schema("exports")), "exports")
+        return
     df = tables.spark.createDataFrame([row], SPECS["exports"].schema)
     if _known_export(tables, row["export_id"]):
         tables.upsert(df, "exports", dedup=False)

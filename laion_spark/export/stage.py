@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 from pyspark.sql import functions as F
 
 from laion_spark.config import Config
-from laion_spark.export import samples, shards
+from laion_spark.export import local, samples, shards
 from laion_spark.export.formats import writer_class
 from laion_spark.stage import StageResult
 from laion_spark.tables import Tables
@@ -65,6 +66,7 @@ def run(
         {"options": options, "versions": versions, "layout": shards.LAYOUT_VERSION}
     )
     skipped: dict[str, int] = {}
+    path = {"name": "spark"}  # which way the plan was made and written (notes["path"])
     how = {
         "shard_samples": ex.shard_samples,
         "shard_bytes": ex.shard_bytes,
@@ -75,13 +77,41 @@ def run(
     def make_plan() -> shards.Plan:
         rules = load_rules(tables) if versions.get("takedowns") is not None else TakedownRules()
         bound = samples.plan_rows_bound(tables, subset, versions["subsets"], ex.repeats)
+        plan = None
         if bound is not None and bound <= ex.local_plan_rows:
-            plan = _local_plan(rules)
+            if ex.local_write_bytes and local.eligible(tables):
+                plan = _here_plan(rules)
+                path["name"] = "here"
+            if plan is None:
+                plan = _local_plan(rules)
+                path["name"] = "driver"
         else:
             plan = _spark_plan(rules)
         skipped.update(plan.skipped)
         skipped["exported"] = plan.samples
         return plan
+
+    def _here_plan(rules: TakedownRules) -> shards.Plan | None:
+        # delta-rs reads and the plan here; None when the payload is too big to hold
+        seeded = ex.shuffle_seed is not None
+        read = local.read_subset(
+            tables,
+            subset,
+            versions,
+            writer.needs,
+            model_id,
+            ex.repeats,
+            ex.shuffle_seed,
+            ex.local_write_bytes,
+        )
+        if read is None:
+            return None
+        table = samples.resolve_local(read.rows, rules, local.md5_blocked(read, rules.md5), seeded)
+        order = ["_order", "key"] if seeded else ["key"]
+        planned, n_shards, skipped_rows = shards.plan_table(table, order=order, **how)
+        planned = local.with_payload(planned, read, writer.needs)
+        threads = ex.local_threads or os.cpu_count() or 1
+        return shards.Plan(None, n_shards, planned.num_rows, skipped_rows, True, planned, threads)
 
     def _local_plan(rules: TakedownRules) -> shards.Plan:
         # the narrow rows collected once (one Spark job); keys, takedowns and the plan on
@@ -117,7 +147,8 @@ def run(
         digest=digest,
         describe=describe,
         make_plan=make_plan,
-        payload=samples.payload_frame(tables, versions, writer.needs, model_id),
+        # built only for a Spark write (a plan written here carries its own payload)
+        payload=lambda: samples.payload_frame(tables, versions, writer.needs, model_id),
         broadcast_rows=ex.broadcast_plan_rows,
         force=force,
         tables=tables,
@@ -140,6 +171,9 @@ def run(
             "written": res.written,
             "kept": res.kept,
             "phases": res.phases,  # seconds of plan, write, manifest, record
+            # here: delta-rs reads, written in this process; driver: planned on the driver
+            # from a Spark collect, written by Spark tasks; spark: planned and written by Spark
+            "path": path["name"],
         },
     )
 
