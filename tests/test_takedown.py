@@ -7,10 +7,13 @@ import io
 import json
 import os
 
+import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 from pyspark.sql import functions as F
 
 from laion_spark.ids import sample_id
+from laion_spark.tables import arrow_schema
 from laion_spark.takedown.request import SAMPLE_TABLES, request_id, takedown
 from laion_spark.takedown.rules import exclude_taken_down, taken_down_hashes
 
@@ -25,84 +28,62 @@ URLS = [
 ]
 
 
-def append(tables, df, name):
-    """Seed a table quickly (a plain Delta append; the stages themselves MERGE)."""
-    tables.ensure(name)
-    df.write.format("delta").mode("append").option("mergeSchema", "true").save(
-        tables.location(name)
+def append(tables, name, columns, rows):
+    """Seed a table quickly: one delta-rs write in this process, in the table's declared
+    schema (other columns null), where a Spark Delta write costs seconds per table (the
+    stages themselves MERGE)."""
+    cols = columns.split()
+    data = pa.Table.from_pylist(
+        [dict(zip(cols, r, strict=True)) for r in rows], schema=arrow_schema(name)
     )
+    write_deltalake(tables.location(name), data, mode="append")
 
 
-def seed(spark, tables):
+def seed(tables):
     ids = [sample_id(u, f"caption {i}") for i, u in enumerate(URLS)]
     blobs = [f"image-bytes-{i}".encode() for i in range(len(URLS))]
     append(
         tables,
-        spark.createDataFrame(
-            [(ids[i], u, f"caption {i}") for i, u in enumerate(URLS)],
-            "sample_id string, url string, text string",
-        ),
         "candidates",
+        "sample_id url text",
+        [(ids[i], u, f"caption {i}") for i, u in enumerate(URLS)],
     )
     append(
         tables,
-        spark.createDataFrame(
-            [
-                (ids[i], u, "success", blobs[i], hashlib.sha256(blobs[i]).hexdigest())
-                for i, u in enumerate(URLS)
-            ],
-            "sample_id string, url string, status string, image binary, sha256 string",
-        ),
         "images",
+        "sample_id url status image sha256",
+        [
+            (ids[i], u, "success", blobs[i], hashlib.sha256(blobs[i]).hexdigest())
+            for i, u in enumerate(URLS)
+        ],
     )
-    one = [(s,) for s in ids]
     append(
         tables,
-        spark.createDataFrame(
-            [(s, "m@1", [1.0, 0.0]) for s in ids],
-            "sample_id string, model_id string, image_embedding array<float>",
-        ),
         "embeddings",
+        "sample_id model_id image_embedding",
+        [(s, "m@1", [1.0, 0.0]) for s in ids],
     )
+    append(tables, "scores", "sample_id model_id punsafe", [(s, "m@1", 0.1) for s in ids])
+    append(tables, "subsets", "subset sample_id repeat", [("clip_filter", s, 1) for s in ids])
     append(
         tables,
-        spark.createDataFrame(
-            [(s, "m@1", 0.1) for s in ids], "sample_id string, model_id string, punsafe float"
-        ),
-        "scores",
-    )
-    append(
-        tables,
-        spark.createDataFrame(
-            [("clip_filter", s, 1) for s in ids], "subset string, sample_id string, repeat int"
-        ),
-        "subsets",
-    )
-    append(
-        tables,
-        spark.createDataFrame(
-            [("idx", s, i, "shard0") for i, (s,) in enumerate(one)],
-            "index_name string, sample_id string, faiss_id long, shard string",
-        ),
         "index_ids",
+        "index_name sample_id faiss_id shard",
+        [("idx", s, i, "shard0") for i, s in enumerate(ids)],
     )
     # CLIP-DPO: a pool row per image, its responses and pairs (keyed by pool_id only)
-    pools = [(f"p{i}", s) for i, s in enumerate(ids)]
-    append(tables, spark.createDataFrame(pools, "pool_id string, sample_id string"), "sft_pool")
+    append(tables, "sft_pool", "pool_id sample_id", [(f"p{i}", s) for i, s in enumerate(ids)])
     append(
         tables,
-        spark.createDataFrame(
-            [(f"c{i}", f"p{i}") for i in range(len(ids))], "candidate_id string, pool_id string"
-        ),
         "dpo_candidates",
+        "candidate_id pool_id",
+        [(f"c{i}", f"p{i}") for i in range(len(ids))],
     )
     append(
         tables,
-        spark.createDataFrame(
-            [("default", f"pair{i}", f"p{i}") for i in range(len(ids))],
-            "selection string, pair_id string, pool_id string",
-        ),
         "dpo_pairs",
+        "selection pair_id pool_id",
+        [("default", f"pair{i}", f"p{i}") for i in range(len(ids))],
     )
     return ids, blobs
 
@@ -112,7 +93,7 @@ def remaining(tables, name):
 
 
 def test_takedown_removes_from_every_table_and_stays_gone(spark, tables):
-    ids, blobs = seed(spark, tables)
+    ids, blobs = seed(tables)
     assert set(SAMPLE_TABLES) >= {
         "candidates",
         "images",
@@ -253,57 +234,36 @@ def test_takedowns_then_purge_leave_no_byte_behind(spark, tmp_path):
     pdq = [hash_image(j) for j in jpegs]
     append(
         tables,
-        spark.createDataFrame(
-            [(ids[i], urls[i], caps[i], "en") for i in range(n)],
-            "sample_id string, url string, text string, language string",
-        ),
         "candidates",
+        "sample_id url text language",
+        [(ids[i], urls[i], caps[i], "en") for i in range(n)],
     )
     append(
         tables,
-        spark.createDataFrame(
-            [
-                (
-                    ids[i],
-                    urls[i],
-                    "success",
-                    bytearray(jpegs[i]),
-                    hashlib.sha256(jpegs[i]).hexdigest(),
-                    "jpeg",
-                    pdq[i][0],
-                    pdq[i][1],
-                )
-                for i in range(n)
-            ],
-            "sample_id string, url string, status string, image binary, sha256 string, "
-            "format string, pdq string, pdq_quality int",
-        ),
         "images",
+        "sample_id url status image sha256 format pdq pdq_quality",
+        [
+            (
+                ids[i],
+                urls[i],
+                "success",
+                jpegs[i],
+                hashlib.sha256(jpegs[i]).hexdigest(),
+                "jpeg",
+                pdq[i][0],
+                pdq[i][1],
+            )
+            for i in range(n)
+        ],
     )
     append(
         tables,
-        spark.createDataFrame(
-            [
-                (ids[i], "m@1", [float(x) for x in vecs[i]], [float(x) for x in vecs[i]], 0.3)
-                for i in range(n)
-            ],
-            "sample_id string, model_id string, image_embedding array<float>, "
-            "text_embedding array<float>, similarity float",
-        ),
         "embeddings",
+        "sample_id model_id image_embedding text_embedding similarity",
+        [(ids[i], "m@1", vecs[i].tolist(), vecs[i].tolist(), 0.3) for i in range(n)],
     )
-    append(
-        tables,
-        spark.createDataFrame([(ids[i], 0.1) for i in range(n)], "sample_id string, punsafe float"),
-        "scores",
-    )
-    append(
-        tables,
-        spark.createDataFrame(
-            [("all", ids[i], 1) for i in range(n)], "subset string, sample_id string, repeat int"
-        ),
-        "subsets",
-    )
+    append(tables, "scores", "sample_id punsafe", [(ids[i], 0.1) for i in range(n)])
+    append(tables, "subsets", "subset sample_id repeat", [("all", ids[i], 1) for i in range(n)])
     build_index(spark, cfg, tables)
     assert merge_index(spark, cfg, tables).rows_out == n
 

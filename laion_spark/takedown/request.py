@@ -27,19 +27,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import UTC, datetime
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from laion_spark.config import Config
 from laion_spark.ids import normalize_url
-from laion_spark.tables import SPECS, Tables
+from laion_spark.tables import SPECS, Tables, arrow_schema
 from laion_spark.takedown.pdq import normalize_hash
 from laion_spark.takedown.rules import KINDS, domain_matches, host_of, url_hash
 
 log = logging.getLogger(__name__)
 SAMPLE_TABLES = tuple(n for n, s in SPECS.items() if "sample_id" in s.schema.fieldNames())
+_MAP_COLUMNS = {
+    f.name for f in SPECS["takedowns"].schema.fields if isinstance(f.dataType, T.MapType)
+}
 RESOLUTION = ("sample_ids", "faiss_ids", "shards", "sha256", "pdq", "url_hashes")
 
 
@@ -253,9 +257,19 @@ def _record(
     spark = tables.spark
     ids = {request_id(kind, v): v for v in values}
     old = {}
+    # local path table: read and written by delta-rs in this process (a takedown records
+    # twice, and each Spark read + MERGE costs seconds); else, or when delta-rs cannot
+    # read or write it, through Spark
+    stored = None
     if tables.exists("takedowns"):
-        rows = tables.read("takedowns").where(F.col("request_id").isin(list(ids))).collect()
-        old = {r["request_id"]: r for r in rows}
+        stored = _rows_local(tables, "takedowns", "request_id", list(ids))
+        if stored is not None:
+            old = {r["request_id"]: _as_row(r) for r in stored}
+        else:
+            rows = tables.read("takedowns").where(F.col("request_id").isin(list(ids))).collect()
+            old = {r["request_id"]: r for r in rows}
+    elif tables.local("takedowns"):
+        stored = []
     out = []
     for rid, v in ids.items():
         prev = old.get(rid)
@@ -279,6 +293,22 @@ def _record(
                 "purged_at": fields.get("purged_at"),
             }
         )
+    if stored is not None:
+        import pyarrow as pa
+
+        now = datetime.now(UTC)
+        for row in out:
+            prev = old.get(row["request_id"])
+            row["requested_at"] = row["requested_at"] or now
+            # not re-resolved: the stored resolution time stays, as Spark's MERGE leaves it
+            row["resolved_at"] = now if resolutions is not None else _get(prev, "resolved_at")
+        try:
+            tables.upsert_local(pa.Table.from_pylist(out, arrow_schema("takedowns")), "takedowns")
+            return
+        except Exception as e:  # noqa: BLE001 - e.g. an older table lacking a column
+            log.info("delta-rs write of takedowns failed (%s); using Spark's", e)
+            for row in out:
+                row["requested_at"] = _get(old.get(row["request_id"]), "requested_at")
     df = spark.createDataFrame(out, SPECS["takedowns"].schema)
     df = df.withColumn("requested_at", F.coalesce("requested_at", F.current_timestamp()))
     if resolutions is not None:
@@ -288,36 +318,101 @@ def _record(
     tables.upsert(df, "takedowns")
 
 
-def present(tables: Tables, sample_ids: set[str]) -> dict[str, dict[str, int]]:
-    """table -> {sample_id: rows} of the given samples in every table with a sample_id, in
-    ONE Spark job (a union of small filtered reads): only tables with hits are written."""
-    if not sample_ids:
-        return {}
-    ids = sorted(sample_ids)
-    parts = [
-        tables.read(name)
-        .where(F.col("sample_id").isin(ids))
-        .groupBy("sample_id")
-        .count()
-        .withColumn("table", F.lit(name))
-        for name in SAMPLE_TABLES
-        if tables.exists(name)
-    ]
-    if not parts:
-        return {}
-    union = parts[0]
-    for p in parts[1:]:
-        union = union.unionByName(p)
-    out: dict[str, dict[str, int]] = {}
-    for r in union.collect():
-        out.setdefault(r["table"], {})[r["sample_id"]] = int(r["count"])
+def _rows_local(
+    tables: Tables, name: str, column: str, values: list[str], columns: list[str] | None = None
+) -> list[dict] | None:
+    """`columns` (default: all) of the rows of table `name` whose string `column` is one of `values`,
+    read in this process by delta-rs (a Spark job costs seconds, a takedown runs a dozen);
+    None when `name` is not a local path table or delta-rs cannot read it (use Spark)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    if not tables.local(name):
+        return None
+    try:
+        ds = DeltaTable(tables.location(name)).to_pyarrow_dataset()
+    except Exception:  # noqa: BLE001 - e.g. deletion vectors, which pyarrow cannot apply
+        return None
+    want = pa.array(values, pa.string())
+    out: list[dict] = []
+    # matched per batch, not in the scan: files delta-rs wrote hold string_view columns,
+    # which a scan filter in the table's `string` type cannot compare with
+    read = None if columns is None else list(dict.fromkeys([column, *columns]))
+    for batch in ds.to_batches(columns=read):
+        hit = batch.filter(pc.is_in(batch.column(column).cast(pa.string()), value_set=want))
+        out += (hit if columns is None else hit.select(columns)).to_pylist()
     return out
 
 
-def _delete(tables: Tables, name: str, sample_ids: set[str]) -> None:
-    """One Delta DELETE (MERGE ... WHEN MATCHED DELETE) of these samples' rows."""
-    ids_df = tables.spark.createDataFrame([(s,) for s in sorted(sample_ids)], "sample_id string")
-    tables.delete(name, ids_df)
+def _as_row(d: dict) -> Row:
+    """A row read by delta-rs as Spark would collect it: maps as dicts, not pair lists."""
+    return Row(
+        **{k: dict(v) if isinstance(v, list) and k in _MAP_COLUMNS else v for k, v in d.items()}
+    )
+
+
+def _get(row: Row | None, key: str):
+    return row[key] if row is not None and key in row.asDict() else None
+
+
+def _held_local(tables: Tables, name: str, ids: list[str]) -> dict[str, int] | None:
+    """sample_id -> rows of `ids` in table `name` by delta-rs (None: Spark counts it)."""
+    rows = _rows_local(tables, name, "sample_id", ids, ["sample_id"])
+    if rows is None:
+        return None
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["sample_id"]] = out.get(r["sample_id"], 0) + 1
+    return out
+
+
+def present(tables: Tables, sample_ids: set[str]) -> dict[str, dict[str, int]]:
+    """table -> {sample_id: rows} of the given samples in every table with a sample_id:
+    local path tables read by delta-rs in this process (a takedown checks a dozen tables,
+    and a Spark job costs seconds), the others in ONE Spark job (a union of small
+    filtered reads). Only tables with hits are written."""
+    if not sample_ids:
+        return {}
+    ids = sorted(sample_ids)
+    out: dict[str, dict[str, int]] = {}
+    parts = []
+    for name in SAMPLE_TABLES:
+        if not tables.exists(name):
+            continue
+        held = _held_local(tables, name, ids)
+        if held is None:
+            parts.append(
+                tables.read(name)
+                .where(F.col("sample_id").isin(ids))
+                .groupBy("sample_id")
+                .count()
+                .withColumn("table", F.lit(name))
+            )
+        elif held:
+            out[name] = held
+    if parts:
+        union = parts[0]
+        for p in parts[1:]:
+            union = union.unionByName(p)
+        for r in union.collect():
+            out.setdefault(r["table"], {})[r["sample_id"]] = int(r["count"])
+    return out
+
+
+def _delete(tables: Tables, name: str, column: str, values: set[str]) -> None:
+    """Delete the rows whose `column` is one of `values`: one delta-rs MERGE in this
+    process for local path tables (a Spark MERGE costs seconds of jobs, and a takedown
+    deletes from up to a dozen tables), else (or when delta-rs cannot write the table) a
+    Spark Delta DELETE (MERGE ... WHEN MATCHED DELETE)."""
+    if tables.local(name):
+        try:
+            tables.delete_local(name, column, values)
+            return
+        except Exception as e:  # noqa: BLE001 - a table feature delta-rs cannot write
+            log.info("delta-rs delete from %s failed (%s); using Spark's", name, e)
+    keys = tables.spark.createDataFrame([(v,) for v in sorted(values)], f"`{column}` string")
+    tables.delete(name, keys)
 
 
 # tables derived from an sft_pool row (its image's responses and pairs), keyed by pool_id
@@ -329,15 +424,18 @@ def _delete_dpo_derived(tables: Tables, sample_ids: set[str]) -> None:
     them: they hold no sample_id, only the pool_id of the sft_pool row."""
     if not sample_ids or not tables.exists("sft_pool"):
         return
-    pools = (
-        tables.read("sft_pool")
-        .where(F.col("sample_id").isin(sorted(sample_ids)))
-        .select("pool_id")
-        .distinct()
-    )
+    rows = _rows_local(tables, "sft_pool", "sample_id", sorted(sample_ids), ["pool_id"])
+    if rows is None:
+        rows = (
+            tables.read("sft_pool")
+            .where(F.col("sample_id").isin(sorted(sample_ids)))
+            .select("pool_id")
+            .collect()
+        )
+    pools = {r["pool_id"] for r in rows if r["pool_id"] is not None}
     for name in POOL_DERIVED:
-        if tables.exists(name):
-            tables.delete(name, pools)
+        if pools and tables.exists(name):
+            _delete(tables, name, "pool_id", pools)
 
 
 def delete_samples(tables: Tables, sample_ids: set[str]) -> dict[str, dict[str, int]]:
@@ -345,7 +443,7 @@ def delete_samples(tables: Tables, sample_ids: set[str]) -> dict[str, dict[str, 
     found = present(tables, sample_ids)
     _delete_dpo_derived(tables, set(found.get("sft_pool", {})))
     for name, rows in found.items():
-        _delete(tables, name, set(rows))
+        _delete(tables, name, "sample_id", set(rows))
     return found
 
 
@@ -391,7 +489,7 @@ def takedown(
         _record(tables, kind, vals, reason, per_value, resolutions, max_distance=dist)
         _delete_dpo_derived(tables, set(held.get("sft_pool", {})))
         for name, rows in held.items():
-            _delete(tables, name, set(rows))
+            _delete(tables, name, "sample_id", set(rows))
     log.info(
         "takedown %s: %d value(s), %d sample(s) matched",
         kind,
