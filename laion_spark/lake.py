@@ -6,6 +6,8 @@ The search service should start without a JVM: path-based tables are read with t
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from laion_spark.config import Config
@@ -25,6 +27,72 @@ def arrow_dataset(dt):
     if uri.startswith("/"):
         return dt.to_pyarrow_dataset(filesystem=fs.SubTreeFileSystem(uri, fs.LocalFileSystem()))
     return dt.to_pyarrow_dataset()
+
+
+def plain_types(table):
+    """View and large types as their plain forms: delta-rs hands string columns of the files
+    it wrote over as string_view, and joins and lookups need both sides in one type."""
+    import pyarrow as pa
+
+    fields = []
+    for f in table.schema:
+        t = f.type
+        if t in (pa.string_view(), pa.large_string()):
+            t = pa.string()
+        elif t in (pa.binary_view(), pa.large_binary()):
+            t = pa.binary()
+        elif pa.types.is_large_list(t) or pa.types.is_list_view(t):
+            t = pa.list_(t.value_type)
+        fields.append(pa.field(f.name, t))
+    schema = pa.schema(fields)
+    return table if schema == table.schema else table.cast(schema)
+
+
+def read_rows(
+    location: str,
+    columns: list[str] | None = None,
+    version: int | None = None,
+    isin: tuple[str, Any] | None = None,
+    equals: tuple[str, Any] | None = None,
+):
+    """`columns` (those the table has; None: all) of the Delta table at `location` (as of
+    `version`) as an Arrow table in plain types, keeping rows whose `isin[0]` is one of
+    `isin[1]` and whose `equals[0]` equals `equals[1]`. In this process, by delta-rs: for
+    the small reads where a Spark job costs seconds. Raises deltalake's
+    TableNotFoundError when there is no table."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    ds = arrow_dataset(DeltaTable(location, version=version))
+    cols = [c for c in columns if c in ds.schema.names] if columns is not None else None
+    typ = ds.schema.field
+    flt = None
+    if isin is not None:
+        flt = pc.field(isin[0]).isin(pa.array(isin[1]).cast(typ(isin[0]).type))
+    if equals is not None:
+        eq = pc.field(equals[0]) == pa.scalar(equals[1], typ(equals[0]).type)
+        flt = eq if flt is None else flt & eq
+    try:  # the scan filters (in C++, on the scan's threads)
+        return plain_types(ds.to_table(columns=cols, filter=flt)).combine_chunks()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    # a filter the scan cannot apply to some file (e.g. a view type delta-rs wrote): batch
+    # by batch after the read, in plain types
+    parts = []
+    for batch in ds.to_batches(columns=cols):
+        t = plain_types(pa.Table.from_batches([batch]))
+        mask = None
+        if isin is not None:
+            mask = pc.is_in(t.column(isin[0]), value_set=pa.array(isin[1]))
+        if equals is not None:
+            eq = pc.fill_null(pc.equal(t.column(equals[0]), pa.scalar(equals[1])), False)
+            mask = eq if mask is None else pc.and_(mask, eq)
+        parts.append(t if mask is None else t.filter(mask))
+    if not parts:
+        empty = ds.schema.empty_table()
+        return plain_types(empty if cols is None else empty.select(cols))
+    return pa.concat_tables(parts).combine_chunks()
 
 
 class Lake:

@@ -35,23 +35,6 @@ def eligible(tables: Tables) -> bool:
     return all(tables.local(name) for name in (*TABLES_READ, "exports"))
 
 
-def _plain(table: pa.Table) -> pa.Table:
-    """View and large types as their plain forms: delta-rs hands string columns of the files
-    it wrote over as string_view, and joins need both sides in one type."""
-    fields = []
-    for f in table.schema:
-        t = f.type
-        if t in (pa.string_view(), pa.large_string()):
-            t = pa.string()
-        elif t in (pa.binary_view(), pa.large_binary()):
-            t = pa.binary()
-        elif pa.types.is_large_list(t) or pa.types.is_list_view(t):
-            t = pa.list_(t.value_type)
-        fields.append(pa.field(f.name, t))
-    schema = pa.schema(fields)
-    return table if schema == table.schema else table.cast(schema)
-
-
 def read_at(
     tables: Tables,
     name: str,
@@ -64,38 +47,10 @@ def read_at(
     sample_id is in `ids` and whose `where` column equals its value, in plain types."""
     if version is None:
         return None
-    from deltalake import DeltaTable
+    from laion_spark.lake import read_rows
 
-    from laion_spark.lake import arrow_dataset
-
-    ds = arrow_dataset(DeltaTable(tables.location(name), version=int(version)))
-    cols = [c for c in columns if c in ds.schema.names]
-    typ = ds.schema.field
-    flt = None
-    if ids is not None:
-        flt = pc.field("sample_id").isin(ids.cast(typ("sample_id").type))
-    if where is not None:
-        eq = pc.field(where[0]) == pa.scalar(where[1], typ(where[0]).type)
-        flt = eq if flt is None else flt & eq
-    try:  # the scan filters (in C++, on the scan's threads)
-        return _plain(ds.to_table(columns=cols, filter=flt)).combine_chunks()
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
-    # a file delta-rs wrote holds string_view columns a filter in the table's type cannot
-    # compare with: filter batch by batch after the read, in plain types
-    parts = []
-    for batch in ds.to_batches(columns=cols):
-        t = _plain(pa.Table.from_batches([batch]))
-        mask = None
-        if ids is not None:
-            mask = pc.is_in(t.column("sample_id"), value_set=ids)
-        if where is not None:
-            eq = pc.fill_null(pc.equal(t.column(where[0]), pa.scalar(where[1])), False)
-            mask = eq if mask is None else pc.and_(mask, eq)
-        parts.append(t if mask is None else t.filter(mask))
-    if not parts:
-        return _plain(ds.schema.empty_table().select(cols))
-    return pa.concat_tables(parts).combine_chunks()
+    isin = None if ids is None else ("sample_id", ids)
+    return read_rows(tables.location(name), columns, int(version), isin, where)
 
 
 def _left(left: pa.Table, right: pa.Table | None, flag: str | None = None) -> pa.Table:

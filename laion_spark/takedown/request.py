@@ -324,25 +324,16 @@ def _rows_local(
     """`columns` (default: all) of the rows of table `name` whose string `column` is one of `values`,
     read in this process by delta-rs (a Spark job costs seconds, a takedown runs a dozen);
     None when `name` is not a local path table or delta-rs cannot read it (use Spark)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    from deltalake import DeltaTable
+    from laion_spark.lake import read_rows
 
     if not tables.local(name):
         return None
+    read = None if columns is None else list(dict.fromkeys([column, *columns]))
     try:
-        ds = DeltaTable(tables.location(name)).to_pyarrow_dataset()
+        hits = read_rows(tables.location(name), read, isin=(column, values))
     except Exception:  # noqa: BLE001 - e.g. deletion vectors, which pyarrow cannot apply
         return None
-    want = pa.array(values, pa.string())
-    out: list[dict] = []
-    # matched per batch, not in the scan: files delta-rs wrote hold string_view columns,
-    # which a scan filter in the table's `string` type cannot compare with
-    read = None if columns is None else list(dict.fromkeys([column, *columns]))
-    for batch in ds.to_batches(columns=read):
-        hit = batch.filter(pc.is_in(batch.column(column).cast(pa.string()), value_set=want))
-        out += (hit if columns is None else hit.select(columns)).to_pylist()
-    return out
+    return (hits if columns is None else hits.select(columns)).to_pylist()
 
 
 def _as_row(d: dict) -> Row:
