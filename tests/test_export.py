@@ -8,6 +8,7 @@ repeats, a takedown) serves every test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
@@ -16,12 +17,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from seeding import seed_rows
 
 from laion_spark.config import load_config
 from laion_spark.demo.synthetic import make_samples
 from laion_spark.export.stage import run
 from laion_spark.ids import sample_id
-from laion_spark.tables import Tables, spark_schema
+from laion_spark.tables import Tables
 
 MODEL = "test-clip@000000000001"
 DIM = 16
@@ -55,18 +57,21 @@ def world(spark, tmp_path_factory):
         )
         for r in rows
     ]
+    # seeded by delta-rs writes (Spark reads them like any table; a Spark write per table
+    # cost most of this module's time)
     cols = ["sample_id", "url", "text", "language", "license", "original_id"]
     cols += ["original_width", "original_height"]
-    tables.append(spark.createDataFrame(cand, spark_schema("candidates", cols)), "candidates")
+    for part in (cand[:20], cand[20:]):  # two files: OPTIMIZE below has work to do
+        seed_rows(tables, "candidates", cols, part)
     images, emb, scores = [], [], []
     for r in rows:
         i = r["i"]
         if i in (7, 8):  # failed downloads
-            images.append((r["sid"], r["url"], "failed_to_download", "HTTP 404", None, None, None))
+            images.append((r["sid"], r["url"], "failed_to_download", "HTTP 404"))
+            images[-1] += (None, None, None, None, None, None)
             continue
         body = r["s"].jpeg(size=24 + i % 5)
-        import hashlib
-
+        side = 24 + i % 5
         images.append(
             (
                 r["sid"],
@@ -74,8 +79,11 @@ def world(spark, tmp_path_factory):
                 "success",
                 None,
                 body,
-                24 + i % 5,
+                side,
+                side,
                 hashlib.sha256(body).hexdigest(),
+                "jpg",
+                len(body),
             )
         )
         r["image"] = body
@@ -87,53 +95,20 @@ def world(spark, tmp_path_factory):
                 (r["sid"], MODEL, v[0].tolist(), v[1].tolist(), float(v[0] @ v[1]), "success")
             )
         scores.append((r["sid"], float(rng.random()), float(rng.random()), float(5 * rng.random())))
-    img_df = spark.createDataFrame(
-        images,
-        "sample_id string, url string, status string, error_message string, "
-        "image binary, width int, sha256 string",
-    )
-    img_df = img_df.withColumn("height", img_df.width).withColumn("format", img_df.url.substr(0, 0))
-    from pyspark.sql import functions as F
-
-    img_df = img_df.withColumn("format", F.when(F.col("image").isNotNull(), F.lit("jpg")))
-    img_df = img_df.withColumn("num_bytes", F.length("image").cast("long"))
-    tables.append(img_df, "images")
-    tables.append(
-        spark.createDataFrame(
-            emb,
-            spark_schema(
-                "embeddings",
-                [
-                    "sample_id",
-                    "model_id",
-                    "image_embedding",
-                    "text_embedding",
-                    "similarity",
-                    "status",
-                ],
-            ),
-        ),
-        "embeddings",
-    )
-    tables.append(
-        spark.createDataFrame(
-            scores, spark_schema("scores", ["sample_id", "punsafe", "pwatermark", "aesthetic"])
-        ),
-        "scores",
-    )
+    img_cols = "sample_id url status error_message image width height sha256 format num_bytes"
+    seed_rows(tables, "images", img_cols, images)
+    emb_cols = "sample_id model_id image_embedding text_embedding similarity status"
+    seed_rows(tables, "embeddings", emb_cols, emb)
+    seed_rows(tables, "scores", "sample_id punsafe pwatermark aesthetic", scores)
     # subset: samples 0..29, sample 3 twice, sample 4 three times; 7, 8 lack an image,
     # 9 lacks embeddings, 11 is taken down (by URL)
     sub = [("sub", r["sid"], 2 if r["i"] == 3 else 3 if r["i"] == 4 else 1) for r in rows[:30]]
-    tables.append(
-        spark.createDataFrame(sub, spark_schema("subsets", ["subset", "sample_id", "repeat"])),
-        "subsets",
-    )
-    tables.append(
-        spark.createDataFrame(
-            [("req-1", "url", rows[11]["url"], "test")],
-            spark_schema("takedowns", ["request_id", "kind", "value", "reason"]),
-        ),
+    seed_rows(tables, "subsets", "subset sample_id repeat", sub)
+    seed_rows(
+        tables,
         "takedowns",
+        "request_id kind value reason",
+        [("req-1", "url", rows[11]["url"], "test")],
     )
     by_sid = {r["sid"]: r for r in rows}
     return dict(cfg=cfg, tables=tables, rows=rows, by_sid=by_sid, root=root, spark=spark)

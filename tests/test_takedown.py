@@ -7,13 +7,11 @@ import io
 import json
 import os
 
-import pyarrow as pa
 import pytest
-from deltalake import write_deltalake
 from pyspark.sql import functions as F
+from seeding import seed_rows
 
 from laion_spark.ids import sample_id
-from laion_spark.tables import arrow_schema
 from laion_spark.takedown.request import SAMPLE_TABLES, request_id, takedown
 from laion_spark.takedown.rules import exclude_taken_down, taken_down_hashes
 
@@ -28,27 +26,16 @@ URLS = [
 ]
 
 
-def append(tables, name, columns, rows):
-    """Seed a table quickly: one delta-rs write in this process, in the table's declared
-    schema (other columns null), where a Spark Delta write costs seconds per table (the
-    stages themselves MERGE)."""
-    cols = columns.split()
-    data = pa.Table.from_pylist(
-        [dict(zip(cols, r, strict=True)) for r in rows], schema=arrow_schema(name)
-    )
-    write_deltalake(tables.location(name), data, mode="append")
-
-
 def seed(tables):
     ids = [sample_id(u, f"caption {i}") for i, u in enumerate(URLS)]
     blobs = [f"image-bytes-{i}".encode() for i in range(len(URLS))]
-    append(
+    seed_rows(
         tables,
         "candidates",
         "sample_id url text",
         [(ids[i], u, f"caption {i}") for i, u in enumerate(URLS)],
     )
-    append(
+    seed_rows(
         tables,
         "images",
         "sample_id url status image sha256",
@@ -57,29 +44,29 @@ def seed(tables):
             for i, u in enumerate(URLS)
         ],
     )
-    append(
+    seed_rows(
         tables,
         "embeddings",
         "sample_id model_id image_embedding",
         [(s, "m@1", [1.0, 0.0]) for s in ids],
     )
-    append(tables, "scores", "sample_id model_id punsafe", [(s, "m@1", 0.1) for s in ids])
-    append(tables, "subsets", "subset sample_id repeat", [("clip_filter", s, 1) for s in ids])
-    append(
+    seed_rows(tables, "scores", "sample_id model_id punsafe", [(s, "m@1", 0.1) for s in ids])
+    seed_rows(tables, "subsets", "subset sample_id repeat", [("clip_filter", s, 1) for s in ids])
+    seed_rows(
         tables,
         "index_ids",
         "index_name sample_id faiss_id shard",
         [("idx", s, i, "shard0") for i, s in enumerate(ids)],
     )
     # CLIP-DPO: a pool row per image, its responses and pairs (keyed by pool_id only)
-    append(tables, "sft_pool", "pool_id sample_id", [(f"p{i}", s) for i, s in enumerate(ids)])
-    append(
+    seed_rows(tables, "sft_pool", "pool_id sample_id", [(f"p{i}", s) for i, s in enumerate(ids)])
+    seed_rows(
         tables,
         "dpo_candidates",
         "candidate_id pool_id",
         [(f"c{i}", f"p{i}") for i in range(len(ids))],
     )
-    append(
+    seed_rows(
         tables,
         "dpo_pairs",
         "selection pair_id pool_id",
@@ -232,13 +219,13 @@ def test_takedowns_then_purge_leave_no_byte_behind(spark, tmp_path):
     vecs = rng.normal(size=(n, 16)).astype("float32")
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     pdq = [hash_image(j) for j in jpegs]
-    append(
+    seed_rows(
         tables,
         "candidates",
         "sample_id url text language",
         [(ids[i], urls[i], caps[i], "en") for i in range(n)],
     )
-    append(
+    seed_rows(
         tables,
         "images",
         "sample_id url status image sha256 format pdq pdq_quality",
@@ -256,14 +243,14 @@ def test_takedowns_then_purge_leave_no_byte_behind(spark, tmp_path):
             for i in range(n)
         ],
     )
-    append(
+    seed_rows(
         tables,
         "embeddings",
         "sample_id model_id image_embedding text_embedding similarity",
         [(ids[i], "m@1", vecs[i].tolist(), vecs[i].tolist(), 0.3) for i in range(n)],
     )
-    append(tables, "scores", "sample_id punsafe", [(ids[i], 0.1) for i in range(n)])
-    append(tables, "subsets", "subset sample_id repeat", [("all", ids[i], 1) for i in range(n)])
+    seed_rows(tables, "scores", "sample_id punsafe", [(ids[i], 0.1) for i in range(n)])
+    seed_rows(tables, "subsets", "subset sample_id repeat", [("all", ids[i], 1) for i in range(n)])
     build_index(spark, cfg, tables)
     assert merge_index(spark, cfg, tables).rows_out == n
 
