@@ -77,6 +77,8 @@ class StageProgress:
 
     def snapshot(self) -> tuple[int, int, int]:
         """(Spark jobs run so far in this stage, tasks done, tasks) of the jobs running now."""
+        if not getattr(self.spark, "started", True):  # a lazy session not started: no jobs
+            return len(self._seen_jobs), 0, 0
         tracker = self.spark.sparkContext.statusTracker()
         done = total = 0
         for job_id in tracker.getActiveJobsIds():
@@ -95,7 +97,10 @@ class StageProgress:
         parts = [f"[laion_spark] {self.stage}"]
         if self.total_rows is not None:
             parts.append(f"{self.total_rows} rows")
-        parts.append(f"Spark job {jobs}")
+        if getattr(self.spark, "started", True):
+            parts.append(f"Spark job {jobs}")
+        else:  # the stage runs in this process (a lazy session never started)
+            parts.append("in process")
         if total:
             parts.append(f"tasks {done}/{total}")
             if 0 < done < total:  # the running job's remaining time at its task rate

@@ -264,7 +264,8 @@ def test_killed_export_rerun_leaves_complete_shards_each_sample_once(world, monk
         argv += ["--to", str(out), "--shard-samples", "8", "--set", f"workdir={cfg.workdir}"]
         # one thread: shards 0-2 are complete when shard 3's writer dies
         argv += ["--set", "export.local_threads=1"]
-        env = {**os.environ, CRASH_ENV: "3"}
+        # no Java here: a JVM start would fail, so this path proves it needs none
+        env = {**os.environ, CRASH_ENV: "3", "JAVA_HOME": str(world["root"] / "no-java")}
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 17, proc.stderr[-2000:]
     files = os.listdir(out)
@@ -287,7 +288,8 @@ def test_killed_export_rerun_leaves_complete_shards_each_sample_once(world, monk
             seen[sid] = seen.get(sid, 0) + 1
     assert seen == _expected(world, "webdataset")
     if path == "here":  # the CLI, JVM-free, ends cleanly (exit 0) when all is written
-        proc = subprocess.run(argv, env=dict(os.environ), capture_output=True, text=True)
+        env.pop(CRASH_ENV)
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "30 samples in 4 shard(s)" in proc.stdout
 

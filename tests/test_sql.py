@@ -213,27 +213,24 @@ def test_a_run_with_nothing_to_do_answers_without_starting_spark(spark, small_ta
     )
     tables.upsert(scores, "scores")
     assert nothing_to_do(cfg, "score", {}) is None  # one embedding has no score yet
-    tables.upsert(spark.createDataFrame([(ids[2], "m@1")], scores.schema), "scores")
-    assert nothing_to_do(cfg, "score", {}) == "every embedding of m@1 has a score"
     assert nothing_to_do(cfg, "embed", {}) is None  # stages without a cheap rule: Spark decides
 
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, JAVA_HOME=str(tmp_path / "no-java"), PYTHONPATH=str(root))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "laion_spark.cli",
-            "run",
-            "score",
-            "--set",
-            f"workdir={tmp_path / 'wd'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=root,
-        timeout=120,
-    )
+
+    def run_score() -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "laion_spark.cli", "run", "score"]
+        argv += ["--set", f"workdir={tmp_path / 'wd'}"]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root, timeout=120)
+
+    # the pending embedding is scored on the local path, the run recorded: no JVM either
+    out = run_score()
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "in=1 " in out.stdout.replace("  ", " ") and "engine=local" in out.stdout
+    assert nothing_to_do(cfg, "score", {}) == "every embedding of m@1 has a score"
+    runs = tables.read("runs").where("stage = 'score'").collect()
+    assert len(runs) == 1 and runs[0]["status"] == "ok" and runs[0]["rows_in"] == 1
+
+    out = run_score()
     assert out.returncode == 0, out.stderr[-2000:]
     assert "score: nothing to do (every embedding of m@1 has a score" in out.stdout

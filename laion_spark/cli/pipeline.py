@@ -27,7 +27,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if idle is not None:  # found from the Delta tables: no JVM started for a no-op
         print(f"{name}: nothing to do ({idle}; checked without starting Spark)")
         return 0
-    spark, tables = session(cfg)
+    # started on first use: a stage that runs in this process (score's local path) needs none
+    spark, tables = session(cfg, lazy=True)
     return exit_code(run_stage(name, spark, cfg, tables, **options))
 
 

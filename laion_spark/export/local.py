@@ -93,8 +93,9 @@ def read_subset(
     """The subset's rows as `samples.local_rows(samples.narrow_frame(...), repeats, seed)`
     gives them, read with delta-rs; None when its payload would pass `max_bytes` (the
     image bytes are read only after that check)."""
-    sub = read_at(tables, "subsets", versions["subsets"], ["subset", "sample_id", "repeat"])
-    sub = sub.filter(pc.equal(sub.column("subset"), subset)).select(["sample_id", "repeat"])
+    cols = ["subset", "sample_id", "repeat"]
+    sub = read_at(tables, "subsets", versions["subsets"], cols, where=("subset", subset))
+    sub = sub.select(["sample_id", "repeat"])
     ids = sub.column("sample_id").combine_chunks()
     n = sub.num_rows
     img_cols = ["sample_id", "status", "width", "height", "original_width"]

@@ -178,18 +178,13 @@ def run(
 ) -> StageResult:
     """Score every embedding of the model that has no score yet; returns counts per flag."""
     t0 = time.time()
-    # rows per Arrow batch = rows per model call
-    with session_conf(spark, {ARROW_BATCH_ROWS: cfg.score.batch_rows}):
-        return _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, limit)
-
-
-def _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, limit) -> StageResult:
     model_id = embedding_model_id(
         cfg, tables, model_id or (clip.model_id if clip is not None else None), "score model_id"
     )
     if model_id is None:
         return StageResult("score", 0, 0, {}, time.time() - t0, {"model_id": None})
     if not cfg.score.watermark_image_model:  # the image classifier reads bytes: Spark's job
+        # before any Spark setting is touched: a run on the local path starts no JVM
         from laion_spark.score.local import pending_local, run_local
 
         todo = pending_local(tables, model_id, rescore, cfg.score.local_max_rows)
@@ -202,6 +197,13 @@ def _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, lim
                 return build_plan(cfg, model_id, clip, prompt_embeddings, dim=dim)
 
             return run_local(cfg, tables, t0, model_id, todo, make_plan, rescore, limit)
+    # rows per Arrow batch = rows per model call
+    with session_conf(spark, {ARROW_BATCH_ROWS: cfg.score.batch_rows}):
+        return _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, limit)
+
+
+def _run(spark, cfg, tables, t0, model_id, rescore, clip, prompt_embeddings, limit) -> StageResult:
+    """The stage through Spark jobs (big or remote tables, or the image classifier)."""
     # nothing pending: say so before any model loads or Python worker starts (a JVM-only
     # probe on the keys)
     probe = pending_embeddings(tables, model_id, rescore, text_embedding=False)
