@@ -153,3 +153,37 @@ def test_word_list_toxicity(text, expected):
     tox = WordListToxicity.from_file(PROMPTS_DIR / "toxic_words.txt")
     assert tox.score_one(text) == pytest.approx(expected, abs=1e-6)
     assert tox.model_ref.startswith("wordlist:")
+
+
+def test_prompt_embeddings_cached_per_model_and_prompt_lists(tmp_path, monkeypatch):
+    """A score run keeps the prompt embeddings it encoded, keyed by the model id (which
+    carries its weights' digest) and the prompt lists' digest; the next run takes them
+    without loading a CLIP model (here none can load), and a changed list misses."""
+    from laion_spark.config import load_config
+    from laion_spark.score.stage import _prompts
+    from laion_spark.score.zeroshot import (
+        PromptEmbeddings,
+        lists_digest,
+        load_prompt_lists,
+        prompts_dir,
+        save_prompts,
+    )
+
+    monkeypatch.setenv("LAION_SPARK_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(
+        "local", ["embed.model=ViT-B-32", f"embed.pretrained={tmp_path / 'no-such-weights.pt'}"]
+    )
+    model = "ViT-B-32@0123456789ab"
+    got, why = _prompts(cfg, model, None, None)
+    assert got is None and "did not load" in why  # nothing cached, no model: absent
+    lists = load_prompt_lists(prompts_dir(cfg.score.prompts_dir))
+    ref = f"zero-shot:{model}:prompts@{lists_digest(lists)}"
+    rng = np.random.default_rng(0)
+    pe = PromptEmbeddings(*(rng.normal(size=(k, 8)).astype(np.float32) for k in (3, 4, 2, 2, 5, 6)))
+    save_prompts(ref, pe)
+    got, why = _prompts(cfg, model, None, None)
+    assert why == ref and got is not None
+    for a, b in zip(vars(got).values(), vars(pe).values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    other, why = _prompts(cfg, "ViT-B-32@ffffffffffff", None, None)  # other weights: a miss
+    assert other is None and "did not load" in why

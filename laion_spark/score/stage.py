@@ -26,11 +26,13 @@ from laion_spark.models.heads import load_head
 from laion_spark.score.scoring import ABSENT, Models, ScorePlan, score_batch
 from laion_spark.score.zeroshot import (
     PromptEmbeddings,
+    cached_prompts,
     encode_prompts,
     lists_digest,
     load_prompt_lists,
     prompts_dir,
     read_list,
+    save_prompts,
 )
 from laion_spark.session import ARROW_BATCH_ROWS, session_conf
 from laion_spark.stage import StageResult
@@ -52,6 +54,9 @@ def _prompts(
     ref = f"zero-shot:{model_id}:prompts@{lists_digest(lists)}"
     if given is not None:
         return given, ref
+    cached = cached_prompts(ref)
+    if cached is not None:
+        return cached, ref
     try:
         if clip is None:
             from laion_spark.models.clip import load_clip
@@ -62,7 +67,9 @@ def _prompts(
     if clip.model_id != model_id:
         # prompts must live in the same embedding space as the images
         return None, f"{ABSENT}: clip {clip.model_id} is not the scored model {model_id}"
-    return encode_prompts(clip.encode_text, lists), ref
+    pe = encode_prompts(clip.encode_text, lists)
+    save_prompts(ref, pe)
+    return pe, ref
 
 
 def build_plan(

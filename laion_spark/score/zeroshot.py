@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,42 @@ class PromptEmbeddings:
     @property
     def dim(self) -> int:
         return int(self.neutral.shape[1])
+
+
+_GROUPS = tuple(f.name for f in fields(PromptEmbeddings))
+
+
+def _cache_file(ref: str) -> Path:
+    from laion_spark.models.tiny_clip import cache_root
+
+    name = hashlib.sha256(ref.encode()).hexdigest()[:24]
+    return cache_root() / "prompt-embeddings" / f"{name}.npz"
+
+
+def cached_prompts(ref: str) -> PromptEmbeddings | None:
+    """The prompt embeddings `save_prompts` kept for `ref` (model id with its weights'
+    digest + the prompt lists' digest), or None. A score run that finds them needs no
+    CLIP model: loading one (open_clip's import alone) was most of a small run's time."""
+    try:
+        with np.load(_cache_file(ref)) as z:
+            if str(z["ref"]) != ref:
+                return None
+            return PromptEmbeddings(*(np.asarray(z[g], np.float32) for g in _GROUPS))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def save_prompts(ref: str, pe: PromptEmbeddings) -> None:
+    import io
+
+    from laion_spark.storage import write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, ref=np.array(ref), **{g: getattr(pe, g) for g in _GROUPS})
+    try:
+        write_bytes(str(_cache_file(ref)), buf.getvalue())
+    except OSError:  # a read-only cache only costs the next run a model load
+        pass
 
 
 def encode_prompts(encode_text, lists: dict[str, list[str]]) -> PromptEmbeddings:
