@@ -171,16 +171,19 @@ def record_run(tables, cfg, result: StageResult, options: dict[str, Any], starte
         "started_at": started,
         "seconds": float(result.seconds),
     }
-    try:
-        if tables.local("runs"):  # one delta-rs commit here: no JVM for a run that had none
-            import pyarrow as pa
+    if tables.local("runs"):  # one delta-rs commit here: no JVM for a run that had none
+        import pyarrow as pa
 
-            from laion_spark.tables import arrow_schema
+        from laion_spark.tables import arrow_schema
 
+        try:
             maps = {k: list(row[k].items()) for k in ("by_status", "notes")}
             rows = pa.Table.from_pylist([{**row, **maps}], arrow_schema("runs"))
             tables.upsert_local(rows, "runs", update=False)
             return
+        except Exception as e:  # e.g. an older `runs` lacking a column: Spark merges schemas
+            log.info("delta-rs could not record the run (%s); recording it through Spark", e)
+    try:
         df = tables.spark.createDataFrame([row], SPECS["runs"].schema)
         tables.append(df, "runs")
     except Exception as e:  # the record must never turn a finished stage into a failure

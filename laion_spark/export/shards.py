@@ -558,9 +558,12 @@ def record_export(tables, manifest: dict[str, Any]) -> None:
 
         from laion_spark.tables import arrow_schema
 
-        row["delta_versions"] = list(row["delta_versions"].items())
-        tables.upsert_local(pa.Table.from_pylist([row], arrow_schema("exports")), "exports")
-        return
+        local = {**row, "delta_versions": list(row["delta_versions"].items())}
+        try:
+            tables.upsert_local(pa.Table.from_pylist([local], arrow_schema("exports")), "exports")
+            return
+        except Exception as e:  # e.g. an older `exports` lacking a column: Spark's MERGE
+            log.info("delta-rs could not record the export (%s); recording it through Spark", e)
     df = tables.spark.createDataFrame([row], SPECS["exports"].schema)
     if _known_export(tables, row["export_id"]):
         tables.upsert(df, "exports", dedup=False)
