@@ -66,8 +66,12 @@ def _left(left: pa.Table, right: pa.Table | None, flag: str | None = None) -> pa
     return left
 
 
-def _null(n: int, typ: pa.DataType) -> pa.Array:
-    return pa.nulls(n, typ)
+def _column(table: pa.Table, name: str, typ: pa.DataType) -> Any:
+    """Column `name` of `table`, or nulls of `typ` when the table has none (an older table,
+    or a table that does not exist yet and joined nothing)."""
+    if name in table.column_names:
+        return table.column(name)
+    return pa.nulls(table.num_rows, typ)
 
 
 @dataclass
@@ -102,12 +106,10 @@ def read_subset(
     img_cols += ["original_height", "sha256", "format", "num_bytes"]
     imgs = read_at(tables, "images", versions["images"], img_cols, ids, ("status", "success"))
     estimate = n * VECTOR_BYTES_PER_ROW if "embeddings" in needs else 0
-    if imgs is not None:
-        nbytes = imgs.column("num_bytes") if "num_bytes" in imgs.column_names else None
+    if imgs is not None:  # an image whose num_bytes is not recorded counts as the guess
+        nbytes = _column(imgs, "num_bytes", pa.int64())
         guess = pa.scalar(UNKNOWN_IMAGE_BYTES, pa.int64())
-        estimate += 0 if nbytes is None else int(pc.sum(pc.fill_null(nbytes, guess)).as_py() or 0)
-        if nbytes is None:
-            estimate += imgs.num_rows * UNKNOWN_IMAGE_BYTES
+        estimate += int(pc.sum(pc.fill_null(nbytes, guess)).as_py() or 0)
     if estimate > max_bytes:
         return None
     cand_cols = ["sample_id", "url", "text", "language", "license", "original_id"]
@@ -147,7 +149,7 @@ def read_subset(
     df = _left(df, read_at(tables, "scores", versions.get("scores"), score_cols, ids))
     for c in ("similarity", "punsafe", "pwatermark", "aesthetic"):
         if c not in df.column_names:
-            df = df.append_column(c, _null(n, pa.float32()))
+            df = df.append_column(c, pa.nulls(n, pa.float32()))
     for c in ("_has_cand", "_has_image", "_has_emb"):
         if c not in df.column_names:  # (the table does not exist)
             df = df.append_column(c, pa.array(np.zeros(n, bool)))
@@ -160,25 +162,21 @@ def _cand_part(cand: pa.Table | None) -> pa.Table | None:
         return None
     n = cand.num_rows
     col = cand.column
-    pool_key = _null(n, pa.string())
+    pool_key = pa.nulls(n, pa.string())
     if "source_format" in cand.column_names and "original_meta" in cand.column_names:
         meta_key = pc.map_lookup(col("original_meta"), pa.scalar("key"), "first")
         is_pool = pc.fill_null(pc.equal(col("source_format"), "webdataset"), False)
         pool_key = pc.if_else(is_pool, meta_key, pool_key)
-
-    def opt(name: str, typ: pa.DataType) -> Any:
-        return col(name) if name in cand.column_names else _null(n, typ)
-
     return pa.table(
         {
             "sample_id": col("sample_id"),
             "url": col("url"),
             "caption": col("text"),
-            "language": opt("language", pa.string()),
-            "license": opt("license", pa.string()),
-            "original_id": opt("original_id", pa.string()),
-            "_cand_ow": opt("original_width", pa.int32()),
-            "_cand_oh": opt("original_height", pa.int32()),
+            "language": _column(cand, "language", pa.string()),
+            "license": _column(cand, "license", pa.string()),
+            "original_id": _column(cand, "original_id", pa.string()),
+            "_cand_ow": _column(cand, "original_width", pa.int32()),
+            "_cand_oh": _column(cand, "original_height", pa.int32()),
             "_pool_key": pool_key,
         }
     )
@@ -189,22 +187,16 @@ def _image_part(imgs: pa.Table | None) -> pa.Table | None:
     hold bytes)."""
     if imgs is None:
         return None
-    n = imgs.num_rows
-
-    def opt(name: str, typ: pa.DataType) -> Any:
-        return imgs.column(name) if name in imgs.column_names else _null(n, typ)
-
-    nbytes = opt("num_bytes", pa.int64())
     return pa.table(
         {
             "sample_id": imgs.column("sample_id"),
-            "width": opt("width", pa.int32()),
-            "height": opt("height", pa.int32()),
-            "original_width": opt("original_width", pa.int32()),
-            "original_height": opt("original_height", pa.int32()),
-            "sha256": opt("sha256", pa.string()),
-            "image_format": opt("format", pa.string()),
-            "_num_bytes": nbytes,
+            "width": _column(imgs, "width", pa.int32()),
+            "height": _column(imgs, "height", pa.int32()),
+            "original_width": _column(imgs, "original_width", pa.int32()),
+            "original_height": _column(imgs, "original_height", pa.int32()),
+            "sha256": _column(imgs, "sha256", pa.string()),
+            "image_format": _column(imgs, "format", pa.string()),
+            "_num_bytes": _column(imgs, "num_bytes", pa.int64()),
         }
     )
 
@@ -217,27 +209,25 @@ def _derived(df: pa.Table, needs: frozenset[str]) -> pa.Table:
     def has(name: str) -> np.ndarray:
         return pc.fill_null(col(name), False).to_numpy(zero_copy_only=False)
 
-    orig = col("original_id") if "original_id" in df.column_names else _null(n, pa.string())
+    orig = _column(df, "original_id", pa.string())
     dc = pc.fill_null(pc.match_substring_regex(orig, "^[0-9a-fA-F]{32}$"), False)
     uid = pc.if_else(dc, pc.utf8_lower(orig), col("sample_id"))
     out: dict[str, Any] = {}
     for name in ("sample_id", "url", "caption", "language", "license", "original_id"):
-        out[name] = col(name) if name in df.column_names else _null(n, pa.string())
+        out[name] = _column(df, name, pa.string())
     for name in ("width", "height"):
-        out[name] = col(name) if name in df.column_names else _null(n, pa.int32())
+        out[name] = _column(df, name, pa.int32())
     for name, cand in (("original_width", "_cand_ow"), ("original_height", "_cand_oh")):
-        a = col(name) if name in df.column_names else _null(n, pa.int32())
-        b = col(cand) if cand in df.column_names else _null(n, pa.int32())
-        out[name] = pc.coalesce(a, b)
+        out[name] = pc.coalesce(_column(df, name, pa.int32()), _column(df, cand, pa.int32()))
     for name, typ in (("sha256", pa.string()), ("image_format", pa.string())):
-        out[name] = col(name) if name in df.column_names else _null(n, typ)
+        out[name] = _column(df, name, typ)
     for name in ("similarity", "punsafe", "pwatermark", "aesthetic"):
         out[name] = pc.cast(col(name), pa.float32())
     out["uid"] = uid
     out["repeat"] = pc.cast(
         pc.coalesce(col("repeat"), pa.scalar(1, col("repeat").type)), pa.int32()
     )
-    nbytes = col("_num_bytes") if "_num_bytes" in df.column_names else _null(n, pa.int64())
+    nbytes = _column(df, "_num_bytes", pa.int64())
     out["size"] = pc.add(pc.cast(pc.fill_null(nbytes, 0), pa.int64()), SAMPLE_OVERHEAD_BYTES)
     skip = np.full(n, None, object)
     reasons = [("_has_cand", "no_candidate")]
@@ -248,7 +238,7 @@ def _derived(df: pa.Table, needs: frozenset[str]) -> pa.Table:
     for flag, reason in reversed(reasons):  # the first missing part names the reason
         skip[~has(flag)] = reason
     out["_skip"] = pa.array(skip, pa.string())
-    pool = col("_pool_key") if "_pool_key" in df.column_names else _null(n, pa.string())
+    pool = _column(df, "_pool_key", pa.string())
     pool_ok = pc.fill_null(pc.match_substring_regex(pool, KEY_PATTERN), False)
     out["_base_key"] = pc.if_else(pool_ok, pool, col("sample_id"))
     return pa.table(out)

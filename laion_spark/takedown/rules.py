@@ -121,17 +121,15 @@ def rules_from_rows(rows: Iterable[tuple[str | None, str | None]]) -> TakedownRu
 def load_rules(tables) -> TakedownRules:
     default = tables.cfg.takedown.pdq_max_distance
     if tables.local("takedowns"):  # read by delta-rs: no Spark job
-        from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
-        from laion_spark.lake import arrow_dataset
+        from laion_spark.lake import read_rows
 
         try:
-            ds = arrow_dataset(DeltaTable(tables.location("takedowns")))
+            rows = read_rows(tables.location("takedowns"), list(RULE_COLUMNS))
         except TableNotFoundError:
             return TakedownRules()
-        cols = [c for c in RULE_COLUMNS if c in ds.schema.names]
-        return rules_from_records(ds.to_table(columns=cols).to_pylist(), default)
+        return rules_from_records(rows.to_pylist(), default)
     if not tables.exists("takedowns"):
         return TakedownRules()
     df = tables.read("takedowns")
