@@ -155,3 +155,26 @@ def test_watermark_image_model_laion_head(tmp_path):
     assert 0.0 <= probs[0] <= 1.0
     assert np.isnan(probs[1]) and np.isnan(probs[2])
     assert wm.model_ref.startswith("watermark-image:efficientnet_b0:watermark_model_v1.pt@")
+
+
+def test_arrow_matrix_matches_the_row_by_row_matrix():
+    """The stage's Arrow path gives the vectors and valid-row mask the pandas path gives: an
+    even column is reshaped as it lies; NaN rows, short rows and null rows are invalid."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from laion_spark.score.scoring import _matrix, arrow_matrix
+
+    rng = np.random.default_rng(0)
+    even = [rng.normal(size=4).astype(np.float32) for _ in range(5)]
+    nan = [v.copy() for v in even]
+    nan[2][1] = np.nan
+    cases = {"even": even, "nan": nan, "short": [*even[:3], even[3][:2], even[4]]}
+    cases["null"] = [*even[:2], None, *even[3:]]
+    for name, rows in cases.items():
+        col = pa.array([None if r is None else r.tolist() for r in rows], pa.list_(pa.float32()))
+        x, ok = arrow_matrix(pa.chunked_array([col.slice(0, 2), col.slice(2)]))
+        x0, ok0 = _matrix(pd.Series(rows, dtype=object), None)
+        assert ok.tolist() == ok0.tolist(), name
+        assert np.array_equal(x, x0), name
+        assert (ok.all() if name == "even" else not ok.all()), name

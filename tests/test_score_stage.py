@@ -282,9 +282,17 @@ def test_local_path_writes_what_the_spark_path_writes(spark, make_cfg, tmp_path)
         assert res.rows_in == 62 and res.by_status["bad_embedding"] == 2
         again = run(spark, cfg, tables, model_id=MODEL, prompt_embeddings=pe)
         assert again.rows_in == 0
+        # three new embeddings: only they are pending (a scan that keeps some rows per batch)
+        x = np.eye(D, dtype=np.float32)[:3]  # the same rows for both engines
+        new = [(f"new{i:029x}", MODEL, x[i].tolist(), None, None, "success") for i in range(3)]
+        append(tables, spark.createDataFrame(new, "sample_id string, model_id string, "
+               "image_embedding array<float>, text_embedding array<float>, similarity float, "
+               "status string"), "embeddings")
+        more = run(spark, cfg, tables, model_id=MODEL, prompt_embeddings=pe)
+        assert more.rows_in == 3 and more.notes.get("engine", "spark") == engine
         # read back by Spark and by delta-rs alike
         sc = tables.read("scores").toPandas().sort_values("sample_id").reset_index(drop=True)
-        assert len(sc) == 62 and sc["sample_id"].is_unique
+        assert len(sc) == 65 and sc["sample_id"].is_unique
         got[engine] = (res.by_status, sc)
     (st_a, a), (st_b, b) = got["spark"], got["local"]
     assert st_a == st_b

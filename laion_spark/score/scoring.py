@@ -103,12 +103,39 @@ def _matrix(col: pd.Series, dim: int | None) -> tuple[np.ndarray, np.ndarray]:
     return x, ok
 
 
+def arrow_matrix(col: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`_matrix` of an Arrow list column: when every row holds the same number of values
+    (the usual case) the values are reshaped as they lie, with no Python object per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    lens = pc.fill_null(pc.list_value_length(col), -1).to_numpy()
+    dim = int(lens[0]) if len(lens) else 0
+    if dim <= 0 or not (lens == dim).all() or col.flatten().null_count:
+        return _matrix(pd.Series(col.to_numpy(zero_copy_only=False)), None)
+    x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    x = x.reshape(len(col), dim)
+    ok = np.isfinite(x).all(axis=1)
+    if not ok.all():
+        x = x.copy()
+        x[~ok] = 0.0
+    return x, ok
+
+
 def score_batch(
-    pdf: pd.DataFrame, plan: ScorePlan, models: Models, device: str = "cpu"
+    pdf: pd.DataFrame,
+    plan: ScorePlan,
+    models: Models,
+    device: str = "cpu",
+    image_matrix: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """Scores for one batch with columns sample_id, image_embedding[, text_embedding, text, image]."""
+    """Scores for one batch with columns sample_id, image_embedding[, text_embedding, text, image];
+    `image_matrix` = (vectors, valid rows) stands for image_embedding when the caller has it
+    (`arrow_matrix`)."""
     n = len(pdf)
-    img, ok = _matrix(pdf["image_embedding"], None)
+    img, ok = image_matrix or _matrix(pdf["image_embedding"], None)
     texts = list(pdf["text"]) if "text" in pdf else [None] * n
     out: dict[str, Any] = {c: np.full(n, np.nan, dtype=np.float32) for c in SCORE_COLUMNS}
     refs: list[dict[str, str]] = [dict(plan.refs) for _ in range(n)]
