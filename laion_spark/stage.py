@@ -108,6 +108,49 @@ def config_digest(cfg: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def inputs_digest(tables, names: tuple[str, ...], settings: dict[str, Any]) -> str:
+    """32 hex of sha256 over the data versions of tables `names` and `settings`: a stage
+    that records it after a run (notes["state_digest"]) and finds it unchanged at the next
+    would write what it wrote (curate, dpo_select)."""
+    state = {"versions": {t: tables.data_version(t) for t in names}, "settings": settings}
+    text = json.dumps(state, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def last_run_digest(tables, stage: str) -> str | None:
+    """The state digest the newest run of `stage` recorded in `runs` (None: no such run, it
+    failed, or it recorded none). Local tables are read here (delta-rs), others by Spark."""
+    if not tables.exists("runs"):
+        return None
+    if tables.local("runs"):
+        from laion_spark.lake import read_rows
+
+        rows = read_rows(
+            tables.location("runs"), ["started_at", "status", "notes"], equals=("stage", stage)
+        ).to_pylist()
+        if not rows:
+            return None
+        last = max(rows, key=lambda r: r["started_at"])
+        status, digest = last["status"], dict(last["notes"] or []).get("state_digest")
+    else:
+        from pyspark.sql import functions as F
+
+        got = (
+            tables.read("runs")
+            .where(F.col("stage") == F.lit(stage))
+            .orderBy(F.col("started_at").desc())
+            .select("status", F.col("notes").getItem("state_digest").alias("d"))
+            .limit(1)
+            .collect()
+        )
+        if not got:
+            return None
+        status, digest = got[0]["status"], got[0]["d"]
+    if status != "ok" or digest is None:
+        return None
+    return json.loads(digest)
+
+
 def resolve(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A stage name (old names map to what replaced them) and its options, checked."""
     if name in RENAMED:

@@ -229,10 +229,13 @@ def test_score_select_and_pair_accuracy(spark, scored, capsys):
     assert kept_acc >= max(0.9, clip_acc)  # the rules keep the confident, clean pairs
     assert clip_acc > baselines["random"] + 0.25 and clip_acc > baselines["length"] + 0.15
 
-    # idempotent: a second selection and a re-import leave the same rows
+    # idempotent: a second selection (nothing changed: skipped; forced: recomputed) and a
+    # re-import leave the same rows
     before = sorted(pairs.pair_id)
     again = run_stage("dpo_select", spark, cfg, tables)
-    assert again.rows_out == len(before)
+    assert again.rows_out == 0 and again.notes["skipped"] == "nothing changed since the last run"
+    forced = run_stage("dpo_select", spark, cfg, tables, force=True)
+    assert forced.rows_out == len(before)
     assert sorted(tables.read("dpo_pairs").toPandas().pair_id) == before
     assert import_responses(spark, cfg, tables, path).rows_out == 0
     assert run_stage("dpo_score", spark, cfg, tables).rows_in == 0

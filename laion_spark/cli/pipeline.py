@@ -69,7 +69,11 @@ def register(sub) -> None:
     p.add_argument("--inputs", nargs="*", help="extract: WAT/WARC files or listings")
     p.add_argument("--retry-failed", action="store_true", help="download: retry retryable failures")
     p.add_argument("--limit", type=int, help="download/embed/score: at most N samples this run")
-    p.add_argument("--force", action="store_true", help="merge_index: merge even if up to date")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="merge_index, curate, dpo_select: redo even if up to date",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pipeline", help="run every stage in order")

@@ -26,7 +26,7 @@ from laion_spark.curate.registry import (
     select,
 )
 from laion_spark.curate.subsets import replace_subsets, subset_rows
-from laion_spark.stage import StageResult
+from laion_spark.stage import StageResult, inputs_digest, last_run_digest
 from laion_spark.tables import Tables
 
 
@@ -54,39 +54,14 @@ STATE_TABLES = ("candidates", "images", "embeddings", "scores", "subsets", "take
 def state_digest(cfg: Config, tables: Tables, names: list[str], targets: dict[str, Any]) -> str:
     """Digest of what a run with these names would read and write: equal digests, equal work."""
     import dataclasses
-    import hashlib
-    import json
 
-    state = {
-        "versions": {t: tables.data_version(t) for t in STATE_TABLES},
+    settings = {
         "names": names,
         "targets": targets,
         "curate": dataclasses.asdict(cfg.curate),
         "model": pool_model_id(tables, cfg),
     }
-    text = json.dumps(state, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def last_state_digest(tables: Tables) -> str | None:
-    """The state digest the last curate run recorded in `runs` (None: no such run)."""
-    import json
-
-    from pyspark.sql import functions as F
-
-    if not tables.exists("runs"):
-        return None
-    last = (
-        tables.read("runs")
-        .where(F.col("stage") == F.lit("curate"))
-        .orderBy(F.col("started_at").desc())
-        .select("status", F.col("notes").getItem("state_digest").alias("d"))
-        .limit(1)
-        .collect()
-    )
-    if not last or last[0]["status"] != "ok" or last[0]["d"] is None:
-        return None
-    return json.loads(last[0]["d"])
+    return inputs_digest(tables, STATE_TABLES, settings)
 
 
 def run(
@@ -103,7 +78,7 @@ def run(
     for n in names:
         definition(cfg, n)  # fail fast on unknown names, before any work
     digest = state_digest(cfg, tables, names, dict(targets or {}))
-    if not force and digest == last_state_digest(tables):
+    if not force and digest == last_run_digest(tables, "curate"):
         # the tables are as the last run left them and the settings are equal: the subsets
         # it wrote are what this run would write
         return StageResult(

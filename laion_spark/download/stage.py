@@ -62,6 +62,15 @@ def run(
     t0 = time.time()
     dc = cfg.download
     retry_failed = retry_failed or dc.retry_failed
+    if not retry_failed:
+        from laion_spark.status import nothing_to_do
+
+        # nothing pending: said from the Delta tables (local ones: no Spark job), before a
+        # fetch job with no rows starts its Python workers (10 s in the demo's re-run)
+        idle = nothing_to_do(cfg, "download", {})
+        if idle:
+            notes = {"commits": 0, "pending": 0, "idle": idle}
+            return StageResult("download", 0, 0, {}, time.time() - t0, notes)
     sha, md5 = taken_down_hashes(tables)
     sha_f, md5_f = frozenset(sha), frozenset(md5)
     partitions = dc.partitions or max(1, 2 * spark.sparkContext.defaultParallelism)

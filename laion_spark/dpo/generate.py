@@ -198,7 +198,8 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     from pyspark.sql import functions as F
 
     from laion_spark.dpo.pool import pool_from_images
-    from laion_spark.models.vlm import load_vlm, model_name
+    from laion_spark.models.device import resolve_device
+    from laion_spark.models.vlm import model_name, vlm_model_id
     from laion_spark.session import ARROW_BATCH_ROWS, session_conf
     from laion_spark.tables import spark_schema
 
@@ -211,8 +212,7 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
         notes["pool"] = "empty (import SFT data or set dpo.pool.from_images)"
         return StageResult("dpo_generate", 0, 0, {}, time.time() - t0, notes)
     conf = worker_config(gen_cfg)
-    vlm = load_vlm(gen_cfg)  # driver: the model id (weights digest)
-    mid = vlm.model_id
+    mid = vlm_model_id(gen_cfg)  # the driver loads no model: the executors do
     done = (F.col("model_id") == F.lit(mid)) & F.col("status").isin(*FINAL)
     todo = tables.pending(
         units_frame(spark, tables, gen_cfg),
@@ -223,7 +223,7 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     if limit:
         todo = todo.limit(int(limit))
     rows_in = todo.count()
-    notes.update(model_id=mid, device=vlm.device)
+    notes.update(model_id=mid, device=resolve_device(gen_cfg.device))
     if rows_in == 0:
         return StageResult("dpo_generate", 0, 0, {}, time.time() - t0, notes)
     # no task with less than one generate() batch: each task loads the model once

@@ -293,4 +293,7 @@ def pool_from_images(spark, cfg, tables) -> dict[str, int]:
         F.current_timestamp().alias("imported_at"),
     )
     todo = tables.pending(out, "sft_pool", keys=("pool_id",))
+    # a MERGE of no rows still costs its jobs (seconds in every re-run): probe the keys first
+    if not todo.select("pool_id").limit(1).collect():
+        return {"num_inserted_rows": 0}
     return tables.upsert(todo, "sft_pool", update=False, dedup=False)

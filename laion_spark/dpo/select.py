@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from laion_spark.dpo import text as textmod
-from laion_spark.stage import StageResult
+from laion_spark.stage import StageResult, inputs_digest, last_run_digest
 
 log = logging.getLogger(__name__)
 
@@ -242,18 +242,40 @@ def pool_stats(scored) -> dict[str, tuple[float, float]]:
     return {r["model_id"]: (float(r["mu"]), float(r["sd"] or 0.0) or 1.0) for r in rows}
 
 
-def run(spark, cfg, tables) -> StageResult:
-    """Mine preference pairs from the scored responses (see the module docstring)."""
+def run(spark, cfg, tables, force: bool = False) -> StageResult:
+    """Mine preference pairs from the scored responses (see the module docstring); a run
+    with nothing changed since the last one says so and writes nothing (`force`: select
+    again anyway)."""
+    t0 = time.time()
+    if not tables.exists("dpo_candidates"):
+        return StageResult("dpo_select", 0, 0, {}, time.time() - t0, {"candidates": "none yet"})
+    digest = _state_digest(cfg, tables)
+    if not force and digest == last_run_digest(tables, "dpo_select"):
+        # the pool, the scored responses, the pairs and the rules are as the last run left
+        # them: it would write the pairs it wrote (and the scorer loads no model)
+        notes = {"state_digest": digest, "skipped": "nothing changed since the last run"}
+        return StageResult("dpo_select", 0, 0, {"up_to_date": 1}, time.time() - t0, notes)
+    result = _select(cfg, tables, t0)
+    if not result.error:
+        result.notes["state_digest"] = _state_digest(cfg, tables)  # with its own writes
+    return result
+
+
+def _state_digest(cfg, tables) -> str:
+    import dataclasses
+
+    settings = {k: dataclasses.asdict(getattr(cfg.dpo, k)) for k in ("select", "score")}
+    return inputs_digest(tables, ("sft_pool", "dpo_candidates", "dpo_pairs"), settings)
+
+
+def _select(cfg, tables, t0: float) -> StageResult:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     from laion_spark.dpo.score import load_ensemble, worker_configs
     from laion_spark.tables import spark_schema
 
-    t0 = time.time()
     sel, s = cfg.dpo.select, cfg.dpo.score
-    if not tables.exists("dpo_candidates"):
-        return StageResult("dpo_select", 0, 0, {}, time.time() - t0, {"candidates": "none yet"})
     ens = load_ensemble(worker_configs(cfg), s.aggregate)
     sid = ens.scorer_id
     min_chosen = (

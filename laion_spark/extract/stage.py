@@ -88,6 +88,15 @@ def file_rows(path: str, options: dict):
 def _done_files(tables: Tables) -> set[str]:
     if not tables.exists("extract_stats"):
         return set()
+    if tables.local("extract_stats"):  # read here (delta-rs): a re-run costs no Spark job
+        from laion_spark.lake import read_rows
+
+        got = read_rows(tables.location("extract_stats"), ["source_file", "status"]).to_pydict()
+        return {
+            f
+            for f, st in zip(got["source_file"], got["status"], strict=True)
+            if st not in (None, "failed")
+        }
     rows = tables.read("extract_stats").where("status <> 'failed'").select("source_file")
     return {r[0] for r in rows.collect()}
 

@@ -146,6 +146,12 @@ def model_name(model: str) -> str:
     return TINY_NAME if model == TINY_NAME else model.rstrip("/").rsplit("/", 1)[-1]
 
 
+def vlm_model_id(gen_cfg: Any) -> str:
+    """The `model_id` load_vlm's model records, without loading it (the driver needs only
+    the id to find the work left)."""
+    return f"{model_name(gen_cfg.model)}@{weights_digest(model_directory(gen_cfg.model))}"
+
+
 def load_vlm(gen_cfg: Any, device: str | None = None, name: str | None = None) -> LoadedVlm:
     """Load (once per process) the model `gen_cfg.model` names (dpo.generate settings).
 
