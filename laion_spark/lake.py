@@ -99,9 +99,13 @@ def read_rows(
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     # a filter the scan cannot apply to some file (e.g. a view type delta-rs wrote): batch
-    # by batch after the read, in plain types
+    # by batch after the read, in plain types; the filters' columns are read too (a caller
+    # may not ask for them), then dropped
+    want = cols
+    if cols is not None:
+        want = cols + [f[0] for f in (isin, equals) if f is not None and f[0] not in cols]
     parts = []
-    for batch in ds.to_batches(columns=cols):
+    for batch in ds.to_batches(columns=want):
         t = plain_types(pa.Table.from_batches([batch]))
         mask = None
         if isin is not None:
@@ -109,7 +113,8 @@ def read_rows(
         if equals is not None:
             eq = pc.fill_null(pc.equal(t.column(equals[0]), pa.scalar(equals[1])), False)
             mask = eq if mask is None else pc.and_(mask, eq)
-        parts.append(t if mask is None else t.filter(mask))
+        t = t if mask is None else t.filter(mask)
+        parts.append(t if cols is None else t.select(cols))
     if not parts:
         empty = ds.schema.empty_table()
         return plain_types(empty if cols is None else empty.select(cols))

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from laion_spark.config import Config
-from laion_spark.lake import arrow_dataset
+from laion_spark.lake import arrow_dataset, read_rows
 from laion_spark.models.device import resolve_device
 from laion_spark.score.scoring import ABSENT, Models, ScorePlan, arrow_matrix, score_batch
 from laion_spark.stage import StageResult
@@ -34,11 +34,6 @@ def _table(tables: Tables, name: str):
         return None
 
 
-def _dataset(tables: Tables, name: str):
-    dt = _table(tables, name)
-    return None if dt is None else arrow_dataset(dt)
-
-
 def _is(ds: Any, column: str, value: Any):
     """`column == value` as a dataset filter, in the column's own string type (delta-rs
     may hand string columns over as string_view, which does not compare with string)."""
@@ -48,42 +43,36 @@ def _is(ds: Any, column: str, value: Any):
     return pc.field(column) == pa.scalar(value, ds.schema.field(column).type)
 
 
-def _among(ds: Any, column: str, values: Any):
-    """`column in values` as a dataset filter, `values` cast to the column's type."""
-    import pyarrow.compute as pc
-
-    return pc.field(column).isin(values.cast(ds.schema.field(column).type))
+def _model_keys(tables: Tables, name: str, model_id: str) -> Any:
+    """sample_ids of `name`'s rows of the model (raises TableNotFoundError: no table)."""
+    got = read_rows(tables.location(name), ["sample_id"], equals=("model_id", model_id))
+    return got.column("sample_id").combine_chunks()
 
 
 def pending_local(tables: Tables, model_id: str, rescore: bool, max_rows: int) -> Any | None:
     """sample_ids of the model's embeddings with no score yet (all of them with `rescore`),
     as an Arrow array; None when this run is not for the local path (a non-local table, or
     more than `max_rows` embeddings of the model to scan)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
+    from deltalake.exceptions import TableNotFoundError
 
     if max_rows <= 0 or not (tables.local("embeddings") and tables.local("scores")):
         return None
-    emb = _dataset(tables, "embeddings")
-    if emb is None:
+    try:
+        # keys only (rows without an image embedding drop out when run_local reads vectors:
+        # testing for null here would read the vectors of every row)
+        ids = _model_keys(tables, "embeddings", model_id)
+    except TableNotFoundError:
         return None
-    # keys only (rows without an image embedding drop out when run_local reads vectors:
-    # testing for null here would read the vectors of every row)
-    ids = emb.to_table(columns=["sample_id"], filter=_is(emb, "model_id", model_id))
-    ids = ids.column("sample_id")
     if len(ids) > max_rows:
         return None
-    scores = _table(tables, "scores")  # opened once: its size, then its keys
+    scores = _table(tables, "scores")
     if rescore or scores is None:
-        return ids.combine_chunks()
+        return ids
     if sum(scores.get_add_actions(flatten=True).column("num_records").to_pylist()) > 4 * max_rows:
         return None  # a big table to anti-join against: Spark's job
-    # filtered here, not in the scan: files delta-rs wrote hold string_view columns, which
-    # a scan filter in the table's `string` type cannot compare with
-    done = arrow_dataset(scores).to_table(columns=["sample_id", "model_id"])
-    mine = pc.equal(done.column("model_id").cast(pa.string()), model_id)
-    done_ids = pc.filter(done.column("sample_id"), mine).cast(ids.type)
-    return pc.filter(ids, pc.invert(pc.is_in(ids, value_set=done_ids))).combine_chunks()
+    done = _model_keys(tables, "scores", model_id)
+    return pc.filter(ids, pc.invert(pc.is_in(ids, value_set=done)))
 
 
 def run_local(
@@ -112,7 +101,7 @@ def run_local(
     want = pa.array(pending).cast(pa.string())
     toxicity_head = bool(cfg.score.toxicity_model)  # the only reader of text embeddings
     cols = ["sample_id", "image_embedding"] + (["text_embedding"] if toxicity_head else [])
-    emb = _dataset(tables, "embeddings")
+    emb = arrow_dataset(_table(tables, "embeddings"))
     step = max(1, cfg.score.batch_rows)
     # the model's rows only, in the scan; which of them are pending is tested per batch
     # (a 20,000-key `isin` in the scan's filter cost more than the lookup here)
@@ -166,12 +155,15 @@ def _texts(tables: Tables, want: Any) -> tuple[Any, Any]:
     """(sample_id, text) arrays of the captions of the sample_ids in `want`, for a lookup by
     key (not Arrow's hash join, which refuses list columns beside the keys)."""
     import pyarrow as pa
+    from deltalake.exceptions import TableNotFoundError
 
-    cands = _dataset(tables, "candidates")
-    if cands is None:
+    try:
+        got = read_rows(
+            tables.location("candidates"), ["sample_id", "text"], isin=("sample_id", want)
+        )
+    except TableNotFoundError:
         return pa.array([], pa.string()), pa.array([], pa.string())
-    got = cands.to_table(columns=["sample_id", "text"], filter=_among(cands, "sample_id", want))
-    return tuple(got.column(c).combine_chunks().cast(pa.string()) for c in ("sample_id", "text"))
+    return got.column("sample_id").combine_chunks(), got.column("text").combine_chunks()
 
 
 def _dim(src: Any) -> int:
