@@ -161,12 +161,6 @@ class Lake:
             if where is not None:
                 df = df.where(df[where[0]] == where[1])
             return df.select(*cols).toPandas()
-        dt = self._dt(name)
-        if dt is None:
+        if self._dt(name) is None:
             return None
-        import pyarrow.compute as pc
-
-        ds = arrow_dataset(dt)
-        cols = [c for c in columns if c in ds.schema.names]
-        flt = (pc.field(where[0]) == where[1]) if where is not None else None
-        return ds.to_table(columns=cols, filter=flt).to_pandas()
+        return read_rows(self.location(name), columns, equals=where).to_pandas()
