@@ -214,18 +214,9 @@ def record_run(tables, cfg, result: StageResult, options: dict[str, Any], starte
         "started_at": started,
         "seconds": float(result.seconds),
     }
-    if tables.local("runs"):  # one delta-rs commit here: no JVM for a run that had none
-        import pyarrow as pa
-
-        from laion_spark.tables import arrow_schema
-
-        try:
-            maps = {k: list(row[k].items()) for k in ("by_status", "notes")}
-            rows = pa.Table.from_pylist([{**row, **maps}], arrow_schema("runs"))
-            tables.upsert_local(rows, "runs", update=False)
-            return
-        except Exception as e:  # e.g. an older `runs` lacking a column: Spark merges schemas
-            log.info("delta-rs could not record the run (%s); recording it through Spark", e)
+    # one delta-rs commit here: no JVM for a run that had none (else Spark merges schemas)
+    if tables.local("runs") and tables.upsert_rows_local([row], "runs", update=False):
+        return
     try:
         df = tables.spark.createDataFrame([row], SPECS["runs"].schema)
         tables.append(df, "runs")

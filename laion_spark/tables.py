@@ -612,7 +612,11 @@ class Tables:
                     ) from e
                 log.warning(
                     "%s of table %s: another writer committed first (%s); retrying (%d/%d)",
-                    what, name, conflict, n, self.commit_attempts - 1,
+                    what,
+                    name,
+                    conflict,
+                    n,
+                    self.commit_attempts - 1,
                 )
                 # back off with jitter so two losers do not collide again in lockstep
                 time.sleep(self.retry_backoff_s * n * (1 + random.random()))
@@ -624,6 +628,26 @@ class Tables:
         from laion_spark.storage import is_local
 
         return not self.database and is_local(self.location(name))
+
+    def upsert_rows_local(self, rows: list[dict], name: str, update: bool = True) -> bool:
+        """`upsert_local` of a few plain rows (map columns as dicts) for the records a run
+        keeps (runs, exports, takedowns); False when delta-rs cannot write them (e.g. an
+        older table lacking a column), and the caller writes them through Spark instead."""
+        import pyarrow as pa
+
+        schema = arrow_schema(name)
+        maps = [f.name for f in schema if pa.types.is_map(f.type)]
+        # map columns as item lists: older pyarrow does not take dicts for them
+        fixed = [
+            {**r, **{m: list(r[m].items()) for m in maps if isinstance(r.get(m), dict)}}
+            for r in rows
+        ]
+        try:
+            self.upsert_local(pa.Table.from_pylist(fixed, schema), name, update=update)
+            return True
+        except Exception as e:  # noqa: BLE001 - any failure leaves the write to Spark
+            log.info("delta-rs could not write %s (%s); writing it through Spark", name, e)
+            return False
 
     def upsert_local(self, rows: Any, name: str, update: bool = True) -> dict[str, int]:
         """`upsert` of an Arrow table through delta-rs in this process (local tables only):
@@ -660,9 +684,7 @@ class Tables:
         on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
 
         def attempt() -> dict[str, int]:
-            merge = DeltaTable(loc).merge(
-                rows, predicate=on, source_alias="s", target_alias="t"
-            )
+            merge = DeltaTable(loc).merge(rows, predicate=on, source_alias="s", target_alias="t")
             if update:
                 merge = merge.when_matched_update_all()
             m = merge.when_not_matched_insert_all().execute()

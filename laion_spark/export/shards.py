@@ -553,17 +553,9 @@ def record_export(tables, manifest: dict[str, Any]) -> None:
             k: int(v) for k, v in (manifest.get("delta_versions") or {}).items() if v is not None
         },
     }
-    if tables.local("exports"):  # one delta-rs MERGE here: no Spark job
-        import pyarrow as pa
-
-        from laion_spark.tables import arrow_schema
-
-        local = {**row, "delta_versions": list(row["delta_versions"].items())}
-        try:
-            tables.upsert_local(pa.Table.from_pylist([local], arrow_schema("exports")), "exports")
-            return
-        except Exception as e:  # e.g. an older `exports` lacking a column: Spark's MERGE
-            log.info("delta-rs could not record the export (%s); recording it through Spark", e)
+    # one delta-rs MERGE here: no Spark job (else Spark's MERGE, e.g. an older `exports`)
+    if tables.local("exports") and tables.upsert_rows_local([row], "exports"):
+        return
     df = tables.spark.createDataFrame([row], SPECS["exports"].schema)
     if _known_export(tables, row["export_id"]):
         tables.upsert(df, "exports", dedup=False)

@@ -35,7 +35,7 @@ from pyspark.sql import types as T
 
 from laion_spark.config import Config
 from laion_spark.ids import normalize_url
-from laion_spark.tables import SPECS, Tables, arrow_schema
+from laion_spark.tables import SPECS, Tables
 from laion_spark.takedown.pdq import normalize_hash
 from laion_spark.takedown.rules import KINDS, domain_matches, host_of, url_hash
 
@@ -294,21 +294,16 @@ def _record(
             }
         )
     if stored is not None:
-        import pyarrow as pa
-
         now = datetime.now(UTC)
         for row in out:
             prev = old.get(row["request_id"])
             row["requested_at"] = row["requested_at"] or now
             # not re-resolved: the stored resolution time stays, as Spark's MERGE leaves it
             row["resolved_at"] = now if resolutions is not None else _get(prev, "resolved_at")
-        try:
-            tables.upsert_local(pa.Table.from_pylist(out, arrow_schema("takedowns")), "takedowns")
+        if tables.upsert_rows_local(out, "takedowns"):
             return
-        except Exception as e:  # noqa: BLE001 - e.g. an older table lacking a column
-            log.info("delta-rs write of takedowns failed (%s); using Spark's", e)
-            for row in out:
-                row["requested_at"] = _get(old.get(row["request_id"]), "requested_at")
+        for row in out:  # Spark's MERGE fills them (e.g. an older table lacking a column)
+            row["requested_at"] = _get(old.get(row["request_id"]), "requested_at")
     df = spark.createDataFrame(out, SPECS["takedowns"].schema)
     df = df.withColumn("requested_at", F.coalesce("requested_at", F.current_timestamp()))
     if resolutions is not None:
