@@ -214,7 +214,7 @@ def record_run(tables, cfg, result: StageResult, options: dict[str, Any], starte
         "started_at": started,
         "seconds": float(result.seconds),
     }
-    # one delta-rs commit here: no JVM for a run that had none (else Spark merges schemas)
+    # one delta-rs commit here: no JVM for a run that had none (Spark when delta-rs cannot)
     if tables.local("runs") and tables.upsert_rows_local([row], "runs", update=False):
         return
     try:

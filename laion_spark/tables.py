@@ -678,9 +678,17 @@ class Tables:
             schema=full,
         )
         try:
-            DeltaTable(loc)
+            have = set(DeltaTable(loc).schema().to_arrow().names)
         except TableNotFoundError:
             write_deltalake(loc, full.empty_table(), mode="append")  # racing creators: append
+            have = cols
+        missing = [f for f in full if f.name not in have]
+        if missing:
+            # a table an older release made: add the declared columns first, as Spark's
+            # MERGE evolves the schema (delta-rs's MERGE would drop their values silently)
+            from deltalake import Field
+
+            DeltaTable(loc).alter.add_columns([Field.from_arrow(f) for f in missing])
         on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
 
         def attempt() -> dict[str, int]:

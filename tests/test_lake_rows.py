@@ -41,3 +41,24 @@ def test_all_columns_missing_columns_and_no_table(mixed, tmp_path):
     assert read_rows(mixed, ["sample_id", "absent"]).column_names == ["sample_id"]
     with pytest.raises(TableNotFoundError):
         read_rows(str(tmp_path / "none"), ["sample_id"])
+
+
+def test_local_upsert_into_an_older_table_keeps_every_value(tmp_path):
+    """A `runs` table from a release without `seconds`: the delta-rs record adds the
+    column, as Spark's schema-merging MERGE does, instead of dropping the value."""
+    from datetime import UTC, datetime
+
+    from deltalake import DeltaTable
+
+    from laion_spark.config import load_config
+    from laion_spark.tables import Tables, arrow_schema
+
+    tables = Tables(None, load_config("local", [f"workdir={tmp_path}"]))
+    old = pa.schema([f for f in arrow_schema("runs") if f.name != "seconds"])
+    write_deltalake(tables.location("runs"), old.empty_table())
+    row = {"run_id": "r1", "stage": "score", "status": "ok", "by_status": {"scored": 3},
+           "notes": {"engine": '"local"'}, "started_at": datetime.now(UTC), "seconds": 1.5}
+    assert tables.upsert_rows_local([row], "runs", update=False)
+    got = DeltaTable(tables.location("runs")).to_pyarrow_table().to_pylist()
+    assert len(got) == 1 and got[0]["seconds"] == 1.5
+    assert dict(got[0]["by_status"]) == {"scored": 3}

@@ -553,7 +553,7 @@ def record_export(tables, manifest: dict[str, Any]) -> None:
             k: int(v) for k, v in (manifest.get("delta_versions") or {}).items() if v is not None
         },
     }
-    # one delta-rs MERGE here: no Spark job (else Spark's MERGE, e.g. an older `exports`)
+    # one delta-rs MERGE here: no Spark job (Spark's MERGE when delta-rs cannot)
     if tables.local("exports") and tables.upsert_rows_local([row], "exports"):
         return
     df = tables.spark.createDataFrame([row], SPECS["exports"].schema)
