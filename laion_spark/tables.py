@@ -631,8 +631,8 @@ class Tables:
 
     def upsert_rows_local(self, rows: list[dict], name: str, update: bool = True) -> bool:
         """`upsert_local` of a few plain rows (map columns as dicts) for the records a run
-        keeps (runs, exports, takedowns); False when delta-rs cannot write them (e.g. an
-        older table lacking a column), and the caller writes them through Spark instead."""
+        keeps (runs, exports, takedowns); False when delta-rs cannot write them (e.g. a column
+        of another type in the table), and the caller writes them through Spark instead."""
         import pyarrow as pa
 
         schema = arrow_schema(name)

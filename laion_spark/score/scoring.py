@@ -113,9 +113,10 @@ def arrow_matrix(col: Any) -> tuple[np.ndarray, np.ndarray]:
         col = col.combine_chunks()
     lens = pc.fill_null(pc.list_value_length(col), -1).to_numpy()
     dim = int(lens[0]) if len(lens) else 0
-    if dim <= 0 or not (lens == dim).all() or col.flatten().null_count:
+    values = col.flatten()
+    if dim <= 0 or not (lens == dim).all() or values.null_count:
         return _matrix(pd.Series(col.to_numpy(zero_copy_only=False)), None)
-    x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    x = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     x = x.reshape(len(col), dim)
     ok = np.isfinite(x).all(axis=1)
     if not ok.all():

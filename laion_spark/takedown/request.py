@@ -302,7 +302,7 @@ def _record(
             row["resolved_at"] = now if resolutions is not None else _get(prev, "resolved_at")
         if tables.upsert_rows_local(out, "takedowns"):
             return
-        for row in out:  # Spark's MERGE fills them (e.g. an older table lacking a column)
+        for row in out:  # delta-rs could not write them: Spark's MERGE fills these
             row["requested_at"] = _get(old.get(row["request_id"]), "requested_at")
     df = spark.createDataFrame(out, SPECS["takedowns"].schema)
     df = df.withColumn("requested_at", F.coalesce("requested_at", F.current_timestamp()))
