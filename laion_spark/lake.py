@@ -50,6 +50,24 @@ def arrow_dataset(dt):
     return dt.to_pyarrow_dataset()
 
 
+def table_rows(location: str) -> int | None:
+    """Rows of the local Delta table at `location` from its log's per-file statistics (no
+    data file read); None when there is no table or a file carries no row count. What the
+    in-process paths ask before they take a table into memory."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        adds = pa.table(DeltaTable(location).get_add_actions(flatten=True))
+    except TableNotFoundError:
+        return None
+    if not adds.num_rows:
+        return 0
+    counts = adds.column("num_records").to_pylist()
+    return None if any(c is None for c in counts) else int(sum(counts))
+
+
 def plain_types(table):
     """View and large types as their plain forms: delta-rs hands string columns of the files
     it wrote over as string_view, and joins and lookups need both sides in one type."""

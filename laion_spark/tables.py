@@ -426,6 +426,20 @@ def arrow_schema(name: str, columns: Iterable[str] | None = None) -> Any:
     return pa.schema([(f.name, _arrow_type(f.dataType)) for f in spark_schema(name, columns)])
 
 
+def arrow_rows(name: str, rows: list[dict]) -> Any:
+    """Plain rows (map columns as dicts) as an Arrow table in table `name`'s declared
+    schema, absent columns null: what the in-process writers hand to `upsert_local`."""
+    import pyarrow as pa
+
+    schema = arrow_schema(name)
+    maps = [f.name for f in schema if pa.types.is_map(f.type)]
+    # map columns as item lists: older pyarrow does not take dicts for them
+    fixed = [
+        {**r, **{m: list(r[m].items()) for m in maps if isinstance(r.get(m), dict)}} for r in rows
+    ]
+    return pa.Table.from_pylist(fixed, schema)
+
+
 class Tables:
     """Where each table lives for a config, and the one writer of every table.
 
@@ -633,17 +647,8 @@ class Tables:
         """`upsert_local` of a few plain rows (map columns as dicts) for the records a run
         keeps (runs, exports, takedowns); False when delta-rs cannot write them (e.g. a column
         of another type in the table), and the caller writes them through Spark instead."""
-        import pyarrow as pa
-
-        schema = arrow_schema(name)
-        maps = [f.name for f in schema if pa.types.is_map(f.type)]
-        # map columns as item lists: older pyarrow does not take dicts for them
-        fixed = [
-            {**r, **{m: list(r[m].items()) for m in maps if isinstance(r.get(m), dict)}}
-            for r in rows
-        ]
         try:
-            self.upsert_local(pa.Table.from_pylist(fixed, schema), name, update=update)
+            self.upsert_local(arrow_rows(name, rows), name, update=update)
             return True
         except Exception as e:  # noqa: BLE001 - any failure leaves the write to Spark
             log.info("delta-rs could not write %s (%s); writing it through Spark", name, e)

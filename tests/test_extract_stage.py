@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 
 import pandas as pd
+import pytest
 from shared_data import WHIRLWIND_WARC
 
 from laion_spark.demo.crawl import write_synthetic_crawl
@@ -29,13 +30,19 @@ def _pages(n: int) -> list[dict]:
     ]
 
 
-def test_stage_twice_one_row_per_sample_and_stats(spark, make_cfg, tables, tmp_path):
+# the two ways a run goes: through Spark, or in this process with delta-rs (small local runs)
+ENGINES = {"spark": ["extract.local_max_bytes=0"], "local": []}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_stage_twice_one_row_per_sample_and_stats(spark, make_cfg, tables, tmp_path, engine):
     crawl = write_synthetic_crawl(str(tmp_path / "crawl"), _pages(6))
     bad = tmp_path / "broken.warc.wat.gz"
     bad.write_bytes(open(crawl["wat"], "rb").read()[:-30])
-    cfg = make_cfg()
+    cfg = make_cfg(ENGINES[engine])
     inputs = [crawl["wat"], crawl["warc"], CC, str(bad), str(tmp_path / "missing.warc.gz")]
     r1 = run(spark, cfg, tables, inputs=inputs)
+    assert r1.notes["engine"] == engine
     cands = tables.read("candidates")
     n = cands.count()
     # 3 shared star images + 6 ring images from the crawl (WAT and WARC agree) + 5 real ones
@@ -69,7 +76,8 @@ def test_stage_twice_one_row_per_sample_and_stats(spark, make_cfg, tables, tmp_p
     assert tables.read("extract_stats").count() == 5
 
 
-def test_stage_dedup_by_url_and_takedowns(spark, make_cfg, tables, tmp_path):
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_stage_dedup_by_url_and_takedowns(spark, make_cfg, tables, tmp_path, engine):
     pages = [
         {
             "url": "http://127.0.0.1:9/p.html",
@@ -86,8 +94,9 @@ def test_stage_dedup_by_url_and_takedowns(spark, make_cfg, tables, tmp_path):
         "request_id string, kind string, value string, reason string, "
         "removed map<string,long>, requested_at timestamp",
     ).write.format("delta").save(tables.location("takedowns"))
-    cfg = make_cfg(["extract.dedup_by_url=true"])
+    cfg = make_cfg(["extract.dedup_by_url=true", *ENGINES[engine]])
     r = run(spark, cfg, tables, inputs=[crawl["wat"]])
+    assert r.notes["engine"] == engine
     rows = tables.read("candidates").collect()
     assert [(x["url"], x["text"]) for x in rows] == [
         ("http://127.0.0.1:9/img/1.jpg", "First caption here")
@@ -95,6 +104,59 @@ def test_stage_dedup_by_url_and_takedowns(spark, make_cfg, tables, tmp_path):
     # the second caption of the same URL is dropped in the worker, the blocked domain in Spark
     assert r.by_status["rejected:duplicate_url_in_page"] == 1
     assert r.rows_in == 2 and r.rows_out == 1
+    # a URL already in candidates (here under another caption, from another file) is not
+    # added again
+    again = write_synthetic_crawl(
+        str(tmp_path / "c2"),
+        [
+            {
+                "url": "http://127.0.0.1:9/q.html",
+                "images": [
+                    ("http://127.0.0.1:9/img/1.jpg", "Third caption here"),
+                    ("http://127.0.0.1:9/img/3.jpg", "A new picture here"),
+                ],
+            }
+        ],
+    )
+    r2 = run(spark, cfg, tables, inputs=[again["wat"]])
+    assert r2.rows_in == 2 and r2.rows_out == 1
+    assert sorted(x["text"] for x in tables.read("candidates").collect()) == [
+        "A new picture here",
+        "First caption here",
+    ]
+
+
+def test_local_and_spark_paths_write_the_same_rows(spark, make_cfg, tmp_path):
+    """The demo's crawl (LAION rules, language id, junk links, four languages) and the real
+    Common Crawl record, extracted both ways into two workdirs: equal tables."""
+    from laion_spark.demo.run import demo_pages
+    from laion_spark.tables import Tables
+
+    pages, _, _ = demo_pages(40, "http://127.0.0.1:9")
+    crawl = write_synthetic_crawl(str(tmp_path / "crawl"), pages)
+    inputs = [crawl["wat"], crawl["warc"], CC]
+    got = {}
+    for engine, sets in ENGINES.items():
+        for dedup in ("false", "true"):
+            cfg = make_cfg([*sets, f"extract.dedup_by_url={dedup}"], tmp_path / f"{engine}{dedup}")
+            t = Tables(spark, cfg)
+            r = run(spark, cfg, t, inputs=inputs)
+            assert r.notes["engine"] == engine
+            cands = t.read("candidates").drop("extracted_at").toPandas()
+            stats = t.read("extract_stats").drop("seconds", "finished_at").toPandas()
+            key = lambda df, k: df.sort_values(k).reset_index(drop=True)  # noqa: E731
+            got[engine, dedup] = (key(cands, "sample_id"), key(stats, "source_file"), r)
+    for dedup in ("false", "true"):
+        (c1, s1, r1), (c2, s2, r2) = got["spark", dedup], got["local", dedup]
+        assert len(c1) > 100
+        pd.testing.assert_frame_equal(c1, c2)
+        for m in ("rejected", "errors"):  # maps: equal as dicts (their order is the writer's)
+            s1[m], s2[m] = s1[m].map(dict), s2[m].map(dict)
+        assert s1.to_dict("records") == s2.to_dict("records")
+        assert (r1.rows_in, r1.rows_out, r1.by_status) == (r2.rows_in, r2.rows_out, r2.by_status)
+    cands, _, r = got["local", "false"]
+    assert r.rows_in > len(cands)  # the WAT and the WARC yield the same pairs: one row each
+    assert set(cands["source_file"]) == {crawl["warc"], CC}  # the first file in order
 
 
 def test_import_laion_and_datacomp_parquet(spark, make_cfg, tables, tmp_path):

@@ -60,6 +60,20 @@ def test_checkpoint_meta_is_cached_with_version():
     assert tiny.ensure_tiny_clip() == str(path)  # cached: no retraining
 
 
+def test_first_use_trains_logs_and_caches_in_an_empty_cache(tmp_path, monkeypatch, caplog):
+    # the path a fresh machine takes (the suite's own cache is warm): a few steps, not 600
+    monkeypatch.setenv("LAION_SPARK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tiny, "STEPS", 3)
+    monkeypatch.setattr(tiny, "TRAIN_SAMPLES", 64)
+    with caplog.at_level("INFO", logger=tiny.log.name):
+        path = Path(tiny.ensure_tiny_clip())
+    assert path.is_relative_to(tmp_path / "cache") and path.is_file()
+    meta = json.loads(Path(str(path) + ".json").read_text())
+    assert meta["train"]["steps"] == 3 and -1 <= meta["eval"]["threshold"] <= 1
+    said = [r.getMessage() for r in caplog.records]
+    assert any("step 0/3" in m for m in said) and any("trained in" in m for m in said)
+
+
 def test_local_checkpoint_file_and_dir_load_through_the_same_code(tmp_path, clip):
     import open_clip
     import torch

@@ -47,6 +47,12 @@ class ExtractSettings:
     # WAT records through the compiled extractor (package laion-spark-native, built from
     # native/ by scripts/setup.sh) when it is installed; same pairs as the Python path
     native: bool = True
+    # a run over local files of at most this many bytes (compressed) into local tables
+    # reads them in the driver's process and commits with delta-rs: no Spark job
+    # (laion_spark/extract/local.py); 0: always Spark
+    local_max_bytes: int = 256 << 20
+    # ... and only while `candidates` holds at most this many rows (their keys are read)
+    local_max_rows: int = 2_000_000
     # --- provenance ---
     crawl_id: str | None = None
     # which languages count as `en` for the en / multi / nolang split
@@ -71,6 +77,8 @@ class ExtractSettings:
             f"{p}.min_language_score",
             "must be between 0 and 1",
         )
+        require(self.local_max_bytes >= 0, f"{p}.local_max_bytes", "must be >= 0 (0: never)")
+        require(self.local_max_rows >= 0, f"{p}.local_max_rows", "must be >= 0")
         for name in ("max_page_bytes", "max_wat_record_bytes", "max_images_per_page"):
             require(getattr(self, name) > 0, f"{p}.{name}", "must be > 0")
         require(

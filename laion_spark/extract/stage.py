@@ -1,7 +1,9 @@
 """Extract stage: WAT/WARC files -> `candidates` (+ per-file `extract_stats`).
 
 One Spark task per input file streams it with fastwarc (bounded memory), applies the
-LAION rules (laion_spark.extract.pairs) and yields pairs plus one stats row. Files that
+LAION rules (laion_spark.extract.pairs) and yields pairs plus one stats row; a few local
+files into local tables are read in this process instead (extract/local.py, the same
+rows). One row per sample (or per URL) is kept, the first seen in file order. Files that
 already have a non-failed `extract_stats` row are skipped (incremental; an ARC file's
 `unsupported_format` is final too); candidates are MERGEd on sample_id (idempotent: a re-run
 inserts nothing new). A run given no input, or whose every file failed, returns a
@@ -101,14 +103,40 @@ def _done_files(tables: Tables) -> set[str]:
     return {r[0] for r in rows.collect()}
 
 
-def _dedup_by_url(tables: Tables, pairs: DataFrame) -> DataFrame:
-    """LAION-5B style: one row per URL; the first seen (file, offset, id order) wins, and a
-    URL already in `candidates` is not added again."""
-    w = Window.partitionBy("url").orderBy("source_file", "source_offset", "sample_id")
+def _first_seen(tables: Tables, pairs: DataFrame, dedup_by_url: bool) -> DataFrame:
+    """One row per sample_id (with `dedup_by_url`, LAION-5B style, one per URL, and a URL
+    already in `candidates` is not added again): the first seen in (file, offset, sample_id)
+    order, so which file a sample's provenance names does not depend on the engine or the
+    partitioning (the WAT and WARC of one crawl yield the same pairs)."""
+    key = "url" if dedup_by_url else "sample_id"
+    w = Window.partitionBy(key).orderBy("source_file", "source_offset", "sample_id")
     first = pairs.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
-    if tables.exists("candidates"):
+    if dedup_by_url and tables.exists("candidates"):
         first = first.join(tables.read("candidates").select("url").distinct(), "url", "left_anti")
     return first
+
+
+def _run_spark(spark: SparkSession, cfg: Config, tables: Tables, files: list[str]):
+    """One Spark task per file; (stats rows, pairs read, rows inserted)."""
+    ex = cfg.extract
+    options = ex.to_options()
+    rdd = spark.sparkContext.parallelize(files, len(files)).flatMap(lambda p: file_rows(p, options))
+    rows = spark.createDataFrame(rdd, ROW_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        stats = rows.where("kind = 'stats'").select(*STATS_COLS)
+        stat_rows = stats.collect()  # the job that reads the files (rows are persisted)
+        # every pair row a file yielded is counted in its stats row
+        n_pairs = sum(int(r["pairs"] or 0) for r in stat_rows)
+        pairs = rows.where("kind = 'pair'").select(*PAIR_COLS)
+        kept = exclude_taken_down(tables, _first_seen(tables, pairs, ex.dedup_by_url))
+        out = kept.withColumn("extracted_at", F.current_timestamp())
+        # insert-only: the first file a sample came from stays its provenance on re-runs
+        got = tables.upsert(out, "candidates", update=False, dedup=False)  # keys are unique
+        inserted = got["num_inserted_rows"]
+        tables.upsert(stats.withColumn("finished_at", F.current_timestamp()), "extract_stats")
+    finally:
+        rows.unpersist()
+    return stat_rows, n_pairs, inserted
 
 
 def run(
@@ -154,25 +182,14 @@ def run(
             seconds=time.time() - t0,
             error=error,
         )
-    options = ex.to_options()
-    rdd = spark.sparkContext.parallelize(files, len(files)).flatMap(lambda p: file_rows(p, options))
-    rows = spark.createDataFrame(rdd, ROW_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        stats = rows.where("kind = 'stats'").select(*STATS_COLS)
-        stat_rows = stats.collect()  # the job that reads the files (rows are persisted)
-        # every pair row a file yielded is counted in its stats row
-        n_pairs = sum(int(r["pairs"] or 0) for r in stat_rows)
-        pairs = rows.where("kind = 'pair'").select(*PAIR_COLS)
-        by_status: Counter = Counter()
-        if ex.dedup_by_url:
-            pairs = _dedup_by_url(tables, pairs)
-        kept = exclude_taken_down(tables, pairs)
-        out = kept.withColumn("extracted_at", F.current_timestamp())
-        # insert-only: the first file a sample came from stays its provenance on re-runs
-        inserted = tables.upsert(out, "candidates", update=False)["num_inserted_rows"]
-        tables.upsert(stats.withColumn("finished_at", F.current_timestamp()), "extract_stats")
-    finally:
-        rows.unpersist()
+    from laion_spark.extract import local
+
+    engine = "local" if local.wants_local(cfg, tables, files) else "spark"
+    if engine == "local":
+        stat_rows, n_pairs, inserted = local.run_local(cfg, tables, files)
+    else:
+        stat_rows, n_pairs, inserted = _run_spark(spark, cfg, tables, files)
+    by_status: Counter = Counter()
     for r in stat_rows:
         for k, v in (r["rejected"] or {}).items():
             by_status[f"rejected:{k}"] += v
@@ -201,6 +218,7 @@ def run(
             "failed_files": sum(1 for r in stat_rows if r["status"] == "failed"),
             "unsupported_files": sum(1 for r in stat_rows if r["status"] == STATUS_UNSUPPORTED),
             "bad_records": sum(r["bad_records"] or 0 for r in stat_rows),
+            "engine": engine,
         },
         error=error,
     )

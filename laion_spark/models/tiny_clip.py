@@ -88,7 +88,7 @@ def register() -> None:
     _registered = True
 
 
-def ensure_tiny_clip(log: bool = True) -> str:
+def ensure_tiny_clip(verbose: bool = True) -> str:
     """Path of the tiny-clip checkpoint, training and caching it first if needed."""
     ckpt = checkpoint_path()
     if ckpt.is_file() and Path(str(ckpt) + ".json").is_file():
@@ -98,7 +98,7 @@ def ensure_tiny_clip(log: bool = True) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the file
         try:
             if not (ckpt.is_file() and Path(str(ckpt) + ".json").is_file()):
-                _train_and_save(ckpt, log=log)
+                _train_and_save(ckpt, verbose=verbose)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return str(ckpt)
@@ -112,7 +112,7 @@ def _tensors(samples: list, preprocess: Any, tokenizer: Any):
     return imgs, toks
 
 
-def _train_and_save(ckpt: Path, log: bool = True) -> None:
+def _train_and_save(ckpt: Path, verbose: bool = True) -> None:
     import open_clip
     import torch
     import torch.nn.functional as F
@@ -157,7 +157,7 @@ def _train_and_save(ckpt: Path, log: bool = True) -> None:
         loss.backward()
         opt.step()
         sched.step()
-        if log and step % 50 == 0:
+        if verbose and step % 50 == 0:
             el = time.time() - t0
             log.info("tiny-clip: step %d/%d loss %.3f %.0fs", step, STEPS, loss.item(), el)
     torch.set_num_threads(threads)
@@ -178,7 +178,7 @@ def _train_and_save(ckpt: Path, log: bool = True) -> None:
     Path(str(tmp) + ".json").write_text(json.dumps(meta, indent=2))
     os.replace(str(tmp) + ".json", str(ckpt) + ".json")
     os.replace(tmp, ckpt)
-    if log:
+    if verbose:
         log.info("tiny-clip: trained in %ss: %s", stats["train_seconds"], stats)
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from laion_spark.config import Config
-from laion_spark.lake import arrow_dataset, read_rows
+from laion_spark.lake import arrow_dataset, read_rows, table_rows
 from laion_spark.models.device import resolve_device
 from laion_spark.score.scoring import ABSENT, Models, ScorePlan, arrow_matrix, score_batch
 from laion_spark.stage import StageResult
@@ -69,8 +69,9 @@ def pending_local(tables: Tables, model_id: str, rescore: bool, max_rows: int) -
     scores = _table(tables, "scores")
     if rescore or scores is None:
         return ids
-    if sum(scores.get_add_actions(flatten=True).column("num_records").to_pylist()) > 4 * max_rows:
-        return None  # a big table to anti-join against: Spark's job
+    n_scores = table_rows(tables.location("scores"))
+    if n_scores is None or n_scores > 4 * max_rows:
+        return None  # a big table (or one without row counts) to anti-join: a Spark job
     done = _model_keys(tables, "scores", model_id)
     return pc.filter(ids, pc.invert(pc.is_in(ids, value_set=done)))
 
