@@ -8,7 +8,7 @@ from index_data import MODEL, add_takedowns, clustered, write_samples
 from pyspark.sql import functions as F
 
 from laion_spark.index.factory import choose_factory
-from laion_spark.index.faiss_ids import assign_ids
+from laion_spark.index.faiss_ids import assign_ids, assign_ids_local
 from laion_spark.index.merge import merge_index
 from laion_spark.index.search import Searcher
 from laion_spark.index.stage import run
@@ -39,8 +39,14 @@ def test_factory_rule():
         choose_factory(1_000_000, 512, 2 * 2**20)
 
 
-def test_flat_build_merge_search_takedown(spark, make_cfg, tmp_path):
-    cfg = make_cfg(["index.partitions=3", "index.heldout_queries=30"])
+# the two ways the stages run: Spark tasks (a shard each), or here with delta-rs (one shard)
+ENGINES = {"spark": ["index.local_max_vectors=0"], "local": []}
+SHARDS = {"spark": 3, "local": 1}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_flat_build_merge_search_takedown(spark, make_cfg, tmp_path, engine):
+    cfg = make_cfg(["index.partitions=3", "index.heldout_queries=30", *ENGINES[engine]])
     tables = Tables(spark, cfg)
     x = clustered(900, 16, seed=1)
     punsafe = np.where(np.arange(900) % 10 == 0, 0.9, 0.1)
@@ -49,14 +55,16 @@ def test_flat_build_merge_search_takedown(spark, make_cfg, tmp_path):
     add_takedowns(spark, tables, [("sample_id", sids[5]), ("url", "http://127.0.0.1:9/img/7.jpg")])
 
     res = run(spark, cfg, tables)
-    assert res.rows_out == 898 and res.notes["shards"] == 3
+    assert res.notes["engine"] == engine
+    assert res.rows_out == 898 and res.notes["shards"] == SHARDS[engine]
     ids = tables.read("index_ids").where(F.col("index_name") == "main")
     assert ids.count() == 898 and ids.select("faiss_id").distinct().count() == 898
     assert ids.where(F.col("sample_id").isin(sids[5], sids[7])).count() == 0
     man = tables.read("index_manifest").where("kind = 'shard'").collect()
-    assert len(man) == 3 and all(r["factory"] == "IDMap2,Flat" for r in man)
+    assert len(man) == SHARDS[engine] and all(r["factory"] == "IDMap2,Flat" for r in man)
 
     m = merge_index(spark, cfg, tables)
+    assert m.notes["engine"] == engine
     assert m.rows_out == 898 and m.notes["recall_at_10"] == pytest.approx(1.0)
 
     s = Searcher.open(None, cfg)  # no Spark: deltalake reads
@@ -164,7 +172,8 @@ def test_opq_pq_shards_merge_ondisk_recall(tmp_path):
     assert not ({0, 1} & set(found.ravel().tolist()))  # removed ids never come back
 
 
-def test_ivf_recall_and_incremental(spark, make_cfg):
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_ivf_recall_and_incremental(spark, make_cfg, engine):
     cfg = make_cfg(
         [
             "index.partitions=3",
@@ -172,12 +181,14 @@ def test_ivf_recall_and_incremental(spark, make_cfg):
             "index.memory_budget_mb=1",
             "index.heldout_queries=100",
             "index.target_recall=0.95",
+            *ENGINES[engine],
         ]
     )
     tables = Tables(spark, cfg)
     x = clustered(4000, 32, clusters=40, seed=3)
     sids = write_samples(spark, tables, x[:3500])
     res = run(spark, cfg, tables)
+    assert res.notes["engine"] == engine
     assert res.notes["factory"] == "IVF64,Flat" and res.rows_out == 3500
     m = merge_index(spark, cfg, tables)
     recall = m.notes["recall_at_10"]
@@ -215,6 +226,11 @@ def test_id_collisions_resolved(spark):
     assert n > 0 and len({r["faiss_id"] for r in got}) == 40
     assert 3 not in {r["faiss_id"] for r in got}  # existing id kept by its owner
     assert all(r["faiss_id"] >= 0 for r in got)
+    # the in-process assignment gives every sample the same id
+    here, n_here = assign_ids_local(
+        [f"s{i:03d}" for i in range(40)], {3: "old"}, id_fn=lambda s: int(s[1:]) % 8
+    )
+    assert n_here == n and here == [r["faiss_id"] for r in sorted(got)]
 
 
 def test_bad_config_fails_fast(make_cfg):
@@ -238,3 +254,5 @@ def test_mass_id_collisions_resolved_in_few_jobs(spark):
     assert n == 3000 and len({r["faiss_id"] for r in got}) == 3000
     assert 0 not in {r["faiss_id"] for r in got}
     assert jobs < 20, jobs  # one lookup job per probing round, not one per candidate
+    here, n_here = assign_ids_local([f"s{i:04d}" for i in range(3000)], {0: "old"}, lambda s: 0)
+    assert n_here == n and here == [r["faiss_id"] for r in sorted(got)]

@@ -19,7 +19,6 @@ import json
 import os
 import tempfile
 import time
-import uuid
 
 import faiss
 import numpy as np
@@ -31,8 +30,36 @@ from laion_spark.config import Config
 from laion_spark.index import build
 from laion_spark.index.paths import resolve, to_manifest
 from laion_spark.index.source import index_dir, taken_down_faiss_ids, taken_down_ids
-from laion_spark.index.stage import _manifest, _manifest_df
+from laion_spark.index.stage import _manifest, new_run_id, write_manifest
 from laion_spark.stage import StageResult
+
+
+class TopK:
+    """The exact top-k faiss ids per query, kept while batches of vectors stream past."""
+
+    def __init__(self, queries: np.ndarray, metric: str, k: int = 10):
+        self.q = np.ascontiguousarray(queries, dtype="float32")
+        self.metric, self.k = metric, k
+        self.best_s = np.full((len(self.q), 0), -np.inf, dtype="float32")
+        self.best_i = np.zeros((len(self.q), 0), dtype="int64")
+
+    def add(self, x: np.ndarray, faiss_ids: np.ndarray) -> None:
+        if not len(x):
+            return
+        s = self.q @ x.T
+        if self.metric == "l2":
+            s = 2 * s - (x * x).sum(1)[None, :]  # -||x-q||^2 up to a per-query constant
+        s = np.concatenate([self.best_s, s], axis=1)
+        i = np.concatenate([self.best_i, np.broadcast_to(faiss_ids, (len(self.q), len(x)))], 1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, : self.k]
+        self.best_s = np.take_along_axis(s, top, 1)
+        self.best_i = np.take_along_axis(i, top, 1)
+
+    def truth(self) -> np.ndarray:
+        """(queries, k) faiss ids, best first; -1 where fewer than k vectors were seen."""
+        out = np.full((len(self.q), self.k), -1, dtype="int64")
+        out[:, : self.best_i.shape[1]] = self.best_i
+        return out
 
 
 def exact_topk(spark, vectors_df, queries: np.ndarray, metric: str, k: int = 10) -> np.ndarray:
@@ -40,33 +67,14 @@ def exact_topk(spark, vectors_df, queries: np.ndarray, metric: str, k: int = 10)
     bq = spark.sparkContext.broadcast(queries.astype("float32"))
 
     def topk(batches):
-        q = bq.value
-        best_s = np.full((len(q), 0), -np.inf, dtype="float32")
-        best_i = np.zeros((len(q), 0), dtype="int64")
+        top = TopK(bq.value, metric, k)
         for pdf in batches:
-            x = build.as_matrix(pdf["vector"].tolist(), q.shape[1])
-            if not len(x):
-                continue
-            s = q @ x.T
-            if metric == "l2":
-                s = 2 * s - (x * x).sum(1)[None, :]  # -||x-q||^2 up to a per-query constant
-            s = np.concatenate([best_s, s], axis=1)
-            i = np.concatenate(
-                [
-                    best_i,
-                    np.broadcast_to(
-                        pdf["faiss_id"].to_numpy("int64"), s[:, best_s.shape[1] :].shape
-                    ),
-                ],
-                axis=1,
-            )
-            top = np.argsort(-s, axis=1)[:, :k]
-            best_s = np.take_along_axis(s, top, 1)
-            best_i = np.take_along_axis(i, top, 1)
+            x = build.as_matrix(pdf["vector"].tolist(), top.q.shape[1])
+            top.add(x, pdf["faiss_id"].to_numpy("int64"))
         rows = [
-            (qi, int(best_i[qi, j]), float(best_s[qi, j]))
-            for qi in range(len(q))
-            for j in range(best_s.shape[1])
+            (qi, int(top.best_i[qi, j]), float(top.best_s[qi, j]))
+            for qi in range(len(top.q))
+            for j in range(top.best_s.shape[1])
         ]
         yield pd.DataFrame(rows, columns=["q", "faiss_id", "score"])
 
@@ -83,31 +91,22 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
     """Merge every committed shard of cfg.index.name into one servable index."""
     t0 = time.time()
     ic = cfg.index
-    man = _manifest(tables, ic.name)
-    trained_rows = man.where("kind = 'trained'").collect()
-    if not trained_rows:
+    from laion_spark.index import local as here
+
+    # a small local index is merged in this process (index/local.py), others through Spark
+    engine = "local" if here.wants_local(cfg, tables) else "spark"
+    got = here.merge_inputs(cfg, tables) if engine == "local" else _spark_inputs(cfg, tables)
+    if got is None:
         return StageResult(
             "merge_index", 0, 0, {"no_index": 1}, time.time() - t0, {"index": ic.name}
         )
-    trained_row = trained_rows[0]
-    ids = tables.read("index_ids").where(F.col("index_name") == ic.name)
-    committed = {
-        r["shard"]: r["n"] for r in ids.groupBy("shard").agg(F.count("*").alias("n")).collect()
-    }
-    shards = [r for r in man.where("kind = 'shard'").collect() if r["shard"] in committed]
-    orphans = man.where("kind = 'shard'").count() - len(shards)
-    gone = taken_down_ids(tables)
-    removed_ids = taken_down_faiss_ids(tables, ic.name)
-    if gone is not None:
-        removed_ids |= {
-            int(r[0]) for r in ids.join(gone, "sample_id", "left_semi").select("faiss_id").collect()
-        }
-    remove = np.array(sorted(removed_ids), dtype="int64")
+    trained_row, shards, committed = got["trained"], got["shards"], got["committed"]
+    remove = np.array(sorted(got["remove"]), dtype="int64")
     # what this merge would be built from; the same inputs as the latest merge = nothing to do
     inputs = hashlib.sha256(
         json.dumps([sorted(s["shard"] for s in shards), sorted(int(i) for i in remove)]).encode()
     ).hexdigest()[:16]
-    latest = _latest_merged(man)
+    latest = got["latest"]
     if (
         latest is not None
         and not force
@@ -120,9 +119,9 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
             int(latest["count"] or 0),
             {"up_to_date": 1},
             time.time() - t0,
-            {"index": ic.name, "path": latest["path"]},
+            {"index": ic.name, "path": latest["path"], "engine": engine},
         )
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     work = tempfile.mkdtemp(prefix=f"merge-{ic.name}-", dir=_local_tmp(cfg))
     cache = os.path.join(work, "shards")
     local = [storage.local_copy(resolve(cfg, s["path"]), cache) for s in shards]
@@ -139,11 +138,18 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
     merge_s = time.time() - t0
 
     # recall@10 on held-out queries vs exact search over the same (non-removed) vectors
-    queries = _heldout_queries(cfg, tables, ids, trained.d, ic.heldout_queries)
+    metric = trained_row["metric"] or ic.metric
+    ids, n_queries = got["ids"], ic.heldout_queries
+    if engine == "local":
+        queries = heldout_queries(cfg, *here.heldout_rows(cfg, tables, ids, n_queries), trained.d)
+    else:
+        queries = _heldout_queries(cfg, tables, ids, trained.d, n_queries)
     params, recall = {}, None
     if len(queries):
-        vecs = _indexed_vectors(cfg, tables, ids, remove)
-        truth = exact_topk(spark, vecs, queries, trained_row["metric"] or ic.metric)
+        if engine == "local":
+            truth = here.exact_truth(cfg, tables, ids, set(remove.tolist()), queries, metric)
+        else:
+            truth = exact_topk(spark, _indexed_vectors(cfg, tables, ids, remove), queries, metric)
         params, recall = build.tune_nprobe(
             merged, queries, truth, ic.target_recall, ic.max_nprobe, ic.ef_search
         )
@@ -188,7 +194,7 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
         "run_id": run_id,
         "params": build.dumps(params),
     }
-    tables.upsert(_manifest_df(spark, [row]), "index_manifest")
+    write_manifest(spark, tables, [row])
     if storage.is_local(path):
         # the uploaded copy is the one served; drop the work folder
         import shutil
@@ -201,7 +207,7 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
         {
             "merged": int(ntotal),
             "removed_takedown": max(0, sum(int(s["count"] or 0) for s in shards) - int(ntotal)),
-            "orphan_shards": orphans,
+            "orphan_shards": got["orphans"],
         },
         time.time() - t0,
         {
@@ -210,15 +216,41 @@ def merge_index(spark, cfg: Config, tables, force: bool = False) -> StageResult:
             "recall_at_10": recall,
             "path": path,
             **{k: v for k, v in params.items() if k in ("nprobe", "efSearch")},
+            "engine": engine,
         },
     )
 
 
-def _latest_merged(man):
-    """The newest `merged` manifest row of this index, or None."""
+def _spark_inputs(cfg: Config, tables) -> dict | None:
+    """What merge_index builds from, read through Spark (see local.merge_inputs)."""
+    ic = cfg.index
+    man = _manifest(tables, ic.name)
+    trained_rows = man.where("kind = 'trained'").collect()
+    if not trained_rows:
+        return None
+    ids = tables.read("index_ids").where(F.col("index_name") == ic.name)
+    committed = {
+        r["shard"]: r["n"] for r in ids.groupBy("shard").agg(F.count("*").alias("n")).collect()
+    }
+    shards = [r.asDict() for r in man.where("kind = 'shard'").collect() if r["shard"] in committed]
+    orphans = man.where("kind = 'shard'").count() - len(shards)
+    gone = taken_down_ids(tables)
+    remove = taken_down_faiss_ids(tables, ic.name)
+    if gone is not None:
+        remove |= {
+            int(r[0]) for r in ids.join(gone, "sample_id", "left_semi").select("faiss_id").collect()
+        }
     rows = man.where("kind = 'merged'").orderBy(F.col("created_at").desc_nulls_last()).limit(1)
-    found = rows.collect()
-    return found[0] if found else None
+    latest = rows.collect()
+    return {
+        "trained": trained_rows[0].asDict(),
+        "shards": shards,
+        "committed": committed,
+        "orphans": orphans,
+        "remove": remove,
+        "latest": latest[0].asDict() if latest else None,
+        "ids": ids,
+    }
 
 
 def _local_tmp(cfg: Config) -> str:
@@ -251,14 +283,21 @@ def _heldout_queries(cfg: Config, tables, ids, dim: int, n: int) -> np.ndarray:
     frac = min(1.0, 3.0 * n / total)
     rows = emb.sample(fraction=frac, seed=7).limit(n).select("image_embedding", "text_embedding")
     pdf = rows.toPandas()
-    if pdf.empty:
+    return heldout_queries(cfg, list(pdf["image_embedding"]), list(pdf["text_embedding"]), dim)
+
+
+def heldout_queries(cfg: Config, images: list, texts: list, dim: int) -> np.ndarray:
+    """Query vectors from sampled samples' embeddings: their text embeddings when present
+    (cross-modal queries, not themselves in an image index), else their stored vectors
+    plus small noise."""
+    if not images:
         return np.zeros((0, dim), dtype="float32")
-    col = "text_embedding" if cfg.index.vector_column == "image_embedding" else "image_embedding"
-    vals = [v for v in pdf[col] if v is not None and len(v) == dim]
-    if len(vals) >= max(1, len(pdf) // 2):
+    image_index = cfg.index.vector_column == "image_embedding"
+    other, own = (texts, images) if image_index else (images, texts)
+    vals = [v for v in other if v is not None and len(v) == dim]
+    if len(vals) >= max(1, len(images) // 2):
         return build.as_matrix(vals, dim)
-    own = cfg.index.vector_column
-    x = build.as_matrix([v for v in pdf[own] if v is not None and len(v) == dim], dim)
+    x = build.as_matrix([v for v in own if v is not None and len(v) == dim], dim)
     rng = np.random.default_rng(7)
     x = x + rng.normal(scale=0.05, size=x.shape).astype("float32")
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

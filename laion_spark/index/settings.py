@@ -28,10 +28,14 @@ class IndexSettings:
     max_nprobe: int = 256
     ef_search: int = 64  # HNSW coarse quantiser efSearch
     local_cache: str = "~/.cache/laion_spark/index"  # local copy of remote shards/merged files
+    # index and merge_index of local tables holding at most this many embeddings run in the
+    # driver's process with delta-rs (laion_spark/index/local.py): no Spark job; 0: never
+    local_max_vectors: int = 200_000
 
     def validate(self, prefix: str) -> None:
         require(bool(self.name) and "/" not in self.name, f"{prefix}.name", "must be a plain name")
         require(self.memory_budget_mb > 0, f"{prefix}.memory_budget_mb", "must be > 0")
+        require(self.local_max_vectors >= 0, f"{prefix}.local_max_vectors", "must be >= 0")
         require(self.partitions >= 1, f"{prefix}.partitions", "must be >= 1")
         require(self.metric in ("ip", "l2"), f"{prefix}.metric", "must be ip or l2")
         require(self.use_gpu in ("auto", "never"), f"{prefix}.use_gpu", "must be auto or never")

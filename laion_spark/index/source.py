@@ -6,6 +6,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from laion_spark.config import Config
+from laion_spark.lake import read_rows
 from laion_spark.models.clip import embedding_model_id
 from laion_spark.takedown.rules import is_taken_down, load_rules
 
@@ -67,11 +68,32 @@ def source_embeddings(cfg: Config, tables) -> tuple[DataFrame, str | None]:
     return emb, model_id
 
 
+def taken_down_local(tables) -> set[str]:
+    """`taken_down_ids` of local tables, read in this process (delta-rs): the same rules."""
+    rules = load_rules(tables)
+    if not rules:
+        return set()
+    out = set(rules.sample_ids)
+    if (rules.urls or rules.url_hashes or rules.domains) and tables.exists("candidates"):
+        got = read_rows(tables.location("candidates"), ["sample_id", "url"]).to_pydict()
+        pairs = zip(got["sample_id"], got["url"], strict=True)
+        out |= {s for s, u in pairs if is_taken_down(rules, u)}
+    if rules.sha256 and tables.exists("images"):
+        got = read_rows(tables.location("images"), ["sample_id", "sha256"]).to_pydict()
+        pairs = zip(got["sample_id"], got["sha256"], strict=True)
+        out |= {s for s, h in pairs if h and h.lower() in rules.sha256}
+    return out
+
+
 def taken_down_faiss_ids(tables, index_name: str) -> set[int]:
     """faiss ids of `index_name` recorded in takedown resolutions: they stay known after the
     takedown deleted their `index_ids` rows, so merge can still remove them."""
     if not tables.exists("takedowns"):
         return set()
+    if tables.local("takedowns"):
+        got = read_rows(tables.location("takedowns"), ["faiss_ids"]).to_pydict()
+        ids = got.get("faiss_ids", [])
+        return {int(i) for m in ids for k, v in (m or ()) if k == index_name for i in (v or ())}
     df = tables.read("takedowns")
     if "faiss_ids" not in df.columns:
         return set()

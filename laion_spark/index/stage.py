@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,23 @@ def trained_index(
     if rows:
         row = rows[0]
         return storage.read_bytes(resolve(cfg, row["path"])), row["factory"], 0.0
+    sample = pending
+    if n_new > ic.train_max_vectors:
+        sample = pending.sample(fraction=min(1.0, 1.2 * ic.train_max_vectors / n_new), seed=17)
+    vectors = sample.limit(ic.train_max_vectors).select("vector").toPandas()["vector"].tolist()
+    data, factory, seconds, row = train_new(
+        cfg, build.as_matrix(vectors, dim), n_new, dim, model_id
+    )
+    write_manifest(spark, tables, [row])
+    return data, factory, seconds
+
+
+def train_new(
+    cfg: Config, xt: np.ndarray, n_new: int, dim: int, model_id: str | None
+) -> tuple[bytes, str, float, dict]:
+    """Train this index's empty index on the sample `xt` (of `n_new` vectors to add) and write
+    it: (serialised index, factory, seconds, its `trained` manifest row)."""
+    ic = cfg.index
     t0 = time.time()
     factory = (
         ic.factory
@@ -55,35 +73,70 @@ def trained_index(
             n_new, dim, ic.memory_budget_mb * 2**20, ic.flat_max_vectors, ic.train_max_vectors
         ).factory
     )
-    sample = pending
-    if n_new > ic.train_max_vectors:
-        sample = pending.sample(fraction=min(1.0, 1.2 * ic.train_max_vectors / n_new), seed=17)
-    xt = build.as_matrix(
-        sample.limit(ic.train_max_vectors).select("vector").toPandas()["vector"].tolist(), dim
-    )
     xt = xt[np.isfinite(xt).all(axis=1)] if len(xt) else xt
     index = build.train_index(factory, xt, ic.metric, ic.use_gpu)
     data = build.serialize(index)
     path = storage.join(index_dir(cfg), "trained.index")
     size = storage.write_bytes(path, data)
     seconds = time.time() - t0
-    row = {
-        "index_name": ic.name,
-        "shard": "trained",
-        "kind": "trained",
+    row = manifest_row(cfg, "trained", "trained", path, factory, model_id, 0, dim, seconds, size)
+    row["params"] = build.dumps({"train_points": int(len(xt))})
+    return data, factory, seconds, row
+
+
+def manifest_row(
+    cfg: Config,
+    shard: str,
+    kind: str,
+    path: str,
+    factory: str,
+    model_id: str | None,
+    count: int,
+    dim: int,
+    seconds: float,
+    size: int,
+    run_id: str | None = None,
+) -> dict:
+    """One `index_manifest` row of this index (path stored relative to the workdir)."""
+    return {
+        "index_name": cfg.index.name,
+        "shard": shard,
+        "kind": kind,
         "path": to_manifest(cfg, path),
         "factory": factory,
         "model_id": model_id,
-        "count": 0,
-        "dim": dim,
-        "build_seconds": seconds,
-        "size_bytes": size,
-        "metric": ic.metric,
-        "run_id": None,
-        "params": build.dumps({"train_points": int(len(xt))}),
+        "count": int(count),
+        "dim": int(dim),
+        "build_seconds": float(seconds),
+        "size_bytes": int(size),
+        "metric": cfg.index.metric,
+        "run_id": run_id,
+        "params": None,
     }
-    tables.upsert(_manifest_df(spark, [row]), "index_manifest")
-    return data, factory, seconds
+
+
+def add_vectors(index, faiss_ids: np.ndarray, vectors: list, dim: int) -> tuple[np.ndarray, int]:
+    """Add the vectors of length `dim` with finite values to `index` under their ids: (mask
+    of the rows added, how many were not)."""
+    ok = np.array([v is not None and len(v) == dim for v in vectors], dtype=bool)
+    x = build.as_matrix([v for v, good in zip(vectors, ok, strict=True) if good], dim)
+    fin = np.isfinite(x).all(axis=1)
+    ok[np.flatnonzero(ok)[~fin]] = False
+    if fin.any():
+        index.add_with_ids(x[fin], np.asarray(faiss_ids, dtype="int64")[ok])
+    return ok, int(len(vectors) - ok.sum())
+
+
+def write_manifest(spark, tables, rows: list[dict]) -> None:
+    """Upsert `index_manifest` rows (created now): by delta-rs for a local table (a few rows,
+    where a Spark MERGE costs seconds), through Spark otherwise or when delta-rs cannot."""
+    if not rows:
+        return
+    if tables.local("index_manifest"):
+        now = datetime.now(UTC)
+        if tables.upsert_rows_local([{**r, "created_at": now} for r in rows], "index_manifest"):
+            return
+    tables.upsert(_manifest_df(spark, rows), "index_manifest")
 
 
 def _manifest_df(spark, rows: list[dict]):
@@ -105,6 +158,10 @@ def run(spark, cfg: Config, tables, id_fn: Callable[[str], int] | None = None) -
     """Index the embeddings of cfg.index.model_id / cfg.index.subset not yet in `index_ids`."""
     t0 = time.time()
     ic = cfg.index
+    from laion_spark.index import local
+
+    if local.wants_local(cfg, tables):  # before any Spark job: a small local run starts none
+        return local.run_index(spark, cfg, tables, t0, id_fn or _default_id_fn())
     emb, model_id = source_embeddings(cfg, tables)
     done = tables.read("index_ids").where(F.col("index_name") == ic.name)
     pending = emb.join(done.select("sample_id"), "sample_id", "left_anti")
@@ -120,7 +177,7 @@ def run(spark, cfg: Config, tables, id_fn: Callable[[str], int] | None = None) -
     ids, collisions = assign_ids(
         pending, done.select("sample_id", "faiss_id"), id_fn or _default_id_fn()
     )
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     shard_dir = storage.join(index_dir(cfg), "shards")
     bc = spark.sparkContext.broadcast(data)
 
@@ -133,19 +190,10 @@ def run(spark, cfg: Config, tables, id_fn: Callable[[str], int] | None = None) -
         index = build.deserialize(bc.value)
         sids, fids, bad = [], [], 0
         for pdf in batches:
-            ok = pdf["vector"].map(lambda v: v is not None and len(v) == dim)
-            bad += int((~ok).sum())
-            pdf = pdf[ok]
-            if pdf.empty:
-                continue
-            x = build.as_matrix(pdf["vector"].tolist(), dim)
-            fin = np.isfinite(x).all(axis=1)
-            bad += int((~fin).sum())
-            pdf, x = pdf[fin], x[fin]
-            if len(x):
-                index.add_with_ids(x, pdf["faiss_id"].to_numpy("int64"))
-                sids.append(pdf["sample_id"])
-                fids.append(pdf["faiss_id"])
+            added, missed = add_vectors(index, pdf["faiss_id"].to_numpy(), list(pdf["vector"]), dim)
+            bad += missed
+            sids.append(pdf["sample_id"][added])
+            fids.append(pdf["faiss_id"][added])
         if index.ntotal == 0:
             if bad:
                 yield pd.DataFrame(
@@ -200,25 +248,22 @@ def run(spark, cfg: Config, tables, id_fn: Callable[[str], int] | None = None) -
         # manifest first, then ids in one MERGE: a shard whose ids never got committed is
         # an orphan that merge skips, and its rows are simply indexed again next run
         rows = [
-            {
-                "index_name": ic.name,
-                "shard": s["shard"],
-                "kind": "shard",
-                "path": to_manifest(cfg, s["path"]),
-                "factory": factory,
-                "model_id": model_id,
-                "count": int(s["count"]),
-                "dim": dim,
-                "build_seconds": float(s["build_seconds"]),
-                "size_bytes": int(s["size_bytes"]),
-                "metric": ic.metric,
-                "run_id": run_id,
-                "params": None,
-            }
+            manifest_row(
+                cfg,
+                s["shard"],
+                "shard",
+                s["path"],
+                factory,
+                model_id,
+                s["count"],
+                dim,
+                s["build_seconds"],
+                s["size_bytes"],
+                run_id,
+            )
             for s in shards
         ]
-        if rows:
-            tables.upsert(_manifest_df(spark, rows), "index_manifest")
+        write_manifest(spark, tables, rows)
         tables.upsert(
             built.where("shard IS NOT NULL").select(
                 F.lit(ic.name).alias("index_name"), "sample_id", "faiss_id", "shard"
@@ -228,6 +273,21 @@ def run(spark, cfg: Config, tables, id_fn: Callable[[str], int] | None = None) -
     finally:
         built.unpersist()
         bc.unpersist()
+    notes = {"collisions": collisions, "train_seconds": round(train_s, 1), "run_id": run_id}
+    return index_result(cfg, t0, n_new, rows, bad, factory, notes, "spark")
+
+
+def index_result(
+    cfg: Config,
+    t0: float,
+    n_new: int,
+    rows: list[dict],
+    bad: int,
+    factory: str,
+    notes: dict,
+    engine: str,
+) -> StageResult:
+    """The stage's result: `rows` are the manifest rows of the shards this run wrote."""
     added = sum(r["count"] for r in rows)
     by_status = {"indexed": added}
     if bad:
@@ -239,14 +299,17 @@ def run(spark, cfg: Config, tables, id_fn: Callable[[str], int] | None = None) -
         by_status,
         time.time() - t0,
         {
-            "index": ic.name,
+            "index": cfg.index.name,
             "factory": factory,
             "shards": len(rows),
-            "collisions": collisions,
-            "train_seconds": round(train_s, 1),
-            "run_id": run_id,
+            **notes,
+            "engine": engine,
         },
     )
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def _default_id_fn():
