@@ -49,6 +49,12 @@ class SparkSettings:
     # "jars": local cache, "packages": resolve io.delta via Ivy, "cluster": platform provides Delta
     delta_from: str = "jars"
     conf: dict[str, str] = field(default_factory=dict)
+    # local sessions map the driver JVM's class archive that scripts/setup.sh builds (about
+    # 4 s off the JVM start and 5 s off its first queries, laion_spark/jvm.py) when it exists
+    class_archive: bool = True
+    # local sessions: the driver JVM compiles with the JIT's quick tier only (C1,
+    # -XX:TieredStopAtLevel=1): small runs spend seconds less compiling (docs/benchmarks.md)
+    quick_jit: bool = True
 
     def validate(self, prefix: str) -> None:
         require(

@@ -159,6 +159,25 @@ def _quiet_settings(out: dict[str, str]) -> None:
     out["spark.ui.showConsoleProgress"] = "false"
 
 
+def driver_jars(cfg: Config) -> list[str]:
+    """The jars a local session adds to its driver (Delta, S3 when wanted)."""
+    return [j for j in spark_settings(cfg, local=True).get("spark.jars", "").split(",") if j]
+
+
+def _driver_jvm_options(cfg: Config, out: dict[str, str]) -> None:
+    """A local driver JVM's start-up options: the class archive setup built (laion_spark/jvm.py;
+    or the tour that dumps one), and the quick JIT tier."""
+    from laion_spark import jvm
+
+    jars = [j for j in out.get("spark.jars", "").split(",") if j]
+    extra = jvm.dump_options() or jvm.archive_options(jars, cfg.spark.class_archive)
+    if cfg.spark.quick_jit:
+        extra = f"-XX:TieredStopAtLevel=1 {extra}".strip()
+    if extra:
+        opts = out.get("spark.driver.extraJavaOptions", "")
+        out["spark.driver.extraJavaOptions"] = f"{opts} {extra}".strip()
+
+
 def get_spark(cfg: Config) -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -172,6 +191,8 @@ def get_spark(cfg: Config) -> SparkSession:
         # None: spark-submit or the platform (Databricks, EMR) supplies the master
         builder = builder.master(cfg.spark.master)
     settings = spark_settings(cfg, local=local)
+    if local:
+        _driver_jvm_options(cfg, settings)
     if _QUIET and local:
         _quiet_settings(settings)
     for k, v in settings.items():

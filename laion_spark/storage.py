@@ -11,10 +11,17 @@ import contextlib
 import os
 import shutil
 import uuid
+from pathlib import Path
 
 import fsspec
 
 S3_SCHEMES = ("s3://", "s3a://", "s3n://")
+
+
+def cache_root() -> Path:
+    """This user's cache (models trained once, prompt embeddings, the JVM's class archive):
+    $LAION_SPARK_CACHE, default ~/.cache/laion_spark."""
+    return Path(os.environ.get("LAION_SPARK_CACHE") or "~/.cache/laion_spark").expanduser()
 
 
 def _native(path: str) -> str:

@@ -339,8 +339,9 @@ def build_tiny_llava(
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("LAION_SPARK_CACHE") or "~/.cache/laion_spark").expanduser()
-    return root / "models" / f"{NAME}-{VERSION}"
+    from laion_spark.storage import cache_root
+
+    return cache_root() / "models" / f"{NAME}-{VERSION}"
 
 
 def ensure_tiny_llava() -> str:

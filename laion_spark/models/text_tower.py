@@ -484,7 +484,7 @@ TINY_VERSION = "v1"
 def tiny_tower_dir(clip: Any) -> Path:
     """Cache directory of the tiny tower distilled from `clip` (its id is part of the path:
     a tower is only valid for the text space it was distilled into)."""
-    from laion_spark.models.tiny_clip import cache_root
+    from laion_spark.storage import cache_root
 
     digest = clip.model_id.rsplit("@", 1)[-1]
     return cache_root() / "models" / f"{TINY_TOWER}-{TINY_VERSION}-{digest}"

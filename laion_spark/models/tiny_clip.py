@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from laion_spark.storage import cache_root
+
 TINY_NAME = "tiny-clip"
 # bump when the architecture, data or recipe changes: the cache key includes it
 VERSION = "v1"
@@ -49,10 +51,6 @@ BATCH = 128
 LR = 3e-3
 
 log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LAION_SPARK_CACHE") or "~/.cache/laion_spark").expanduser()
 
 
 def model_dir() -> Path:

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from laion_spark.demo.synthetic import STANDIN_UNSAFE, STANDIN_UNSAFE_NOTE, Sample, make_samples
-from laion_spark.models.tiny_clip import cache_root
+from laion_spark.storage import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -83,7 +83,7 @@ _GROUPS = tuple(f.name for f in fields(PromptEmbeddings))
 
 
 def _cache_file(ref: str) -> Path:
-    from laion_spark.models.tiny_clip import cache_root
+    from laion_spark.storage import cache_root
 
     name = hashlib.sha256(ref.encode()).hexdigest()[:24]
     return cache_root() / "prompt-embeddings" / f"{name}.npz"

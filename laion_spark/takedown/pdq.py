@@ -38,11 +38,30 @@ def _decode_rgb(data: bytes) -> np.ndarray | None:
     return np.ascontiguousarray(arr[:, :, ::-1])  # BGR -> RGB
 
 
-def hash_rgb(rgb: np.ndarray) -> tuple[str, int]:
-    """(64-hex PDQ hash, quality) of an RGB uint8 array (H, W, 3)."""
+def _native_pdq():
+    """The compiled PDQ (laion_spark_native.pdq_hash: pdqhash's bits, without the GIL), or
+    None when the native package is not installed."""
+    try:
+        from laion_spark_native import pdq_hash
+    except ImportError:
+        return None
+    return pdq_hash
+
+
+_NATIVE = _native_pdq()
+
+
+def hash_rgb(rgb: np.ndarray, native: bool = True) -> tuple[str, int]:
+    """(64-hex PDQ hash, quality) of an RGB uint8 array (H, W, 3). The compiled path when
+    installed: the download stage's 32 threads per task serialised on pdqhash, which holds
+    the GIL (a process stored 280-380 images/s with it, 780-930 without hashing at all)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if native and _NATIVE is not None and rgb.ndim == 3 and rgb.shape[2] == 3:
+        bits, quality = _NATIVE(rgb.tobytes(), rgb.shape[0], rgb.shape[1])
+        return bytes(bits).hex(), int(quality)
     import pdqhash
 
-    bits, quality = pdqhash.compute(np.ascontiguousarray(rgb, dtype=np.uint8))
+    bits, quality = pdqhash.compute(rgb)
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex(), int(quality)
 
 

@@ -17,9 +17,12 @@
 //!
 //! Python stays the reference: tests/test_extract_native.py runs both on the real Common
 //! Crawl record, the benchmark file and fuzzed records and asserts identical output.
+//!
+//! `pdq_hash` is the download stage's perceptual hash without the GIL (pdq.rs).
 
 mod caption;
 mod lid;
+mod pdq;
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -1083,9 +1086,24 @@ impl LanguageId {
     }
 }
 
+/// (32-byte PDQ hash, quality) of an RGB image given as rows x cols x 3 bytes (row-major),
+/// computed without the GIL (pdq.rs; the same bits as the reference).
+#[pyfunction]
+fn pdq_hash(py: Python<'_>, rgb: &[u8], rows: usize, cols: usize) -> PyResult<(Vec<u8>, i32)> {
+    if rgb.len() != rows * cols * 3 {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "pdq_hash: {} bytes is not {rows} x {cols} x 3",
+            rgb.len()
+        )));
+    }
+    let (bits, quality) = py.allow_threads(|| pdq::hash_rgb(rgb, rows, cols));
+    Ok((bits.to_vec(), quality))
+}
+
 #[pymodule]
 fn laion_spark_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WatExtractor>()?;
     m.add_class::<LanguageId>()?;
+    m.add_function(wrap_pyfunction!(pdq_hash, m)?)?;
     Ok(())
 }
