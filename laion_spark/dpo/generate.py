@@ -184,7 +184,8 @@ def units_frame(spark, tables, gen_cfg):
         sorted(gen_cfg.templates.items()), "template string, template_text string"
     )
     pool = tables.read("sft_pool").where(F.col("status") == "ok")
-    fill = F.udf(fill_template, "string")
+    # (a lambda: pyspark reads fill_template's type hints as a pandas UDF's and warns)
+    fill = F.udf(lambda template, instruction: fill_template(template, instruction), "string")
     return pool.crossJoin(F.broadcast(templates)).select(
         "pool_id",
         "template",

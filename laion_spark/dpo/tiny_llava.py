@@ -324,6 +324,9 @@ def build_tiny_llava(
         model.model.vision_tower.requires_grad_(False)
     loss = train(model, processor, steps, seed)
     model.requires_grad_(True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" for one small file
     model.save_pretrained(str(directory))
     meta = {
         "name": NAME,

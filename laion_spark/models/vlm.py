@@ -169,7 +169,9 @@ def load_vlm(gen_cfg: Any, device: str | None = None, name: str | None = None) -
 def _load(directory: str, name: str, dev: str, prec: str, max_pixels: int) -> LoadedVlm:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per worker and load amid the stage's line
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec, torch.float32)
     model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype)
     model.eval().to(dev)
