@@ -152,6 +152,8 @@ def test_executors_killed_mid_download_embed_index_leave_one_row_per_sample(tmp_
             "download.retries": 0, "download.allow_networks": "['127.0.0.1/32']",
             "embed.model": "tiny-clip", "embed.device": "cpu", "embed.batch_size": 8,
             "index.partitions": 2, "index.local_cache": tmp_path / "index-cache",
+            # 48 vectors would be indexed in the driver; this test is about Spark's shard tasks
+            "index.local_max_vectors": 0,
         }
         cmd = [
             str(Path(sys.executable).parent / "spark-submit"), "--master", "local-cluster[2,1,1024]",
