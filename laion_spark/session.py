@@ -172,7 +172,9 @@ def _driver_jvm_options(cfg: Config, out: dict[str, str]) -> None:
     jars = [j for j in out.get("spark.jars", "").split(",") if j]
     extra = jvm.dump_options() or jvm.archive_options(jars, cfg.spark.class_archive)
     if cfg.spark.quick_jit:
-        extra = f"-XX:TieredStopAtLevel=1 {extra}".strip()
+        # C1 alone gets the non-tiered code cache, 48 MB, which a demo's queries fill: the
+        # JVM then stops compiling and runs on interpreted; keep the tiered default's size
+        extra = f"-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m {extra}".strip()
     if extra:
         opts = out.get("spark.driver.extraJavaOptions", "")
         out["spark.driver.extraJavaOptions"] = f"{opts} {extra}".strip()

@@ -44,6 +44,12 @@ def test_the_suites_session_runs_with_them(spark):
     runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
     args = list(runtime.getInputArguments())
     assert "-XX:TieredStopAtLevel=1" in args
+    # with C1 alone the JVM would size its code cache at 48 MB, which a demo fills (then it
+    # stops compiling): the pools for compiled code must have the tiered default's room
+    mf = spark.sparkContext._jvm.java.lang.management.ManagementFactory
+    code = sum(p.getUsage().getMax() for p in mf.getMemoryPoolMXBeans()
+               if "Code" in p.getName())
+    assert code >= 200 * 2**20, code
     path = jvm.archive_path(driver_jars(load_config("local")))
     if os.path.isfile(path):
         assert f"-XX:SharedArchiveFile={path}" in args
