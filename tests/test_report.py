@@ -26,7 +26,9 @@ N = 3000
 
 def _numbers(report: dict) -> dict:
     """Everything but what legitimately differs between two runs at the same versions."""
-    return {k: v for k, v in report.items() if k not in ("generated", "config", "thumbnails")}
+    # (a report pinned by --as-of has no reuse key: it is always made again)
+    skip = ("generated", "config", "thumbnails", "reuse_key")
+    return {k: v for k, v in report.items() if k not in skip}
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +193,36 @@ def test_versions_recorded_and_a_rerun_at_them_is_identical(pool, rerun):
     partial.mkdir(parents=True)
     (partial / "report.json").write_text("{}")  # a report still being written
     assert latest_report(pool["cfg"]) == rerun["latest"].files["index.html"]
+
+
+def test_unchanged_tables_reuse_the_latest_report(spark, pool, rerun, capsys):
+    """Made again with nothing changed, the latest report is returned, not recomputed; a
+    stage run that changed nothing (a new `runs` row) does not count as a change; a new
+    request or a data change gives a new key."""
+    from datetime import UTC, datetime
+
+    from laion_spark.cli import main
+    from laion_spark.report.build import reuse_key
+    from laion_spark.stage import StageResult, record_run
+
+    cfg, tables, latest = pool["cfg"], pool["tables"], rerun["latest"]
+    assert not latest.reused and latest.report["reuse_key"]
+    record_run(tables, cfg, StageResult("curate", notes={"skipped": "nothing changed"}), {},
+               datetime.now(UTC))
+    again = build_report(spark, cfg, tables, probes=False)
+    assert again.reused and again.files == latest.files
+    assert again.report == json.loads(Path(latest.files["report.json"]).read_text())
+    # the CLI says so (and where the folder is)
+    terms = f"report.terms={pool['wd'] / 'terms.txt'}"  # the same config as the pool's
+    assert main(["report", "--set", f"workdir={pool['wd']}", "--set", terms, "--no-probes"]) == 0
+    out = capsys.readouterr().out
+    assert "up to date" in out and latest.files["index.html"] in out
+    # another request, another key; so after a change to a table the report reads
+    key = latest.report["reuse_key"]
+    assert reuse_key(cfg, tables, None, None, False) == key
+    assert reuse_key(cfg, tables, "clip_filter", None, False) != key
+    assert reuse_key(cfg, tables, None, None, None) != key
+    assert pool["first"].report["reuse_key"] != key  # before the new candidates
 
 
 def test_thumbnails_only_of_safe_samples(spark, pool, rerun):

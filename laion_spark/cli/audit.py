@@ -16,7 +16,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from laion_spark.report.snapshot import AsOfError
 
     cfg = config(args)
-    spark, tables = session(cfg)
+    spark, tables = session(cfg, lazy=True)  # an up-to-date report needs no JVM
     try:
         result = build_report(
             spark,
@@ -27,6 +27,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             compare=args.compare,
             as_of=args.as_of,
             probes=False if args.no_probes else None,
+            reuse=not args.rebuild,
         )
     except (ReportError, AsOfError, FileNotFoundError) as e:
         print(f"laion-spark report: {e}", file=sys.stderr)
@@ -36,6 +37,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"report: {pop['rows']} samples, NSFW {pop['nsfw_share']}, toxic {pop['toxic_share']} "
         f"({result.seconds:.1f}s)"
     )
+    if result.reused:
+        print(
+            f"  up to date: no table it reads changed since it was made at "
+            f"{result.report['generated']['at']} (--rebuild makes a new one)"
+        )
     for name in ("index.html", "README.md", "report.json"):
         print(f"  {result.files[name]}")
     return 0
@@ -61,4 +67,10 @@ def register(sub) -> None:
         "report.json (its versions)",
     )
     p.add_argument("--no-probes", action="store_true", help="skip the keyword probes")
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="make a new report even when the latest one was made from the same table "
+        "versions, request and config (by default that one is reused)",
+    )
     p.set_defaults(func=cmd_report)

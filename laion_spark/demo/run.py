@@ -219,7 +219,8 @@ def _write_report(spark, cfg: Config, tables) -> None:
     except MissingExtra as e:  # matplotlib absent: the demo still runs
         print(f"[demo] no report: {e}")
         return
-    print(f"[demo] report: {result.files['index.html']} ({result.seconds:.1f}s)")
+    same = ", tables unchanged since it was made" if result.reused else ""
+    print(f"[demo] report: {result.files['index.html']} ({result.seconds:.1f}s{same})")
 
 
 DEMO_EXPORT_SUBSET = "clip_filter"

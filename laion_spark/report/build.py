@@ -27,12 +27,13 @@ from pyspark.sql import functions as F
 from laion_spark import storage
 from laion_spark.config import Config
 from laion_spark.report import stats
-from laion_spark.report.output import default_out
-from laion_spark.report.snapshot import AsOfError, Snapshot
+from laion_spark.report.output import default_out, latest_report
+from laion_spark.report.snapshot import REPORT_TABLES, AsOfError, Snapshot
 from laion_spark.tables import Tables
 
 log = logging.getLogger(__name__)
 REPORT_FORMAT = 1
+REPORT_FILES = ("report.json", "README.md", "index.html")
 
 
 class ReportError(ValueError):
@@ -45,6 +46,7 @@ class ReportResult:
     report: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    reused: bool = False  # the latest report already described these tables (`reuse_key`)
 
 
 def build_report(
@@ -56,15 +58,28 @@ def build_report(
     compare: str | None = None,
     as_of: str | None = None,
     probes: bool | None = None,
+    reuse: bool = True,
 ) -> ReportResult:
-    """Compute, draw and write one report; returns where it went and the numbers."""
+    """Compute, draw and write one report; returns where it went and the numbers.
+
+    With `reuse`, no `out` and no `as_of`, the latest report is returned instead when it was
+    made from the same data versions with the same request and config (`reuse_key`)."""
     from laion_spark.extras import require
 
     require("report", "matplotlib")
     t0 = time.time()
+    # the key before the snapshot: a write in between makes the next run rebuild, never reuse
+    key = reuse_key(cfg, tables, subset, compare, probes) if as_of is None else None
+    if reuse and out is None and key is not None:
+        prior = _reusable(cfg, key)
+        if prior is not None:
+            prior.seconds = time.time() - t0
+            log.info("report: tables unchanged since %s: reusing it", prior.files["index.html"])
+            return prior
     snap = Snapshot.resolve(tables, as_of)
     log.info("report: snapshot resolved in %.1fs", time.time() - t0)
     report = compute(spark, cfg, tables, snap, subset, compare, probes)
+    report["reuse_key"] = key
     thumbs = safe_thumbnails(snap, tables, cfg, report) if cfg.report.thumbnails else []
     report["thumbnails"] = [t["sample_id"] for t in thumbs]
     t_stats = time.time() - t0
@@ -81,6 +96,33 @@ def build_report(
     )
     return ReportResult(out=files["dir"], report=report, files=files, seconds=seconds)
 
+
+def reuse_key(cfg: Config, tables: Tables, subset, compare, probes) -> str:
+    """What a report is a function of: the data versions of the tables it reads, the request
+    and the whole config. `runs` is left out: every stage run, even one that changed nothing,
+    appends to it; what the report takes from it (curate's thresholds) is either settings
+    (in the config) or went with a change to `subsets`."""
+    from laion_spark.stage import config_digest, inputs_digest
+
+    names = tuple(n for n in REPORT_TABLES if n != "runs")
+    request = {"format": REPORT_FORMAT, "subset": subset, "compare": compare, "probes": probes}
+    return inputs_digest(tables, names, {"request": request, "config": config_digest(cfg)})
+
+
+def _reusable(cfg: Config, key: str) -> ReportResult | None:
+    """The latest complete report, if its `reuse_key` is `key`."""
+    html = latest_report(cfg)
+    if html is None:
+        return None
+    folder = html[: -len("/index.html")]
+    files = {"dir": folder, **{n: storage.join(folder, n) for n in REPORT_FILES}}
+    try:
+        report = json.loads(storage.read_bytes(files["report.json"]))
+    except (OSError, ValueError):
+        return None
+    if report.get("reuse_key") != key or not storage.exists(files["README.md"]):
+        return None
+    return ReportResult(out=folder, report=report, files=files, reused=True)
 
 
 def compute(
