@@ -269,7 +269,6 @@ def test_export_loads_with_datasets(scored, exported):
     assert row["chosen"][0]["content"][0]["text"] == pairs.loc[row["pair_id"], "chosen"]
 
 
-
 def test_export_format_dpo_through_the_cli(scored, exported, tmp_path):
     """`laion-spark export --format dpo --to DIR` writes the same pairs as dpo-export."""
     import datasets
@@ -318,3 +317,79 @@ def test_trl_dpo_trainer_takes_one_step(scored, exported, tmp_path, tmp_path_fac
     assert changed, "one DPO step changed no weight"
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged and logged[0]["loss"] == pytest.approx(0.6931, abs=0.05)  # log(2) at step one
+
+
+def _pool_and_generate(spark, make_cfg, workdir, llava: str, local: bool):
+    """The pool from seeded images (one failed, one taken down, one without a caption)
+    and dpo_generate over it, through Spark or in this process."""
+    from seeding import seed_rows
+
+    cfg = make_cfg(
+        [
+            f"dpo.generate.model={llava}",
+            "dpo.generate.responses_per_prompt=2",
+            "dpo.generate.max_new_tokens=4",
+            "dpo.generate.device=cpu",
+            "dpo.pool.from_images=true",
+            f"dpo.generate.local_max_rows={5000 if local else 0}",
+        ],
+        workdir=workdir,
+    )
+    cfg.dpo.generate.templates = {"short": "Caption it.", "instruction": "{instruction}"}
+    tables = Tables(spark, cfg)
+    samples = make_samples(5, seed=43)
+    ids = [f"{i:02x}" * 16 for i in range(1, 7)]
+    urls = [f"http://127.0.0.1:9/{i}.jpg" for i in range(6)]
+    seed_rows(
+        tables,
+        "images",
+        "sample_id url status image sha256",
+        [(ids[i], urls[i], "success", s.jpeg(48), None) for i, s in enumerate(samples)]
+        + [(ids[5], urls[5], "http_error", None, None)],
+    )
+    seed_rows(
+        tables,
+        "candidates",
+        "sample_id url text",
+        [(ids[i], urls[i], s.caption) for i, s in enumerate(samples) if i != 3],
+    )
+    seed_rows(tables, "takedowns", "request_id kind value", [("r1", "url", urls[4])])
+    return run_stage("dpo_generate", spark, cfg, tables), tables
+
+
+def test_generate_in_process_equals_spark(spark, make_cfg, tmp_path, tmp_path_factory):
+    llava = tiny_llava_at(tmp_path_factory)
+    runs = {
+        way: _pool_and_generate(spark, make_cfg, tmp_path / way, llava, way == "local")
+        for way in ("spark", "local")
+    }
+    (sres, st), (lres, lt) = runs["spark"], runs["local"]
+    assert (sres.notes["engine"], lres.notes["engine"]) == ("spark", "local")
+    for res in (sres, lres):
+        # 4 of the 6 images (one failed download, one taken down) x 2 templates, 2 responses
+        assert res.error is None and res.notes["pool_added"] == 4 and res.rows_in == 8
+        assert res.rows_out == 16 and res.notes["model_id"] == sres.notes["model_id"]
+
+    def pool(tables):
+        cols = "pool_id source original_id sample_id image_ref image image_sha256 instruction"
+        df = DeltaTable(tables.location("sft_pool")).to_pandas()
+        return (
+            df[[*cols.split(), "reference", "status"]].sort_values("pool_id").reset_index(drop=True)
+        )
+
+    pd.testing.assert_frame_equal(pool(st), pool(lt))
+    assert pool(lt).reference.isna().sum() == 1  # the image without a caption
+
+    def cands(tables):
+        df = DeltaTable(tables.location("dpo_candidates")).to_pandas()
+        assert set(df.status) <= {"success", "empty_response"}  # (which: the sampled text)
+        keep = "candidate_id pool_id template prompt sample_index model_id source".split()
+        return df[keep].sort_values("candidate_id").reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(cands(st), cands(lt))
+    # a re-run on either path adds nothing, starts no generation
+    again = run_stage("dpo_generate", spark, lt.cfg, lt)
+    assert (
+        again.rows_in == 0 and again.notes["pool_added"] == 0 and again.notes["engine"] == "local"
+    )
+    assert len(cands(lt)) == 16

@@ -198,6 +198,7 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     """Sample responses for every (pool row, template) this model has not answered yet."""
     from pyspark.sql import functions as F
 
+    from laion_spark.dpo import generate_local
     from laion_spark.dpo.pool import pool_from_images
     from laion_spark.models.device import resolve_device
     from laion_spark.models.vlm import model_name, vlm_model_id
@@ -207,11 +208,21 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     t0 = time.time()
     gen_cfg = cfg.dpo.generate
     notes: dict[str, Any] = {}
+    # small runs on local tables: in this process, before any Spark call (no JVM starts)
+    local = generate_local.eligible(cfg, tables)
     if cfg.dpo.pool.from_images:
-        notes["pool_added"] = pool_from_images(spark, cfg, tables)["num_inserted_rows"]
+        added = generate_local.pool_from_images_local(cfg, tables) if local else None
+        if added is None:
+            added = pool_from_images(spark, cfg, tables)["num_inserted_rows"]
+        notes["pool_added"] = added
+    if local:
+        res = generate_local.run_local(cfg, tables, t0, notes, limit)
+        if res is not None:
+            return res
     if not tables.exists("sft_pool") or tables.read("sft_pool").limit(1).count() == 0:
-        notes["pool"] = "empty (import SFT data or set dpo.pool.from_images)"
+        notes["pool"] = generate_local.EMPTY_POOL
         return StageResult("dpo_generate", 0, 0, {}, time.time() - t0, notes)
+    notes["engine"] = "spark"
     conf = worker_config(gen_cfg)
     mid = vlm_model_id(gen_cfg)  # the driver loads no model: the executors do
     done = (F.col("model_id") == F.lit(mid)) & F.col("status").isin(*FINAL)

@@ -58,6 +58,9 @@ class GenerateSettings:
     cpu_threads: int = 0  # torch threads per task on CPU; 0 = spark.task.cpus
     max_image_pixels: int = 64_000_000
     arrow_batch_size: int = 64  # rows per Arrow batch handed to the Python worker
+    # local tables and at most this many rows in sft_pool (and images, with
+    # pool.from_images): generate in the driver with delta-rs, no Spark job (0 = always Spark)
+    local_max_rows: int = 5000
 
 
 @dataclass
@@ -131,6 +134,7 @@ class DpoSettings:
         require(g.batch_size >= 1, f"{p}.generate.batch_size", "must be >= 1")
         require(g.arrow_batch_size >= 1, f"{p}.generate.arrow_batch_size", "must be >= 1")
         require(g.cpu_threads >= 0, f"{p}.generate.cpu_threads", "must be >= 0")
+        require(g.local_max_rows >= 0, f"{p}.generate.local_max_rows", "must be >= 0 (0 = never)")
         require(
             s.aggregate in ("mean", "min"),
             f"{p}.score.aggregate",
