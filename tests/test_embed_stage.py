@@ -206,3 +206,31 @@ def test_large_jpeg_decodes_reduced_and_embeds_the_same(clip):
     a = clip.encode_image_tensor(clip.preprocess(reduced)[None])
     b = clip.encode_image_tensor(clip.preprocess(full)[None])
     assert float((a * b).sum()) > 0.99
+
+
+def test_redo_check_on_local_tables_matches_spark(spark, make_cfg, monkeypatch):
+    """The delta-rs check for rows to redo answers as the Spark one, row kind by row kind."""
+    from seeding import seed_rows
+
+    from laion_spark.embed import stage
+    from laion_spark.tables import Tables
+
+    tables = Tables(spark, make_cfg())
+    cols = "sample_id model_id status text_model_id"
+
+    def both() -> tuple[bool, bool]:
+        local = stage._has_rows_to_redo(tables, None, "m@1", towers=False)
+        with monkeypatch.context() as m:  # the same question through Spark
+            m.setattr(tables, "local", lambda name: False)
+            far = stage._has_rows_to_redo(tables, None, "m@1", towers=False)
+        return local, far
+
+    assert both() == (False, False)  # no table yet
+    seed_rows(tables, "embeddings", cols, [("a", "m@1", SUCCESS, None), ("b", "m@2", "x", None)])
+    seed_rows(tables, "embeddings", cols, [("c", "m@1", FAILED_DECODE, "m@1")])
+    assert both() == (False, False)  # final rows of m@1; m@2's row is not its business
+    seed_rows(tables, "embeddings", cols, [("d", "m@1", SUCCESS, "tower@9")])
+    assert both() == (True, True)  # made by a tower the config no longer routes to
+    tables = Tables(spark, make_cfg(workdir=tables.cfg.workdir + "-2"))
+    seed_rows(tables, "embeddings", cols, [("e", "m@1", None, None)])
+    assert both() == (True, True)  # no status: not final

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC
 from typing import Any
 
 import numpy as np
@@ -293,6 +294,8 @@ def pending_rows(tables, source: Any, model_id: str, want: Any) -> Any:
 def _has_rows_to_redo(tables, pending: Any, model_id: str, towers: bool) -> bool:
     from pyspark.sql import functions as F
 
+    if not towers and tables.local("embeddings"):
+        return _has_rows_to_redo_local(tables, model_id)
     emb = tables.read("embeddings").where(F.col("model_id") == F.lit(model_id))
     if towers:  # a group's rows may be another text model's: only a per-sample look tells
         have = emb.select("sample_id")
@@ -308,6 +311,59 @@ def _has_rows_to_redo(tables, pending: Any, model_id: str, towers: bool) -> bool
     status = F.col("status")
     again = ~status.isin(*FINAL_STATUSES) | status.isNull() | (text_model != F.lit(model_id))
     return bool(emb.where(again).limit(1).count())
+
+
+def _has_rows_to_redo_local(tables, model_id: str) -> bool:
+    """`_has_rows_to_redo` with one text tower, read by delta-rs (a Spark job cost 0.3 s)."""
+    from deltalake.exceptions import TableNotFoundError
+
+    from laion_spark.lake import read_rows
+
+    try:
+        got = read_rows(
+            tables.location("embeddings"),
+            ["status", "text_model_id"],
+            equals=("model_id", model_id),
+        )
+    except TableNotFoundError:
+        return False
+    texts = got.column("text_model_id").to_pylist() if "text_model_id" in got.column_names else []
+    for i, status in enumerate(got.column("status").to_pylist()):
+        text = texts[i] if texts and texts[i] is not None else model_id
+        if status not in FINAL_STATUSES or text != model_id:
+            return True
+    return False
+
+
+def _status_counts(tables, model_id: str, started) -> dict[str, int]:
+    """Rows of this model written since `started` (the MERGE's current_timestamp), by
+    status; local tables are read by delta-rs (a Spark job cost 0.75 s at 20,000 rows)."""
+    from pyspark.sql import functions as F
+
+    if tables.local("embeddings"):
+        from collections import Counter
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from laion_spark.lake import read_rows
+
+        got = read_rows(
+            tables.location("embeddings"), ["status", "embedded_at"], equals=("model_id", model_id)
+        )
+        # PySpark hands a timestamp over as a naive datetime in this process's local time
+        since = pa.scalar(started.astimezone(UTC), got.schema.field("embedded_at").type)
+        recent = got.filter(pc.greater_equal(got.column("embedded_at"), since))
+        return dict(Counter(recent.column("status").to_pylist()))
+    counts = (
+        tables.read("embeddings")
+        .where(F.col("model_id") == model_id)
+        .where(F.col("embedded_at") >= F.lit(started))
+        .groupBy("status")
+        .count()
+        .collect()
+    )
+    return {r["status"]: int(r["count"]) for r in counts}
 
 
 def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
@@ -354,15 +410,7 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
         t_write = time.time()
         tables.upsert(out, "embeddings", update=bool(redo), dedup=False)
         write_s = time.time() - t_write
-    counts = (
-        tables.read("embeddings")
-        .where(F.col("model_id") == mid)
-        .where(F.col("embedded_at") >= F.lit(started))
-        .groupBy("status")
-        .count()
-        .collect()
-    )
-    by_status = {r["status"]: int(r["count"]) for r in counts}
+    by_status = _status_counts(tables, mid, started)
     return StageResult(
         "embed",
         rows_in=rows_in,
