@@ -234,3 +234,65 @@ def test_redo_check_on_local_tables_matches_spark(spark, make_cfg, monkeypatch):
     tables = Tables(spark, make_cfg(workdir=tables.cfg.workdir + "-2"))
     seed_rows(tables, "embeddings", cols, [("e", "m@1", None, None)])
     assert both() == (True, True)  # no status: not final
+
+
+@pytest.mark.parametrize("towers", [{}, {"multi": "tower@1"}])
+def test_pending_count_on_local_tables_matches_spark(spark, make_cfg, towers):
+    """The delta-rs count of pending rows per route equals the Spark pass over
+    `pending_rows` on the same tables: routes, takedowns, finished and stale rows."""
+    from seeding import seed_rows
+
+    from laion_spark.embed.pending import pending_by_route_local
+    from laion_spark.embed.stage import (
+        FINAL_STATUSES,
+        expected_text_model,
+        pending_rows,
+        source_rows,
+    )
+    from laion_spark.tables import Tables
+
+    tables = Tables(spark, make_cfg())
+    url = "http://127.0.0.1:9/{}.jpg".format
+    seed_rows(
+        tables,
+        "images",
+        "sample_id url status",
+        [(f"s{i}", url(i), "success") for i in range(10)] + [("bad", url(99), "http_error")],
+    )
+    # routes: en, multi (de), nolang (no language), an explicit group, no candidates row
+    langs = ["en", "de", None, "", "fr", "en", "de", None]
+    seed_rows(
+        tables,
+        "candidates",
+        "sample_id url text language language_group",
+        [(f"s{i}", url(i), "a caption", lang, None) for i, lang in enumerate(langs)]
+        + [("s8", url(8), "x", "en", "multi")],
+    )
+    cols = "sample_id model_id status text_model_id"
+    seed_rows(
+        tables,
+        "embeddings",
+        cols,
+        [
+            ("s0", "m@1", SUCCESS, None),  # done (CLIP's own text tower)
+            ("s1", "m@1", SUCCESS, "tower@1"),  # done only while multi routes to tower@1
+            ("s2", "m@1", "failed_to_embed", None),  # not final: pending
+            ("s3", "m@2", SUCCESS, None),  # another model's row
+            ("s5", "m@1", FAILED_DECODE, "m@1"),  # done
+        ],
+    )
+    seed_rows(tables, "takedowns", "request_id kind value", [("r1", "url", url(6))])
+    english = ["en"]
+    clip = type("Clip", (), {"model_id": "m@1"})()
+    want = expected_text_model(clip, towers)
+    spark_counts = {
+        r["route"] or "none": r["count"]
+        for r in pending_rows(tables, source_rows(tables, english), "m@1", want)
+        .groupBy("route")
+        .count()
+        .collect()
+    }
+    local = pending_by_route_local(tables, english, "m@1", towers, FINAL_STATUSES, 1000)
+    assert local == spark_counts
+    assert sum(local.values()) == (6 if towers else 7)  # s1 is done only with the tower
+    assert pending_by_route_local(tables, english, "m@1", towers, FINAL_STATUSES, 5) is None

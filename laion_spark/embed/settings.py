@@ -31,6 +31,9 @@ class EmbedSettings:
     # torch threads per task on CPU; 0 = spark.task.cpus (the task's cores)
     cpu_threads: int = 0
     max_image_pixels: int = 64_000_000  # refuse larger images (decompression bombs)
+    # local tables and at most this many images: the pending rows are counted with delta-rs
+    # in the driver, not by a Spark job (0 = always Spark); the embedding pass is Spark's
+    local_count_max_rows: int = 2_000_000
     # language group -> multilingual text tower (M-CLIP layout: a local directory or a hub
     # id; "tiny-mclip" = the project's tiny one for tiny-clip). Captions of that group get
     # their text embedding and similarity from it; other groups from the CLIP model.
@@ -48,6 +51,7 @@ class EmbedSettings:
         require(self.decode in ("cpu", "device"), f"{p}.decode", "must be cpu or device")
         require(self.cpu_threads >= 0, f"{p}.cpu_threads", "must be >= 0")
         require(self.max_image_pixels >= 1, f"{p}.max_image_pixels", "must be >= 1")
+        require(self.local_count_max_rows >= 0, f"{p}.local_count_max_rows", "must be >= 0")
         for group, spec in (self.text_towers or {}).items():
             require(
                 group in TOWER_GROUPS,

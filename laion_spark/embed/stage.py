@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from laion_spark.embed.pending import pending_by_route_local
 from laion_spark.embed.settings import EmbedSettings
 from laion_spark.models.clip import ImageDecodeError, LoadedClip, load_clip
 from laion_spark.models.device import set_torch_threads
@@ -377,14 +378,28 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     conf = worker_config(clip_cfg, clip)  # tiny-mclip distilled/cached once here too
     towers = load_text_towers(clip_cfg, clip, paths=conf["text_towers"])
     tower_ids = {g: t.model_id for g, t in towers.items()}
+    tower_notes = {f"text_model_{g}": tid for g, tid in sorted(tower_ids.items())}
+    # the pending rows of each route (what the summary reports per group): on local tables
+    # counted here before any Spark call, so a run with nothing to do starts no JVM
+    by_route = None
+    if not limit:
+        by_route = pending_by_route_local(
+            tables,
+            cfg.extract.english_codes,
+            mid,
+            tower_ids,
+            FINAL_STATUSES,
+            clip_cfg.local_count_max_rows,
+        )
+    if by_route == {}:
+        return StageResult("embed", 0, 0, {}, time.time() - t0, {"model_id": mid, **tower_notes})
     source = source_rows(tables, cfg.extract.english_codes)
     pending = pending_rows(tables, source, mid, expected_text_model(clip, tower_ids))
     todo = pending.limit(int(limit)) if limit else pending
-    tower_notes = {f"text_model_{g}": tid for g, tid in sorted(tower_ids.items())}
-    # one pass counts the pending rows of each route (what the summary reports per group)
-    by_route = {
-        (r["route"] or "none"): int(r["count"]) for r in todo.groupBy("route").count().collect()
-    }
+    if by_route is None:  # one Spark pass over the pending rows
+        by_route = {
+            (r["route"] or "none"): int(r["count"]) for r in todo.groupBy("route").count().collect()
+        }
     rows_in = sum(by_route.values())
     if rows_in == 0:
         return StageResult("embed", 0, 0, {}, time.time() - t0, {"model_id": mid, **tower_notes})
