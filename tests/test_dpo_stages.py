@@ -241,6 +241,23 @@ def test_score_select_and_pair_accuracy(spark, scored, capsys):
     assert run_stage("dpo_score", spark, cfg, tables).rows_in == 0
 
 
+def test_dpo_score_rerun_with_nothing_to_do_needs_no_spark(scored):
+    """A re-run on unchanged local tables answers from delta-rs (spark=None would raise),
+    and a scorer that has not scored the responses yet does find work."""
+    import copy
+
+    from laion_spark.dpo import score as dpo_score
+
+    cfg, tables, *_ = scored
+    res = dpo_score.run(None, cfg, tables)
+    assert res.rows_in == 0 and res.error is None and res.notes["text_checked"] == 0
+    other = copy.deepcopy(cfg)
+    other.dpo.score.aggregate = "min"  # another scorer_id: every response is pending for it
+    ens = dpo_score.load_ensemble(dpo_score.worker_configs(other), "min")
+    assert ens.scorer_id != res.notes["scorer_id"]
+    assert dpo_score.idle_local(other, tables, ens) is None
+
+
 @pytest.fixture(scope="module")
 def exported(spark, scored, tmp_path_factory):
     from laion_spark.dpo.export import export_dpo

@@ -230,6 +230,10 @@ def test_watermark_image_model_reads_image_bytes(spark, make_cfg, tmp_path):
         "watermark-image:mobilenetv3_small_050:"
     )
     assert sc.loc[ids[5], "score_models"]["watermark"] == "absent: no image"
+    assert res.notes.get("engine") != "local"  # the image classifier's work is Spark's
+    # nothing left: the re-run answers from the tables with delta-rs (spark=None would raise)
+    again = run(None, cfg, tables, model_id=MODEL)
+    assert again.rows_in == 0 and again.notes["pending"] == 0 and again.notes["engine"] == "local"
 
 
 def test_head_of_wrong_width_fails_fast_naming_the_key(spark, make_cfg, tmp_path):
@@ -263,8 +267,9 @@ def test_local_path_writes_what_the_spark_path_writes(spark, make_cfg, tmp_path)
     heads = []
     for kind in ("nsfw", "watermark", "aesthetic"):
         torch.manual_seed(len(heads))
-        heads.append(f"score.{kind}_head=" + save_head(
-            str(tmp_path / f"{kind}.pt"), kind, new_head(kind, D)))
+        heads.append(
+            f"score.{kind}_head=" + save_head(str(tmp_path / f"{kind}.pt"), kind, new_head(kind, D))
+        )
     rng = np.random.default_rng(1)
 
     def unit(k: int) -> np.ndarray:
@@ -285,9 +290,16 @@ def test_local_path_writes_what_the_spark_path_writes(spark, make_cfg, tmp_path)
         # three new embeddings: only they are pending (a scan that keeps some rows per batch)
         x = np.eye(D, dtype=np.float32)[:3]  # the same rows for both engines
         new = [(f"new{i:029x}", MODEL, x[i].tolist(), None, None, "success") for i in range(3)]
-        append(tables, spark.createDataFrame(new, "sample_id string, model_id string, "
-               "image_embedding array<float>, text_embedding array<float>, similarity float, "
-               "status string"), "embeddings")
+        append(
+            tables,
+            spark.createDataFrame(
+                new,
+                "sample_id string, model_id string, "
+                "image_embedding array<float>, text_embedding array<float>, similarity float, "
+                "status string",
+            ),
+            "embeddings",
+        )
         more = run(spark, cfg, tables, model_id=MODEL, prompt_embeddings=pe)
         assert more.rows_in == 3 and more.notes.get("engine", "spark") == engine
         # read back by Spark and by delta-rs alike

@@ -263,6 +263,38 @@ def detect_text(spark, cfg, tables, ens: Ensemble, confs: list[dict]) -> dict[st
     return {"text_checked": n, "text_heavy": heavy}
 
 
+def idle_local(cfg, tables, ens: Ensemble) -> dict[str, int] | None:
+    """The notes of a run with nothing to do, when the local tables say so (read with
+    delta-rs: no pool image unchecked by the detector, no successful response of a pool
+    row unscored by this ensemble); None when there is work, or the tables are not local
+    (the Spark path decides). A re-run then starts no JVM: its two probes cost 2 s."""
+    from laion_spark.lake import read_rows
+
+    if not (tables.local("sft_pool") and tables.local("dpo_candidates")):
+        return None
+    if not (tables.exists("sft_pool") and tables.exists("dpo_candidates")):
+        return None
+    detector = detector_id(cfg, ens)
+    pool = read_rows(
+        tables.location("sft_pool"), ["pool_id", "text_detector"], equals=("status", "ok")
+    )
+    if detector is not None and any(
+        d != detector for d in pool.column("text_detector").to_pylist()
+    ):
+        return None
+    ok = set(pool.column("pool_id").to_pylist())
+    cands = read_rows(
+        tables.location("dpo_candidates"), ["pool_id", "scorer_id"], equals=("status", "success")
+    )
+    sid = ens.scorer_id
+    for pid, scorer in zip(
+        *(cands.column(c).to_pylist() for c in ("pool_id", "scorer_id")), strict=True
+    ):
+        if scorer != sid and pid in ok:
+            return None
+    return {} if detector is None else {"text_checked": 0}
+
+
 def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     """Score every successful response not yet scored by this ensemble."""
     from pyspark.sql import functions as F
@@ -278,6 +310,9 @@ def run(spark, cfg, tables, limit: int | None = None) -> StageResult:
     ens = load_ensemble(confs, s.aggregate)  # driver: model ids
     sid = ens.scorer_id
     notes: dict[str, Any] = {"scorer_id": sid}
+    idle = idle_local(cfg, tables, ens)
+    if idle is not None:
+        return StageResult("dpo_score", 0, 0, {}, time.time() - t0, {**notes, **idle})
     with session_conf(spark, {ARROW_BATCH_ROWS: s.batch_rows}):
         notes.update(detect_text(spark, cfg, tables, ens, confs))
     cands = tables.read("dpo_candidates").where(F.col("status") == "success")

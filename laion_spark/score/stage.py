@@ -190,14 +190,14 @@ def run(
     )
     if model_id is None:
         return StageResult("score", 0, 0, {}, time.time() - t0, {"model_id": None})
-    if not cfg.score.watermark_image_model:  # the image classifier reads bytes: Spark's job
-        # before any Spark setting is touched: a run on the local path starts no JVM
-        from laion_spark.score.local import pending_local, run_local
+    # before any Spark setting is touched: a run on the local path starts no JVM
+    from laion_spark.score.local import pending_local, run_local
 
-        todo = pending_local(tables, model_id, rescore, cfg.score.local_max_rows)
-        if todo is not None and len(todo) == 0:
-            notes = {"model_id": model_id, "pending": 0, "engine": "local"}
-            return StageResult("score", 0, 0, {}, time.time() - t0, notes)
+    todo = pending_local(tables, model_id, rescore, cfg.score.local_max_rows)
+    if todo is not None and len(todo) == 0:  # (with or without the image classifier)
+        notes = {"model_id": model_id, "pending": 0, "engine": "local"}
+        return StageResult("score", 0, 0, {}, time.time() - t0, notes)
+    if not cfg.score.watermark_image_model:  # the image classifier reads bytes: Spark's job
         if todo is not None:
 
             def make_plan(dim: int) -> ScorePlan:
