@@ -87,6 +87,14 @@ def plain_types(table):
     return table if schema == table.schema else table.cast(schema)
 
 
+def column_values(table, name: str) -> list:
+    """A column of an Arrow table as Python values, or Nones when the table lacks it:
+    `read_rows` returns only the columns a table has, and older tables lack newer ones."""
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    return [None] * table.num_rows
+
+
 def read_rows(
     location: str,
     columns: list[str] | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from laion_spark.lake import read_rows, table_rows
+from laion_spark.lake import column_values, read_rows, table_rows
 from laion_spark.models.text_tower import route_group
 from laion_spark.tables import Tables
 
@@ -54,8 +54,8 @@ def pending_by_route_local(
             isin=("sample_id", ids),
         )
         keys = cands.column("sample_id").to_pylist()
-        lang = dict(zip(keys, _values(cands, "language"), strict=True))
-        group = dict(zip(keys, _values(cands, "language_group"), strict=True))
+        lang = dict(zip(keys, column_values(cands, "language"), strict=True))
+        group = dict(zip(keys, column_values(cands, "language_group"), strict=True))
     except TableNotFoundError:
         lang, group = {}, {}
     done: set[tuple[str, str]] = set()  # (sample_id, the text model that made the row)
@@ -65,7 +65,7 @@ def pending_by_route_local(
             ["sample_id", "status", "text_model_id"],
             equals=("model_id", model_id),
         )
-        texts = _values(emb, "text_model_id")
+        texts = column_values(emb, "text_model_id")
         for sid, status, text in zip(
             emb.column("sample_id").to_pylist(),
             emb.column("status").to_pylist(),
@@ -88,10 +88,3 @@ def pending_by_route_local(
         if (sid, tower_ids.get(route, model_id)) not in done:
             counts[route or "none"] += 1
     return dict(counts)
-
-
-def _values(table, column: str) -> list:
-    """A column's values, or Nones when the table has no such column (older tables)."""
-    if column in table.column_names:
-        return table.column(column).to_pylist()
-    return [None] * table.num_rows

@@ -318,7 +318,7 @@ def _has_rows_to_redo_local(tables, model_id: str) -> bool:
     """`_has_rows_to_redo` with one text tower, read by delta-rs (a Spark job cost 0.3 s)."""
     from deltalake.exceptions import TableNotFoundError
 
-    from laion_spark.lake import read_rows
+    from laion_spark.lake import column_values, read_rows
 
     try:
         got = read_rows(
@@ -328,10 +328,10 @@ def _has_rows_to_redo_local(tables, model_id: str) -> bool:
         )
     except TableNotFoundError:
         return False
-    texts = got.column("text_model_id").to_pylist() if "text_model_id" in got.column_names else []
-    for i, status in enumerate(got.column("status").to_pylist()):
-        text = texts[i] if texts and texts[i] is not None else model_id
-        if status not in FINAL_STATUSES or text != model_id:
+    for status, text in zip(
+        got.column("status").to_pylist(), column_values(got, "text_model_id"), strict=True
+    ):
+        if status not in FINAL_STATUSES or (text is not None and text != model_id):
             return True
     return False
 

@@ -31,7 +31,7 @@ from laion_spark.index.stage import (
     train_new,
     write_manifest,
 )
-from laion_spark.lake import read_rows, table_rows
+from laion_spark.lake import column_values, read_rows, table_rows
 from laion_spark.stage import StageResult
 
 TABLES = ("embeddings", "index_ids", "index_manifest", "subsets", "takedowns", "candidates")
@@ -210,10 +210,7 @@ def heldout_rows(cfg: Config, tables, ids: dict, n: int) -> tuple[list, list]:
     pick = np.random.default_rng(7).permutation(got.num_rows)[:n]
     got = got.take(np.sort(pick))
 
-    def column(name: str) -> list:
-        return got.column(name).to_pylist() if name in got.column_names else [None] * got.num_rows
-
-    return column("image_embedding"), column("text_embedding")
+    return column_values(got, "image_embedding"), column_values(got, "text_embedding")
 
 
 def exact_truth(cfg: Config, tables, ids: dict, remove: set[int], queries, metric: str):
